@@ -1,0 +1,229 @@
+/*
+ * dropnorm: dropout and batch normalization for the CPU, in portable C99.
+ *
+ * This is the whole public C API. Every function:
+ *   - has the prefix dn_, and an _f32 / _f64 variant per element type;
+ *   - returns a dn_status (DN_OK == 0); it never aborts, prints or exits,
+ *     and on any error it returns before writing to any output;
+ *   - takes int64_t extents and const inputs; optional arrays may be NULL.
+ *
+ * The tensor model: every input is viewed as three extents (n, c, s):
+ * batch, channels and the product of all spatial extents (s == 1 for an
+ * (N, C) input, L for (N, C, L), H*W for images, D*H*W for volumes).
+ * Two C-contiguous layouts:
+ *   DN_LAYOUT_NCS  channels first (NCHW): element (n, c, s) at (n*c_ + c)*s_ + s
+ *   DN_LAYOUT_NSC  channels last  (NHWC): element (n, s, c) at (n*s_ + s)*c_ + c
+ * Per-channel statistics are taken over the m = n*s values of a channel.
+ *
+ * Threads: when built with OpenMP the kernels use omp_get_max_threads()
+ * threads (OMP_NUM_THREADS, or dn_set_num_threads). Results are bitwise
+ * identical for every thread count: reductions run over fixed blocks that
+ * depend only on the shape, combined in a fixed order.
+ *
+ * In-place use: an output may be the very same array as an input of the same
+ * size (y == x, dx == dy); partial overlap is not allowed.
+ */
+#ifndef DROPNORM_H
+#define DROPNORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dropnorm/version.h"
+
+#if defined(_WIN32) && defined(DROPNORM_SHARED)
+#  if defined(DROPNORM_BUILDING)
+#    define DN_API __declspec(dllexport)
+#  else
+#    define DN_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#  define DN_API __attribute__((visibility("default")))
+#else
+#  define DN_API
+#endif
+
+/* restrict for C99 and later, and the common spelling in C++ compilers. */
+#if defined(__cplusplus)
+#  if defined(_MSC_VER)
+#    define DN_RESTRICT __restrict
+#  else
+#    define DN_RESTRICT __restrict__
+#  endif
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 199901L
+#  define DN_RESTRICT restrict
+#elif defined(_MSC_VER)
+#  define DN_RESTRICT __restrict
+#else
+#  define DN_RESTRICT
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes. The values are pinned: they never change between releases. */
+
+typedef enum dn_status {
+    DN_OK = 0,
+    DN_ERR_NULL_POINTER = 1,     /* a required pointer is NULL */
+    DN_ERR_BAD_SHAPE = 2,        /* an extent is zero or negative */
+    DN_ERR_SIZE_OVERFLOW = 3,    /* n*c*s (in bytes) does not fit the address space */
+    DN_ERR_BAD_LAYOUT = 4,       /* layout is not a dn_layout value */
+    DN_ERR_BAD_VALUE = 5,        /* eps, momentum or p is out of range or NaN */
+    DN_ERR_BATCH_TOO_SMALL = 6,  /* training statistics need m = n*s >= 2 */
+    DN_ERR_OUT_OF_MEMORY = 7,    /* a small workspace could not be allocated */
+    DN_ERR_BAD_MODE = 8          /* mode is not a dn_dropout_mode value */
+} dn_status;
+
+/*! dn_status_str() :
+ * @return a static, human-readable description of `status`
+ *         ("unknown status" for a value that is not a dn_status). */
+DN_API const char *dn_status_str(dn_status status);
+
+/*! dn_version() :
+ * @return the library's version as "MAJOR.MINOR.PATCH" (DN_VERSION_STRING of
+ *         the build, which may differ from the header a program compiled with). */
+DN_API const char *dn_version(void);
+
+/*! dn_version_number() :
+ * @return DN_VERSION_NUMBER of the build. */
+DN_API int dn_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Threads. */
+
+/*! dn_openmp_enabled() :
+ * @return 1 if the library was built with OpenMP, 0 otherwise. */
+DN_API int dn_openmp_enabled(void);
+
+/*! dn_get_max_threads() :
+ * @return the number of threads a kernel may use (1 without OpenMP). */
+DN_API int dn_get_max_threads(void);
+
+/*! dn_set_num_threads() :
+ * Sets the OpenMP thread count of the calling thread (omp_set_num_threads);
+ * no effect without OpenMP. Results do not depend on it.
+ * @return DN_OK, or DN_ERR_BAD_VALUE if n < 1. */
+DN_API dn_status dn_set_num_threads(int n);
+
+/* ------------------------------------------------------------------------ */
+/* Tensor layout. */
+
+typedef enum dn_layout {
+    DN_LAYOUT_NCS = 0, /* channels first: NCHW, NCL, NCDHW, NC */
+    DN_LAYOUT_NSC = 1  /* channels last:  NHWC, NLC, NDHWC, NC */
+} dn_layout;
+
+/* ------------------------------------------------------------------------ */
+/* Batch normalization (Ioffe & Szegedy 2015).
+ *
+ * Common arguments:
+ *   n, c, s      extents (all >= 1); layout one of dn_layout
+ *   x            input, n*c*s values
+ *   gamma, beta  per-channel scale and shift (c values); NULL means 1 and 0
+ *   eps          added to the variance; finite and >= 0 (0 is allowed)
+ */
+
+/*! dn_batchnorm_forward_train_f32() / _f64() :
+ * Training forward: per channel, the batch mean mu and biased variance var
+ * over m = n*s values; invstd = 1/sqrt(var + eps);
+ * y = gamma*(x - mu)*invstd + beta.
+ * The statistics are exact to the element type even when |mu| >> std:
+ * partial means and squared deviations per fixed block, in double, merged
+ * exactly (Chan et al.).
+ *   y            output, n*c*s values; may be x itself (in place)
+ *   save_mean    output, c values: mu (for backward); may be NULL
+ *   save_invstd  output, c values: invstd (for backward); may be NULL
+ *   running_mean, running_var
+ *                updated in place when not NULL (each may be NULL):
+ *                running = (1 - momentum)*running + momentum*batch, with the
+ *                unbiased variance var*m/(m-1) going into running_var
+ *   momentum     in [0, 1]; for a cumulative average over k batches pass 1/k
+ * @return DN_OK; DN_ERR_BATCH_TOO_SMALL if n*s == 1; DN_ERR_BAD_VALUE for a
+ *         bad eps or momentum; DN_ERR_NULL_POINTER if x or y is NULL;
+ *         DN_ERR_BAD_SHAPE, DN_ERR_SIZE_OVERFLOW, DN_ERR_BAD_LAYOUT,
+ *         DN_ERR_OUT_OF_MEMORY. Nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_forward_train_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *DN_RESTRICT x, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var,
+    float *y, float *save_mean, float *save_invstd);
+DN_API dn_status dn_batchnorm_forward_train_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *DN_RESTRICT x, const double *DN_RESTRICT gamma,
+    const double *DN_RESTRICT beta, double eps, double momentum,
+    double *running_mean, double *running_var,
+    double *y, double *save_mean, double *save_invstd);
+
+/*! dn_batchnorm_forward_infer_f32() / _f64() :
+ * Inference forward from frozen statistics, folded once per channel:
+ * a = gamma/sqrt(running_var + eps), b = beta - running_mean*a, y = a*x + b.
+ *   running_mean, running_var  c values each, required
+ *   y            output, n*c*s values; may be x itself
+ * @return DN_OK or an error status; nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_forward_infer_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *DN_RESTRICT x, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, float *y);
+DN_API dn_status dn_batchnorm_forward_infer_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *DN_RESTRICT x, const double *DN_RESTRICT running_mean,
+    const double *DN_RESTRICT running_var, const double *DN_RESTRICT gamma,
+    const double *DN_RESTRICT beta, double eps, double *y);
+
+/*! dn_batchnorm_backward_f32() / _f64() :
+ * Backward through training statistics. With xhat = (x - mu)*invstd:
+ * dbeta = sum(dy), dgamma = sum(dy*xhat),
+ * dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma).
+ *   dy           upstream gradient, n*c*s values
+ *   x            the forward input
+ *   save_mean, save_invstd  c values each, from the training forward on x.
+ *                save_mean is used as a shift only: the exact batch mean is
+ *                recovered from x, so rounding save_mean to the element type
+ *                costs no accuracy.
+ *   dx           output, n*c*s values; may be dy itself
+ *   dgamma, dbeta  outputs, c values each; each may be NULL
+ * @return DN_OK or an error status; nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_backward_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *DN_RESTRICT dy, const float *DN_RESTRICT x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, float *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *DN_RESTRICT dy, const double *DN_RESTRICT x,
+    const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
+    const double *DN_RESTRICT gamma, double *dx, double *dgamma, double *dbeta);
+
+/*! dn_batchnorm_backward_infer_f32() / _f64() :
+ * Backward through inference (frozen statistics): with
+ * a = gamma/sqrt(running_var + eps), dx = a*dy; dbeta = sum(dy);
+ * dgamma = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
+ *   x            the forward input; needed only for dgamma (may be NULL
+ *                when dgamma is NULL)
+ *   dx           output (may be NULL if only dgamma/dbeta are wanted; may
+ *                be dy itself)
+ *   dgamma, dbeta  outputs, c values each; each may be NULL
+ * @return DN_OK or an error status; nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_backward_infer_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *DN_RESTRICT dy, const float *DN_RESTRICT x,
+    const float *DN_RESTRICT running_mean, const float *DN_RESTRICT running_var,
+    const float *DN_RESTRICT gamma, double eps,
+    float *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_infer_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *DN_RESTRICT dy, const double *DN_RESTRICT x,
+    const double *DN_RESTRICT running_mean, const double *DN_RESTRICT running_var,
+    const double *DN_RESTRICT gamma, double eps,
+    double *dx, double *dgamma, double *dbeta);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DROPNORM_H */

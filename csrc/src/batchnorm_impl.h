@@ -1,0 +1,445 @@
+/* Batch-norm kernels for one element type: the single source of the f32 and
+ * f64 variants. batchnorm.c includes this file once per type with
+ *   T        the element type (float or double)
+ *   FN(name) the name with its type suffix (name##_f32)
+ * All arithmetic on statistics is in double; elementwise passes are in T. */
+
+/* ---- Runs: contiguous stretches of memory, plain vectorisable loops. ---- */
+
+/* Eight independent accumulators so the compiler can vectorise the sums;
+ * they are combined in a fixed order. */
+#define DN_LANES 8
+#define DN_FOLD(a) \
+    ((((a)[0] + (a)[4]) + ((a)[1] + (a)[5])) + (((a)[2] + (a)[6]) + ((a)[3] + (a)[7])))
+
+static double FN(run_sum)(const T *DN_RESTRICT p, int64_t len)
+{
+    double acc[DN_LANES] = {0};
+    double tail = 0.0;
+    int64_t i = 0;
+    for (; i + DN_LANES <= len; i += DN_LANES)
+        for (int j = 0; j < DN_LANES; j++) acc[j] += (double)p[i + j];
+    for (; i < len; i++) tail += (double)p[i];
+    return DN_FOLD(acc) + tail;
+}
+
+static double FN(run_sqdev)(const T *DN_RESTRICT p, int64_t len, double mean)
+{
+    double acc[DN_LANES] = {0};
+    double tail = 0.0;
+    int64_t i = 0;
+    for (; i + DN_LANES <= len; i += DN_LANES)
+        for (int j = 0; j < DN_LANES; j++) {
+            const double d = (double)p[i + j] - mean;
+            acc[j] += d * d;
+        }
+    for (; i < len; i++) {
+        const double d = (double)p[i] - mean;
+        tail += d * d;
+    }
+    return DN_FOLD(acc) + tail;
+}
+
+/* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)) */
+static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
+                              int64_t len, double h, double *sums)
+{
+    double a0[DN_LANES] = {0}, a1[DN_LANES] = {0}, a2[DN_LANES] = {0};
+    double t0 = 0.0, t1 = 0.0, t2 = 0.0;
+    int64_t i = 0;
+    for (; i + DN_LANES <= len; i += DN_LANES)
+        for (int j = 0; j < DN_LANES; j++) {
+            const double g = (double)dy[i + j];
+            const double d = (double)x[i + j] - h;
+            a0[j] += g;
+            a1[j] += d;
+            a2[j] += g * d;
+        }
+    for (; i < len; i++) {
+        const double g = (double)dy[i];
+        const double d = (double)x[i] - h;
+        t0 += g;
+        t1 += d;
+        t2 += g * d;
+    }
+    sums[0] += DN_FOLD(a0) + t0;
+    sums[1] += DN_FOLD(a1) + t1;
+    sums[2] += DN_FOLD(a2) + t2;
+}
+
+/* ---- Elementwise passes over a flat range, one source for both layouts. --
+ * DN_DEFINE_APPLY(name, EXPR) defines FN(name)(p, i0, i1, a, b, k, out),
+ * computing out[i] = EXPR over [i0, i1), where EXPR reads a[i], b[i] (the
+ * inputs) and K(q)[ch], the per-channel constant q of channel ch. In NCS a
+ * run has one channel (constants broadcast); in NSC each element its own. */
+#define DN_DEFINE_APPLY(name, EXPR)                                            \
+    static void FN(name)(const dn_plan *p, int64_t i0, int64_t i1,             \
+                         const T *DN_RESTRICT a, const T *DN_RESTRICT b,       \
+                         const T *const *k, T *out)                            \
+    {                                                                          \
+        const T *DN_RESTRICT k0 = k[0];                                        \
+        const T *DN_RESTRICT k1 = k[1];                                        \
+        const T *DN_RESTRICT k2 = k[2];                                        \
+        const T *DN_RESTRICT k3 = k[3];                                        \
+        (void)a; (void)b; (void)k0; (void)k1; (void)k2; (void)k3;              \
+        if (p->nsc) {                                                          \
+            for (int64_t i = i0; i < i1;) {                                    \
+                const int64_t c0 = i % p->c;                                   \
+                const int64_t len = dn_min64(p->c - c0, i1 - i);               \
+                for (int64_t j = 0; j < len; j++) {                            \
+                    const int64_t e = i + j, ch = c0 + j;                      \
+                    out[e] = (EXPR);                                           \
+                }                                                              \
+                i += len;                                                      \
+            }                                                                  \
+        } else {                                                               \
+            for (int64_t i = i0; i < i1;) {                                    \
+                const int64_t ch = (i / p->s) % p->c;                          \
+                const int64_t len = dn_min64(p->s - i % p->s, i1 - i);         \
+                for (int64_t e = i; e < i + len; e++) out[e] = (EXPR);         \
+                i += len;                                                      \
+            }                                                                  \
+        }                                                                      \
+    }
+
+/* Training forward: ((x - mean_hi) - mean_lo)*scale + shift. The mean is
+ * carried as two T values so that x - mean keeps full precision in T when
+ * |mean| >> std (x - mean_hi is exact there, by Sterbenz's lemma). */
+DN_DEFINE_APPLY(apply_train, ((a[e] - k0[ch]) - k1[ch]) * k2[ch] + k3[ch])
+/* Inference forward (and frozen backward, with shift 0): one multiply-add. */
+DN_DEFINE_APPLY(apply_affine, a[e] * k2[ch] + k3[ch])
+/* Training backward: dx = A*dy + B*(x - mean_saved) + K. */
+DN_DEFINE_APPLY(apply_backward, k0[ch] * a[e] + k1[ch] * (b[e] - k2[ch]) + k3[ch])
+
+/* Runs FN(apply)(...) over all elements in fixed blocks, in parallel. */
+typedef void (*FN(apply_fn))(const dn_plan *, int64_t, int64_t, const T *,
+                             const T *, const T *const *, T *);
+
+static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
+                          const T *b, const T *const *k, T *out)
+{
+    const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
+    (void)blocks;
+    DN_OMP(parallel for num_threads(p->threads) schedule(static))
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t i0 = blk * DN_APPLY_BLOCK;
+        fn(p, i0, dn_min64(i0 + DN_APPLY_BLOCK, p->total), a, b, k, out);
+    }
+}
+
+/* ---- Statistics. -------------------------------------------------------- */
+
+/* NCS: the piece [idx, hi) of channel ch (in the channel's own n*s order)
+ * that is contiguous in memory; its length goes to *len. */
+static inline const T *FN(ncs_run)(const dn_plan *p, const T *base, int64_t ch,
+                                   int64_t idx, int64_t hi, int64_t *len)
+{
+    const int64_t row = idx / p->s, col = idx % p->s;
+    *len = dn_min64(p->s - col, hi - idx);
+    return base + (row * p->c + ch) * p->s + col;
+}
+
+/* NCS: mean and squared deviations of group g of channel ch, from two-pass
+ * chunks merged in order. */
+static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t ch,
+                                  int64_t g, double *mean, double *m2)
+{
+    int64_t lo, hi, len = 0;
+    double cnt = 0.0, gm = 0.0, gq = 0.0;
+    dn_split(p->m, p->groups, g, &lo, &hi);
+    for (int64_t c0 = lo; c0 < hi; c0 += p->chunk) {
+        const int64_t c1 = dn_min64(c0 + p->chunk, hi);
+        double sum = 0.0, q = 0.0, mu;
+        for (int64_t i = c0; i < c1; i += len) {
+            const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
+            sum += FN(run_sum)(run, len);
+        }
+        mu = sum / (double)(c1 - c0);
+        for (int64_t i = c0; i < c1; i += len) {
+            const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
+            q += FN(run_sqdev)(run, len, mu);
+        }
+        dn_merge_moments(&cnt, &gm, &gq, (double)(c1 - c0), mu, q);
+    }
+    *mean = gm;
+    *m2 = gq;
+}
+
+/* NSC: per-channel mean and squared deviations of the rows of group g,
+ * from two-pass chunks of rows merged in order. cm and cq are scratch of
+ * p->c doubles each. */
+static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
+                                  double *gmean, double *gm2,
+                                  double *DN_RESTRICT cm, double *DN_RESTRICT cq)
+{
+    const int64_t C = p->c;
+    int64_t lo, hi;
+    double cnt = 0.0;
+    dn_split(p->m, p->groups, g, &lo, &hi);
+    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
+        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        const double rows = (double)(r1 - r0), nt = cnt + rows;
+        for (int64_t ch = 0; ch < C; ch++) cm[ch] = 0.0;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *DN_RESTRICT row = x + r * C;
+            for (int64_t ch = 0; ch < C; ch++) cm[ch] += (double)row[ch];
+        }
+        for (int64_t ch = 0; ch < C; ch++) {
+            cm[ch] /= rows;
+            cq[ch] = 0.0;
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const T *DN_RESTRICT row = x + r * C;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const double d = (double)row[ch] - cm[ch];
+                cq[ch] += d * d;
+            }
+        }
+        /* dn_merge_moments, vectorised over channels */
+        for (int64_t ch = 0; ch < C; ch++) {
+            const double delta = cm[ch] - (cnt > 0.0 ? gmean[ch] : 0.0);
+            const double prev_q = cnt > 0.0 ? gm2[ch] : 0.0;
+            gmean[ch] = (cnt > 0.0 ? gmean[ch] : 0.0) + delta * (rows / nt);
+            gm2[ch] = prev_q + cq[ch] + delta * delta * (cnt * (rows / nt));
+        }
+        cnt = nt;
+    }
+}
+
+/* ---- Public API. -------------------------------------------------------- */
+
+dn_status FN(dn_batchnorm_forward_train)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *DN_RESTRICT x, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, double momentum,
+    T *running_mean, T *running_var,
+    T *y, T *save_mean, T *save_invstd)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    double *gmean, *gm2, *scratch;
+    T *k[4];
+    int64_t G;
+    if (st != DN_OK) return st;
+    if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
+    if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
+    if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
+
+    G = p.groups;
+    /* groups x channels moments, per-thread chunk scratch (NSC), then the
+     * four per-channel constants of the elementwise pass */
+    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + (p.nsc ? 2 * c * p.threads : 0))
+                             + sizeof(T) * (size_t)(4 * c));
+    if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
+    gm2 = gmean + G * c;
+    scratch = gm2 + G * c;
+    k[0] = (T *)(scratch + (p.nsc ? 2 * c * p.threads : 0));
+    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
+
+    if (p.nsc) {
+        DN_OMP(parallel for num_threads(p.threads) schedule(static))
+        for (int64_t g = 0; g < G; g++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c,
+                                  scratch + 2 * c * tid, scratch + 2 * c * tid + c);
+        }
+    } else {
+        /* moments of (channel, group) pairs; stored channel-major */
+        DN_OMP(parallel for num_threads(p.threads) schedule(static))
+        for (int64_t u = 0; u < c * G; u++)
+            FN(ncs_group_moments)(&p, x, u / G, u % G, gmean + u, gm2 + u);
+    }
+
+    for (int64_t ch = 0; ch < c; ch++) {
+        double cnt = 0.0, mean = 0.0, m2 = 0.0, var, invstd, scale;
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t at = p.nsc ? g * c + ch : ch * G + g;
+            int64_t lo, hi;
+            dn_split(p.m, G, g, &lo, &hi);
+            dn_merge_moments(&cnt, &mean, &m2, (double)(hi - lo), gmean[at], gm2[at]);
+        }
+        var = m2 / (double)p.m;
+        invstd = 1.0 / sqrt(var + eps);
+        scale = (gamma ? (double)gamma[ch] : 1.0) * invstd;
+        k[0][ch] = (T)mean;
+        k[1][ch] = (T)(mean - (double)k[0][ch]);
+        k[2][ch] = (T)scale;
+        k[3][ch] = beta ? beta[ch] : (T)0;
+        if (save_mean) save_mean[ch] = (T)mean;
+        if (save_invstd) save_invstd[ch] = (T)invstd;
+        if (running_mean)
+            running_mean[ch] = (T)((1.0 - momentum) * (double)running_mean[ch] + momentum * mean);
+        if (running_var)
+            running_var[ch] = (T)((1.0 - momentum) * (double)running_var[ch]
+                                  + momentum * var * ((double)p.m / (double)(p.m - 1)));
+    }
+
+    FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
+    free(gmean);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_forward_infer)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *DN_RESTRICT x, const T *DN_RESTRICT running_mean,
+    const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, T *y)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    T *k[4];
+    if (st != DN_OK) return st;
+    if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
+        return DN_ERR_NULL_POINTER;
+    if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
+    k[2] = (T *)malloc(sizeof(T) * (size_t)(2 * c));
+    if (k[2] == NULL) return DN_ERR_OUT_OF_MEMORY;
+    k[3] = k[2] + c;
+    k[0] = k[1] = NULL;
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
+        k[2][ch] = (T)a;
+        k[3][ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
+    }
+    FN(apply_all)(&p, FN(apply_affine), x, NULL, (const T *const *)k, y);
+    free(k[2]);
+    return DN_OK;
+}
+
+/* Per-channel sums of dy, x - h[ch] and dy*(x - h[ch]) into sums[3*ch + q],
+ * over fixed groups combined in order. work holds 3*c*G doubles. */
+static void FN(grad_sums)(const dn_plan *p, const T *dy, const T *x,
+                          const T *h, double *work, double *sums)
+{
+    const int64_t C = p->c, G = p->groups;
+    if (p->nsc) {
+        DN_OMP(parallel for num_threads(p->threads) schedule(static))
+        for (int64_t g = 0; g < G; g++) {
+            double *DN_RESTRICT w = work + 3 * C * g;
+            int64_t lo, hi;
+            dn_split(p->m, G, g, &lo, &hi);
+            for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
+            for (int64_t r = lo; r < hi; r++) {
+                const T *DN_RESTRICT gr = dy + r * C;
+                const T *DN_RESTRICT xr = x + r * C;
+                for (int64_t ch = 0; ch < C; ch++) {
+                    const double gv = (double)gr[ch];
+                    const double d = (double)xr[ch] - (double)h[ch];
+                    w[3 * ch] += gv;
+                    w[3 * ch + 1] += d;
+                    w[3 * ch + 2] += gv * d;
+                }
+            }
+        }
+    } else {
+        DN_OMP(parallel for num_threads(p->threads) schedule(static))
+        for (int64_t u = 0; u < C * G; u++) {
+            const int64_t ch = u / G;
+            double *w = work + 3 * u;
+            int64_t lo, hi, len;
+            dn_split(p->m, G, u % G, &lo, &hi);
+            w[0] = w[1] = w[2] = 0.0;
+            for (int64_t i = lo; i < hi; i += len) {
+                const T *xr = FN(ncs_run)(p, x, ch, i, hi, &len);
+                FN(run_grad_sums)(dy + (xr - x), xr, len, (double)h[ch], w);
+            }
+        }
+    }
+    for (int64_t ch = 0; ch < C; ch++) {
+        double t[3] = {0.0, 0.0, 0.0};
+        for (int64_t g = 0; g < G; g++) {
+            const double *w = work + 3 * (p->nsc ? g * C + ch : ch * G + g);
+            t[0] += w[0];
+            t[1] += w[1];
+            t[2] += w[2];
+        }
+        sums[3 * ch] = t[0];
+        sums[3 * ch + 1] = t[1];
+        sums[3 * ch + 2] = t[2];
+    }
+}
+
+dn_status FN(dn_batchnorm_backward)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
+    const T *DN_RESTRICT save_mean, const T *DN_RESTRICT save_invstd,
+    const T *DN_RESTRICT gamma, T *dx, T *dgamma, T *dbeta)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    double *work, *sums;
+    T *k[4];
+    if (st != DN_OK) return st;
+    if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
+        return DN_ERR_NULL_POINTER;
+    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups + 3 * c)
+                            + sizeof(T) * (size_t)(4 * c));
+    if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    sums = work + 3 * c * p.groups;
+    k[0] = (T *)(sums + 3 * c);
+    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
+
+    FN(grad_sums)(&p, dy, x, save_mean, work, sums);
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double m = (double)p.m, istd = (double)save_invstd[ch];
+        const double g = gamma ? (double)gamma[ch] : 1.0;
+        const double sdy = sums[3 * ch];
+        /* save_mean is a shift: the exact mean of x is save_mean + off */
+        const double off = sums[3 * ch + 1] / m;
+        const double dg = (sums[3 * ch + 2] - off * sdy) * istd;
+        const double A = g * istd, B = -g * istd * istd * dg / m;
+        k[0][ch] = (T)A;
+        k[1][ch] = (T)B;
+        k[2][ch] = save_mean[ch];
+        k[3][ch] = (T)(-A * sdy / m - B * off);
+        if (dgamma) dgamma[ch] = (T)dg;
+        if (dbeta) dbeta[ch] = (T)sdy;
+    }
+    FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
+    free(work);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_backward_infer)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
+    const T *DN_RESTRICT running_mean, const T *DN_RESTRICT running_var,
+    const T *DN_RESTRICT gamma, double eps, T *dx, T *dgamma, T *dbeta)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    double *work, *sums;
+    T *k[4];
+    if (st != DN_OK) return st;
+    if (dy == NULL || running_mean == NULL || running_var == NULL) return DN_ERR_NULL_POINTER;
+    if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
+    if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
+    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups + 3 * c)
+                            + sizeof(T) * (size_t)(2 * c));
+    if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    sums = work + 3 * c * p.groups;
+    k[0] = k[1] = NULL;
+    k[2] = (T *)(sums + 3 * c);
+    k[3] = k[2] + c;
+
+    if (dgamma != NULL || dbeta != NULL)
+        /* without dgamma only sum(dy) is used, and x may be absent */
+        FN(grad_sums)(&p, dy, x ? x : dy, running_mean, work, sums);
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double istd = 1.0 / sqrt((double)running_var[ch] + eps);
+        k[2][ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * istd);
+        k[3][ch] = (T)0;
+        if (dgamma) dgamma[ch] = (T)(sums[3 * ch + 2] * istd);
+        if (dbeta) dbeta[ch] = (T)sums[3 * ch];
+    }
+    if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, (const T *const *)k, dx);
+    free(work);
+    return DN_OK;
+}
+
+#undef DN_LANES
+#undef DN_FOLD
+#undef DN_DEFINE_APPLY

@@ -1,0 +1,128 @@
+/* Internal helpers shared by every kernel: argument checks, the threading
+ * switch and the blocking plan. Not installed. */
+#ifndef DROPNORM_COMMON_H
+#define DROPNORM_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "dropnorm/dropnorm.h"
+
+#ifdef _OPENMP
+#  include <omp.h>
+#  define DN_STRINGIFY(x) #x
+#  define DN_OMP(directive) _Pragma(DN_STRINGIFY(omp directive))
+#else
+#  define DN_OMP(directive)
+#endif
+
+/* ---- Blocking and threading: every decision lives here. -----------------
+ *
+ * Reductions (batch-norm statistics, gradient sums) are split into at most
+ * DN_MAX_GROUPS groups per channel whose bounds depend only on the shape.
+ * Each group is reduced by one thread, in order, and groups are combined in
+ * group order, so results are bitwise identical for any thread count. */
+
+/* Elements in one two-pass statistics chunk: small enough to be re-read from
+ * L1/L2 for the squared deviations, large enough to amortise the merge. */
+#define DN_CHUNK_ELEMS 4096
+/* Elements one reduction group aims at. */
+#define DN_GROUP_ELEMS 32768
+/* Upper bound on the groups of one channel (bounds the workspace). */
+#define DN_MAX_GROUPS 64
+/* Elements of one elementwise block handed to a thread. */
+#define DN_APPLY_BLOCK 16384
+/* Below this many elements per thread, extra threads cost more than they save. */
+#define DN_MIN_ELEMS_PER_THREAD 32768
+
+static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Threads for a kernel over `elems` elements: enough to pay for themselves,
+ * never more than OpenMP allows. */
+static inline int dn_threads_for(int64_t elems)
+{
+#ifdef _OPENMP
+    int64_t limit = omp_get_max_threads();
+    int64_t want = elems / DN_MIN_ELEMS_PER_THREAD;
+    if (want < 1) return 1;
+    return (int)(want < limit ? want : limit);
+#else
+    (void)elems;
+    return 1;
+#endif
+}
+
+/* Range g of `parts` near-equal parts of [0, total). */
+static inline void dn_split(int64_t total, int64_t parts, int64_t g,
+                            int64_t *lo, int64_t *hi)
+{
+    int64_t base = total / parts, rem = total % parts;
+    *lo = g * base + dn_min64(g, rem);
+    *hi = *lo + base + (g < rem ? 1 : 0);
+}
+
+/* The canonical view of an (n, c, s) tensor. When c == 1 or s == 1 the two
+ * layouts are the same memory; the one whose contiguous runs are longest is
+ * chosen, so (N, C) input runs as channels-last and (N, 1, L) as
+ * channels-first. */
+typedef struct dn_plan {
+    int64_t n, c, s;
+    int64_t m;        /* values per channel: n*s */
+    int64_t total;    /* n*c*s */
+    int nsc;          /* 1: channels last (rows of c), 0: channels first */
+    int64_t groups;   /* reduction groups (per channel for NCS, of rows for NSC) */
+    int64_t chunk;    /* NCS: elements per stats chunk; NSC: rows per chunk */
+    int threads;
+} dn_plan;
+
+/* Validates the extents and layout and fills the plan. */
+static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
+                                     dn_layout layout, size_t elem_size,
+                                     dn_plan *p)
+{
+    if (layout != DN_LAYOUT_NCS && layout != DN_LAYOUT_NSC) return DN_ERR_BAD_LAYOUT;
+    if (n <= 0 || c <= 0 || s <= 0) return DN_ERR_BAD_SHAPE;
+    /* n*c*s*elem_size must fit in a ptrdiff_t (and so in int64_t). */
+    {
+        const int64_t limit = (int64_t)(PTRDIFF_MAX / (ptrdiff_t)elem_size);
+        if (n > limit / c || n * c > limit / s) return DN_ERR_SIZE_OVERFLOW;
+    }
+    p->n = n;
+    p->c = c;
+    p->s = s;
+    p->m = n * s;
+    p->total = n * c * s;
+    if (c == 1) p->nsc = 0;
+    else if (s == 1) p->nsc = 1;
+    else p->nsc = (layout == DN_LAYOUT_NSC);
+    if (p->nsc) {
+        int64_t g = dn_ceil_div(p->total, DN_GROUP_ELEMS);
+        p->groups = dn_max64(1, dn_min64(dn_min64(g, DN_MAX_GROUPS), p->m));
+        p->chunk = dn_max64(1, DN_CHUNK_ELEMS / c);
+    } else {
+        int64_t g = dn_ceil_div(p->m, DN_GROUP_ELEMS);
+        p->groups = dn_max64(1, dn_min64(g, DN_MAX_GROUPS));
+        p->chunk = DN_CHUNK_ELEMS;
+    }
+    p->threads = dn_threads_for(p->total);
+    return DN_OK;
+}
+
+static inline int dn_bad_eps(double eps) { return !(eps >= 0.0) || !isfinite(eps); }
+
+/* Chan et al.: fold the statistics (nb, mb, qb) of a block into (na, ma, qa),
+ * where m is a mean and q a sum of squared deviations from it. */
+static inline void dn_merge_moments(double *na, double *ma, double *qa,
+                                    double nb, double mb, double qb)
+{
+    const double nt = *na + nb;
+    const double delta = mb - *ma;
+    *ma += delta * (nb / nt);
+    *qa += qb + delta * delta * (*na * (nb / nt));
+    *na = nt;
+}
+
+#endif

@@ -1,0 +1,27 @@
+"""dropnorm: dropout and batch normalization on the CPU.
+
+A C99 core (OpenMP-parallel, bitwise identical for every thread count) with
+Cython wrappers over typed memoryviews. Tensors are (N, C, *spatial) with
+axis=1 or (N, *spatial, C) with axis=-1, float32 or float64.
+"""
+
+from dropnorm._batchnorm import (
+    batch_norm_backward,
+    batch_norm_infer,
+    batch_norm_infer_backward,
+    batch_norm_train,
+)
+from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
+
+__version__ = c_version()
+
+__all__ = [
+    "__version__",
+    "batch_norm_backward",
+    "batch_norm_infer",
+    "batch_norm_infer_backward",
+    "batch_norm_train",
+    "build_info",
+    "get_max_threads",
+    "set_num_threads",
+]

@@ -1,0 +1,230 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Batch normalization: typed-memoryview wrappers over the C kernels."""
+
+from libc.stdint cimport int64_t
+
+from dropnorm.libdropnorm cimport *
+
+import numpy as np
+
+from dropnorm._checks import (
+    as_eps,
+    as_momentum,
+    as_tensor,
+    as_vector,
+    output_like,
+    same_tensor,
+    tensor_extents,
+    writable_vector,
+)
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef inline const floating *_in(const floating[::1] a) noexcept nogil:
+    return NULL if a is None else &a[0]
+
+
+cdef inline floating *_out(floating[::1] a) noexcept nogil:
+    return NULL if a is None else &a[0]
+
+
+cdef raise_status(dn_status status, str where):
+    if status == DN_ERR_OUT_OF_MEMORY:
+        raise MemoryError(f"{where}: out of memory")
+    raise ValueError(f"{where}: {dn_status_str(status).decode()}")
+
+
+def _train(const floating[::1] x, const floating[::1] weight, const floating[::1] bias,
+           floating[::1] running_mean, floating[::1] running_var,
+           floating[::1] y, floating[::1] save_mean, floating[::1] save_invstd,
+           int64_t n, int64_t c, int64_t s, bint channels_last,
+           double eps, double momentum):
+    cdef dn_status st
+    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    with nogil:
+        if floating is float:
+            st = dn_batchnorm_forward_train_f32(
+                n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
+                _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
+        else:
+            st = dn_batchnorm_forward_train_f64(
+                n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
+                _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
+    if st != DN_OK:
+        raise_status(st, "batch_norm_train")
+
+
+def _infer(const floating[::1] x, const floating[::1] running_mean,
+           const floating[::1] running_var, const floating[::1] weight,
+           const floating[::1] bias, floating[::1] y,
+           int64_t n, int64_t c, int64_t s, bint channels_last, double eps):
+    cdef dn_status st
+    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    with nogil:
+        if floating is float:
+            st = dn_batchnorm_forward_infer_f32(
+                n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
+                _in(weight), _in(bias), eps, &y[0])
+        else:
+            st = dn_batchnorm_forward_infer_f64(
+                n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
+                _in(weight), _in(bias), eps, &y[0])
+    if st != DN_OK:
+        raise_status(st, "batch_norm_infer")
+
+
+def _backward(const floating[::1] dy, const floating[::1] x,
+              const floating[::1] save_mean, const floating[::1] save_invstd,
+              const floating[::1] weight, floating[::1] dx, floating[::1] dweight,
+              floating[::1] dbias, int64_t n, int64_t c, int64_t s, bint channels_last):
+    cdef dn_status st
+    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    with nogil:
+        if floating is float:
+            st = dn_batchnorm_backward_f32(
+                n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
+                _in(weight), &dx[0], &dweight[0], &dbias[0])
+        else:
+            st = dn_batchnorm_backward_f64(
+                n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
+                _in(weight), &dx[0], &dweight[0], &dbias[0])
+    if st != DN_OK:
+        raise_status(st, "batch_norm_backward")
+
+
+def _backward_infer(const floating[::1] dy, const floating[::1] x,
+                    const floating[::1] running_mean, const floating[::1] running_var,
+                    const floating[::1] weight, floating[::1] dx, floating[::1] dweight,
+                    floating[::1] dbias, int64_t n, int64_t c, int64_t s,
+                    bint channels_last, double eps):
+    cdef dn_status st
+    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    with nogil:
+        if floating is float:
+            st = dn_batchnorm_backward_infer_f32(
+                n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
+                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
+        else:
+            st = dn_batchnorm_backward_infer_f64(
+                n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
+                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
+    if st != DN_OK:
+        raise_status(st, "batch_norm_infer_backward")
+
+
+def _flat(a):
+    return None if a is None else a.reshape(-1)
+
+
+def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=None,
+                     momentum=0.1, eps=1e-5, axis=1, out=None):
+    """Batch normalization with batch statistics (training forward).
+
+    x is (N, C, *spatial) for axis=1 or (N, *spatial, C) for axis=-1, float32
+    or float64; any number of spatial dimensions, including none. Per channel,
+    over the M = N*prod(spatial) values: mean, biased variance var,
+    invstd = 1/sqrt(var + eps), y = weight*(x - mean)*invstd + bias.
+
+    running_mean / running_var, if given, are updated in place (PyTorch
+    convention): r = (1 - momentum)*r + momentum*batch, with the unbiased
+    variance var*M/(M-1). For a cumulative average over k batches pass
+    momentum=1/k.
+
+    out: an array like x to write y into; it may be x itself (in place).
+    Non-contiguous read-only inputs are copied; arrays written in place must
+    be C-contiguous.
+
+    Returns (y, save_mean, save_invstd), all of x's dtype, for
+    batch_norm_backward.
+    """
+    x = as_tensor("x", x)
+    n, c, s, channels_last = tensor_extents(x, axis)
+    dt = x.dtype
+    weight = as_vector("weight", weight, c, dt)
+    bias = as_vector("bias", bias, c, dt)
+    running_mean = writable_vector("running_mean", running_mean, c, dt)
+    running_var = writable_vector("running_var", running_var, c, dt)
+    eps = as_eps(eps)
+    momentum = as_momentum(momentum)
+    if n * s < 2:
+        raise ValueError(
+            f"x: training statistics need more than 1 value per channel, got shape {x.shape}")
+    y = output_like("out", out, x, (x,))
+    save_mean = np.empty(c, dt)
+    save_invstd = np.empty(c, dt)
+    _train(x.reshape(-1), weight, bias, running_mean, running_var, y.reshape(-1),
+           save_mean, save_invstd, n, c, s, channels_last, eps, momentum)
+    return y, save_mean, save_invstd
+
+
+def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, eps=1e-5,
+                     axis=1, out=None):
+    """Batch normalization with frozen statistics (inference forward).
+
+    y = a*x + b per channel with a = weight/sqrt(running_var + eps) and
+    b = bias - running_mean*a, folded once per channel. Arguments as in
+    batch_norm_train; running_mean and running_var are required and read only.
+    """
+    x = as_tensor("x", x)
+    n, c, s, channels_last = tensor_extents(x, axis)
+    dt = x.dtype
+    running_mean = as_vector("running_mean", running_mean, c, dt, optional=False)
+    running_var = as_vector("running_var", running_var, c, dt, optional=False)
+    weight = as_vector("weight", weight, c, dt)
+    bias = as_vector("bias", bias, c, dt)
+    eps = as_eps(eps)
+    y = output_like("out", out, x, (x,))
+    _infer(x.reshape(-1), running_mean, running_var, weight, bias, y.reshape(-1),
+           n, c, s, channels_last, eps)
+    return y
+
+
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=None):
+    """Gradients of batch_norm_train: (dx, dweight, dbias).
+
+    With xhat = (x - mean)*invstd: dbias = sum(dy), dweight = sum(dy*xhat),
+    dx = weight*invstd/M * (M*dy - dbias - xhat*dweight). save_mean and
+    save_invstd come from batch_norm_train on the same x; save_mean serves as
+    a shift only (the exact batch mean is recovered from x). dweight and
+    dbias are returned also when weight is None. out: where dx goes; it may
+    be dy itself.
+    """
+    x = as_tensor("x", x)
+    n, c, s, channels_last = tensor_extents(x, axis)
+    dt = x.dtype
+    dy = same_tensor("dy", dy, x)
+    save_mean = as_vector("save_mean", save_mean, c, dt, optional=False)
+    save_invstd = as_vector("save_invstd", save_invstd, c, dt, optional=False)
+    weight = as_vector("weight", weight, c, dt)
+    dx = output_like("out", out, x, (x, dy))
+    dweight = np.empty(c, dt)
+    dbias = np.empty(c, dt)
+    _backward(dy.reshape(-1), x.reshape(-1), save_mean, save_invstd, weight,
+              dx.reshape(-1), dweight, dbias, n, c, s, channels_last)
+    return dx, dweight, dbias
+
+
+def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps=1e-5,
+                              axis=1, out=None):
+    """Gradients of batch_norm_infer (frozen statistics): (dx, dweight, dbias).
+
+    dx = weight/sqrt(running_var + eps) * dy; dbias = sum(dy);
+    dweight = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
+    """
+    x = as_tensor("x", x)
+    n, c, s, channels_last = tensor_extents(x, axis)
+    dt = x.dtype
+    dy = same_tensor("dy", dy, x)
+    running_mean = as_vector("running_mean", running_mean, c, dt, optional=False)
+    running_var = as_vector("running_var", running_var, c, dt, optional=False)
+    weight = as_vector("weight", weight, c, dt)
+    eps = as_eps(eps)
+    dx = output_like("out", out, x, (x, dy))
+    dweight = np.empty(c, dt)
+    dbias = np.empty(c, dt)
+    _backward_infer(dy.reshape(-1), x.reshape(-1), running_mean, running_var, weight,
+                    dx.reshape(-1), dweight, dbias, n, c, s, channels_last, eps)
+    return dx, dweight, dbias

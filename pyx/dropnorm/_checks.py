@@ -1,0 +1,139 @@
+"""Argument checks shared by the wrappers.
+
+Every check runs before any kernel, so bad input raises and changes nothing.
+Errors name the argument and say what was expected.
+
+Policy for memory order: read-only inputs that are not C-contiguous are
+copied (as NumPy would); arrays that dropnorm writes into (``out=``, running
+statistics) must already be C-contiguous, writeable and of the right dtype,
+and are rejected otherwise, since a copy would silently not be updated.
+"""
+
+import math
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_tensor(name, value):
+    """The input tensor as a C-contiguous float32/float64 array, ndim >= 2."""
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name}: expected at least 2 dimensions (N, C, *spatial), got shape {arr.shape}"
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name}: every extent must be at least 1, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def tensor_extents(x, axis):
+    """(n, c, s, channels_last) for x with its channel axis at ``axis``.
+
+    axis=1 is channels first, (N, C, *spatial); axis=-1 (or ndim-1) is
+    channels last, (N, *spatial, C)."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis: expected an integer, got {type(axis).__name__}") from None
+    ndim = x.ndim
+    if axis < 0:
+        axis += ndim
+    if axis == 1:
+        return x.shape[0], x.shape[1], math.prod(x.shape[2:]), False
+    if axis == ndim - 1:
+        return x.shape[0], x.shape[-1], math.prod(x.shape[1:-1]), True
+    raise ValueError(
+        f"axis: expected 1 (channels first) or -1 (channels last) for a {ndim}-d input, got {axis}"
+    )
+
+
+def check_dtype(name, arr, dtype):
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: dtype {arr.dtype} does not match the input's dtype {dtype}")
+
+
+def as_vector(name, value, c, dtype, optional=True):
+    """A read-only per-channel vector of c values with the input's dtype."""
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name}: expected an array of {c} values, got None")
+    arr = np.asarray(value)
+    check_dtype(name, arr, dtype)
+    if arr.shape != (c,):
+        raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def writable_vector(name, value, c, dtype):
+    """A per-channel vector dropnorm updates in place (running statistics)."""
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array (it is updated in place), "
+                        f"got {type(value).__name__}")
+    check_dtype(name, value, dtype)
+    if value.shape != (c,):
+        raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {value.shape}")
+    check_writable(name, value)
+    return value
+
+
+def check_writable(name, arr):
+    if not arr.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: the array must be C-contiguous (it is written in place)")
+
+
+def same_tensor(name, value, x):
+    """A second input of x's shape and dtype (dy beside x)."""
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    check_dtype(name, arr, x.dtype)
+    if arr.shape != x.shape:
+        raise ValueError(f"{name}: shape {arr.shape} does not match x's shape {x.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def output_like(name, out, x, inputs=()):
+    """The output array: a new one like x, or ``out`` checked to fit.
+
+    ``out`` may be one of the inputs itself (in place) but must not partly
+    overlap any of them."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
+    check_dtype(name, out, x.dtype)
+    if out.shape != x.shape:
+        raise ValueError(f"{name}: shape {out.shape} does not match the input's shape {x.shape}")
+    check_writable(name, out)
+    for arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            same = (out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+                    and out.shape == arr.shape and out.strides == arr.strides)
+            if not same:
+                raise ValueError(f"{name}: partly overlaps an input (only exact in-place use "
+                                 "is allowed)")
+    return out
+
+
+def as_eps(eps):
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
+    return eps
+
+
+def as_momentum(momentum):
+    momentum = float(momentum)
+    if not (0.0 <= momentum <= 1.0):
+        raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
+    return momentum
