@@ -92,3 +92,128 @@ def bn_infer_backward(dy, x, running_mean, running_var, weight=None, eps=1e-5, a
     xhat = (x3 - np.asarray(running_mean, np.float64)[None, :, None]) * invstd[None, :, None]
     dx = g3 * (w * invstd)[None, :, None]
     return from_ncs(dx, x, axis), (g3 * xhat).sum(axis=(0, 2)), g3.sum(axis=(0, 2))
+
+
+# ---- Dropout -------------------------------------------------------------------
+#
+# Philox4x32-10 and the mask rule of DESIGN.md, vectorised over uint64 arrays
+# that hold 32-bit words (every product of two words fits in 64 bits). Dropout
+# outputs are computed in x's own dtype, since they are compared exactly:
+# y = where(keep, x*scale, 0) with the scale rounded once to that dtype.
+
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_LO32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(ctr, key):
+    """Philox4x32-10 of counters ctr = (c0, c1, c2, c3) (ints or uint64 arrays
+    of 32-bit words, broadcast together) under key = (k0, k1) (ints).
+    Returns the 4 output words as uint64 arrays."""
+    c0, c1, c2, c3 = np.broadcast_arrays(*(np.asarray(c, dtype=np.uint64) for c in ctr))
+    k0, k1 = int(key[0]), int(key[1])
+    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
+    for _ in range(10):
+        p0 = c0 * m0
+        p1 = c2 * m1
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _LO32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _LO32)
+        k0 = (k0 + PHILOX_W0) & 0xFFFFFFFF
+        k1 = (k1 + PHILOX_W1) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def dropout_words(nbits, seed, stream):
+    """The Philox word of each decision index 0 .. nbits-1: word i % 4 of the
+    block with counter (lo32(i//4), hi32(i//4), lo32(stream), hi32(stream))
+    and key (lo32(seed), hi32(seed))."""
+    i = np.arange(nbits, dtype=np.uint64)
+    j = i // np.uint64(4)
+    words = philox4x32_10(
+        (j & _LO32, j >> np.uint64(32), stream & 0xFFFFFFFF, stream >> 32),
+        (seed & 0xFFFFFFFF, seed >> 32))
+    return np.choose((i % np.uint64(4)).astype(np.intp), words)
+
+
+def dropout_keep(nbits, p, seed, stream):
+    """Keep decisions (bool) of indices 0 .. nbits-1: dropped iff the word is
+    below floor(p * 2**32); p == 1 drops everything."""
+    if p >= 1.0:
+        return np.zeros(nbits, dtype=bool)
+    threshold = np.uint64(int(p * 2.0**32))  # int() truncates: floor for p >= 0
+    return dropout_words(nbits, seed, stream) >= threshold
+
+
+def pack_mask(keep):
+    """Packed keep bits, LSB first: (len + 7)//8 uint8."""
+    return np.packbits(np.asarray(keep, dtype=bool).reshape(-1), bitorder="little")
+
+
+def unpack_mask(mask, nbits):
+    return np.unpackbits(np.asarray(mask, np.uint8), bitorder="little")[:nbits].astype(bool)
+
+
+def dropout_mask(n, p, seed, stream):
+    return pack_mask(dropout_keep(n, p, seed, stream))
+
+
+def _keep_like(x, keep, channelwise, axis):
+    """Per-element keep of x from decisions (x.size of them, or N*C)."""
+    x = np.asarray(x)
+    if not channelwise:
+        return keep.reshape(x.shape)
+    n = x.shape[0]
+    if axis in (-1, x.ndim - 1) and x.ndim > 2:
+        c = x.shape[-1]
+        return np.broadcast_to(keep.reshape((n,) + (1,) * (x.ndim - 2) + (c,)), x.shape)
+    c = x.shape[1]
+    return np.broadcast_to(keep.reshape((n, c) + (1,) * (x.ndim - 2)), x.shape)
+
+
+def dropout_decisions(x, channelwise=False, axis=1):
+    """How many decisions a dropout call on x makes: x.size, or N*C."""
+    x = np.asarray(x)
+    if not channelwise:
+        return x.size
+    channels_last = axis in (-1, x.ndim - 1) and x.ndim > 2
+    return x.shape[0] * (x.shape[-1] if channels_last else x.shape[1])
+
+
+def dropout_train_apply(x, keep, p, mode="inverted", channelwise=False, axis=1):
+    """Training output from decisions keep: where(keep, x*scale, 0) in x's dtype."""
+    x = np.asarray(x)
+    dt = x.dtype.type
+    if p >= 1.0:
+        return np.zeros_like(x)
+    scale = dt(1.0 / (1.0 - p)) if mode == "inverted" else dt(1.0)
+    kept = x * scale if scale != 1 else x
+    return np.where(_keep_like(x, keep, channelwise, axis), kept, dt(0)).astype(x.dtype)
+
+
+def dropout_forward(x, p, seed=0, stream=0, mode="inverted", training=True,
+                    channelwise=False, axis=1):
+    """Dropout forward: (y, mask) with the packed mask of the call."""
+    x = np.asarray(x)
+    dt = x.dtype.type
+    nbits = dropout_decisions(x, channelwise, axis)
+    if not training:
+        if mode == "inverted" or p == 0.0:
+            y = x.copy()
+        elif p >= 1.0:
+            y = np.zeros_like(x)
+        else:
+            y = x * dt(1.0 - p)
+        return y, pack_mask(np.ones(nbits, dtype=bool))
+    if p == 0.0:
+        return x.copy(), pack_mask(np.ones(nbits, dtype=bool))
+    keep = dropout_keep(nbits, p, seed, stream)
+    return dropout_train_apply(x, keep, p, mode, channelwise, axis), pack_mask(keep)
+
+
+def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False, axis=1):
+    """dx = dy*keep*scale for the decisions of (seed, stream)."""
+    dy = np.asarray(dy)
+    if p == 0.0:
+        return dy.copy()
+    keep = dropout_keep(dropout_decisions(dy, channelwise, axis), p, seed, stream)
+    return dropout_train_apply(dy, keep, p, mode, channelwise, axis)

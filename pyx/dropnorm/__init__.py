@@ -11,6 +11,13 @@ from dropnorm._batchnorm import (
     batch_norm_infer_backward,
     batch_norm_train,
 )
+from dropnorm._dropout import (
+    dropout,
+    dropout_apply_mask,
+    dropout_backward,
+    dropout_mask,
+    philox4x32_10,
+)
 from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
 
 __version__ = c_version()
@@ -22,6 +29,11 @@ __all__ = [
     "batch_norm_infer_backward",
     "batch_norm_train",
     "build_info",
+    "dropout",
+    "dropout_apply_mask",
+    "dropout_backward",
+    "dropout_mask",
     "get_max_threads",
+    "philox4x32_10",
     "set_num_threads",
 ]

@@ -137,3 +137,93 @@ def as_momentum(momentum):
     if not (0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
     return momentum
+
+
+# ---- Dropout -----------------------------------------------------------------
+
+DROPOUT_MODES = {"inverted": 0, "classic": 1}
+
+
+def as_array(name, value, min_ndim=1):
+    """A C-contiguous float32/float64 array with at least ``min_ndim``
+    dimensions; empty arrays are allowed (the caller handles them)."""
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimension(s), got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def as_probability(name, p):
+    """A drop probability: a real number in [0, 1] (not NaN)."""
+    if isinstance(p, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name}: expected a real number in [0, 1], got {type(p).__name__}")
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number in [0, 1], "
+                        f"got {type(p).__name__}") from None
+    if not (0.0 <= p <= 1.0):
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
+    return p
+
+
+def as_uint(name, value, bits):
+    """A Python int in [0, 2**bits) (seed, stream, Philox words)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if not (0 <= value < (1 << bits)):
+        raise ValueError(f"{name}: expected an integer in [0, 2**{bits}), got {value}")
+    return value
+
+
+def as_words(name, value, count):
+    """``count`` 32-bit words (a Philox counter or key) as a tuple of ints."""
+    try:
+        items = list(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a sequence of {count} integers, "
+                        f"got {type(value).__name__}") from None
+    if len(items) != count:
+        raise ValueError(f"{name}: expected {count} words, got {len(items)}")
+    return tuple(as_uint(f"{name}[{i}]", v, 32) for i, v in enumerate(items))
+
+
+def as_dropout_mode(mode):
+    """The C value of a dropout mode name: "inverted" or "classic"."""
+    if not isinstance(mode, str):
+        raise TypeError(f"mode: expected 'inverted' or 'classic', got {type(mode).__name__}")
+    if mode not in DROPOUT_MODES:
+        raise ValueError(f"mode: expected 'inverted' or 'classic', got {mode!r}")
+    return DROPOUT_MODES[mode]
+
+
+def as_count(name, n):
+    """A non-negative integer count."""
+    if isinstance(n, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}") from None
+    if n < 0:
+        raise ValueError(f"{name}: expected a count >= 0, got {n}")
+    return n
+
+
+def as_mask(name, mask, nbits):
+    """A packed keep mask for ``nbits`` decisions: uint8, shape ((nbits + 7)//8,)."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"{name}: expected a uint8 array of packed bits, got dtype {arr.dtype}")
+    nbytes = (nbits + 7) // 8
+    if arr.shape != (nbytes,):
+        raise ValueError(f"{name}: expected shape ({nbytes},), the packed bits of {nbits} "
+                         f"decisions, got {arr.shape}")
+    return np.ascontiguousarray(arr)

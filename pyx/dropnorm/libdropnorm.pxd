@@ -68,3 +68,41 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         const double *dy, const double *x, const double *running_mean,
         const double *running_var, const double *gamma, double eps,
         double *dx, double *dgamma, double *dbeta)
+
+# ---- Dropout (the "Dropout" section of dropnorm.h) ----
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+cdef extern from "dropnorm/dropnorm.h" nogil:
+    ctypedef enum dn_dropout_mode:
+        DN_DROPOUT_INVERTED
+        DN_DROPOUT_CLASSIC
+
+    void dn_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)
+
+    dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream,
+                              uint8_t *mask)
+
+    dn_status dn_dropout_forward_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const float *x, double p, uint64_t seed, uint64_t stream,
+        dn_dropout_mode mode, int training, float *y, uint8_t *mask)
+    dn_status dn_dropout_forward_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const double *x, double p, uint64_t seed, uint64_t stream,
+        dn_dropout_mode mode, int training, double *y, uint8_t *mask)
+
+    dn_status dn_dropout_apply_mask_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const float *x, const uint8_t *mask, double p, dn_dropout_mode mode, float *y)
+    dn_status dn_dropout_apply_mask_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const double *x, const uint8_t *mask, double p, dn_dropout_mode mode, double *y)
+
+    dn_status dn_dropout_backward_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const float *dy, double p, uint64_t seed, uint64_t stream,
+        dn_dropout_mode mode, const uint8_t *mask, float *dx)
+    dn_status dn_dropout_backward_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const double *dy, double p, uint64_t seed, uint64_t stream,
+        dn_dropout_mode mode, const uint8_t *mask, double *dx)

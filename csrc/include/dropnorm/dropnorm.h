@@ -222,6 +222,124 @@ DN_API dn_status dn_batchnorm_backward_infer_f64(
     const double *DN_RESTRICT gamma, double eps,
     double *dx, double *dgamma, double *dbeta);
 
+/* ------------------------------------------------------------------------ */
+/* Dropout (Hinton et al. 2012; Srivastava et al. 2014).
+ *
+ * Keep decisions come from the counter-based generator Philox4x32-10, so a
+ * mask is a pure function of (seed, stream, index): the same for any thread
+ * count, and regenerated in backward instead of stored. Decision i (element
+ * i, or pair (n, c) as i = n*c_ + c in channel dropout):
+ *   key     = (lo32(seed), hi32(seed))
+ *   counter = (lo32(i/4), hi32(i/4), lo32(stream), hi32(stream))
+ *   i is dropped iff word i%4 of the output < threshold = floor(p * 2^32);
+ *   p == 1 drops everything, p == 0 nothing.
+ * Give successive calls with one seed successive streams (a layer advances
+ * its stream by one per forward call) so that no two share a mask.
+ *
+ * Packed masks: 1 bit per decision, 1 = kept, LSB first within each byte,
+ * (bits + 7)/8 bytes; the unused high bits of the last byte are written as 0
+ * and ignored when read.
+ *
+ * Common arguments:
+ *   n, c, s, layout  the tensor (extents >= 1, layout a dn_layout). For
+ *                elementwise dropout only the count n*c*s matters (pass
+ *                (count, 1, 1, DN_LAYOUT_NCS)): decision i is for the
+ *                element at flat index i.
+ *   channelwise  0: one decision per element (n*c*s bits);
+ *                1: channel ("spatial") dropout as in Dropout1d/2d/3d, one
+ *                decision per (n, c), applied to all s values of that
+ *                channel in either layout (n*c bits)
+ *   p            drop probability in [0, 1]; NaN or outside is an error
+ *   mode         DN_DROPOUT_INVERTED: training y = x*keep*scale with
+ *                scale = 1/(1-p) computed in double and rounded once to the
+ *                element type; inference y = x.
+ *                DN_DROPOUT_CLASSIC (the 2012 paper): training y = x*keep;
+ *                inference y = x*(1-p), (1-p) rounded to the element type.
+ * Dropped places are exactly +0 (selected, not multiplied: NaN or inf at a
+ * dropped place gives 0). p == 0 in training copies x bitwise; p == 1 gives
+ * all zeros (in classic inference too), never inf or NaN.
+ */
+
+typedef enum dn_dropout_mode {
+    DN_DROPOUT_INVERTED = 0, /* scale kept values by 1/(1-p) in training */
+    DN_DROPOUT_CLASSIC = 1   /* scale by (1-p) in inference */
+} dn_dropout_mode;
+
+/*! dn_philox4x32_10() :
+ * The Philox4x32-10 block function (Salmon et al., SC'11; Random123):
+ * out = philox4x32_10(ctr, key): 10 rounds, multipliers 0xD2511F53 and
+ * 0xCD9E8D57, key increments 0x9E3779B9 and 0xBB67AE85. out may be ctr.
+ * @return nothing; it cannot fail. */
+DN_API void dn_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
+/*! dn_dropout_mask() :
+ * The packed keep mask of decisions 0 .. n-1 for (p, seed, stream).
+ *   n            number of decisions (>= 1)
+ *   mask         output, (n + 7)/8 bytes
+ * @return DN_OK; DN_ERR_BAD_SHAPE if n < 1; DN_ERR_SIZE_OVERFLOW;
+ *         DN_ERR_NULL_POINTER if mask is NULL; DN_ERR_BAD_VALUE for a bad p.
+ *         Nothing is written unless DN_OK. */
+DN_API dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream,
+                                 uint8_t *mask);
+
+/*! dn_dropout_forward_f32() / _f64() :
+ * Dropout forward, training (training != 0) or inference (training == 0).
+ *   x            input, n*c*s values
+ *   y            output, n*c*s values; may be x itself (in place)
+ *   mask         output, may be NULL: the packed keep mask of the call
+ *                (n*c*s bits, or n*c with channelwise); all ones in
+ *                inference. It is what dn_dropout_backward_*() and
+ *                dn_dropout_apply_mask_*() take.
+ * @return DN_OK; DN_ERR_NULL_POINTER if x or y is NULL; DN_ERR_BAD_VALUE for
+ *         a bad p; DN_ERR_BAD_MODE; DN_ERR_BAD_SHAPE, DN_ERR_SIZE_OVERFLOW,
+ *         DN_ERR_BAD_LAYOUT. Nothing is written unless DN_OK. */
+DN_API dn_status dn_dropout_forward_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const float *DN_RESTRICT x, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, int training, float *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const double *DN_RESTRICT x, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, int training, double *y, uint8_t *mask);
+
+/*! dn_dropout_apply_mask_f32() / _f64() :
+ * Training forward with a caller's mask instead of (seed, stream):
+ * y = x*keep*scale, scale = 1/(1-p) (inverted) or 1 (classic); p sets only
+ * the scale (p == 1 gives zeros whatever the mask).
+ *   mask         the packed keep mask, (bits + 7)/8 bytes with bits =
+ *                n*c*s, or n*c with channelwise
+ *   y            output, n*c*s values; may be x itself (in place)
+ * @return DN_OK; DN_ERR_NULL_POINTER if x, mask or y is NULL; otherwise as
+ *         dn_dropout_forward_*(). Nothing is written unless DN_OK. */
+DN_API dn_status dn_dropout_apply_mask_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const float *DN_RESTRICT x, const uint8_t *DN_RESTRICT mask, double p,
+    dn_dropout_mode mode, float *y);
+DN_API dn_status dn_dropout_apply_mask_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const double *DN_RESTRICT x, const uint8_t *DN_RESTRICT mask, double p,
+    dn_dropout_mode mode, double *y);
+
+/*! dn_dropout_backward_f32() / _f64() :
+ * Backward of the training forward: dx = dy*keep*scale, scale = 1/(1-p)
+ * (inverted) or 1 (classic). (Through inference it is dx = dy, or
+ * dy*(1-p) for classic: dn_dropout_forward_*() with training == 0.)
+ *   dy           upstream gradient, n*c*s values
+ *   mask         the forward's packed mask, or NULL to regenerate the
+ *                decisions from (seed, stream) with nothing stored; with a
+ *                mask, seed and stream are ignored and p sets only the scale
+ *   dx           output, n*c*s values; may be dy itself (in place)
+ * @return DN_OK; DN_ERR_NULL_POINTER if dy or dx is NULL; otherwise as
+ *         dn_dropout_forward_*(). Nothing is written unless DN_OK. */
+DN_API dn_status dn_dropout_backward_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const float *DN_RESTRICT dy, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, float *dx);
+DN_API dn_status dn_dropout_backward_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const double *DN_RESTRICT dy, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,214 @@
+/* Dropout: the Philox4x32-10 keep decisions, packed masks, and the shared
+ * blocking; the f32 and f64 kernels come from dropout_impl.h.
+ *
+ * The decision for index i (an element, or an (n, c) pair in channel
+ * dropout) is a pure function of (seed, stream, i): word i mod 4 of Philox
+ * block i div 4, compared with threshold = floor(p * 2^32). Work is cut into
+ * windows of DN_WIN = 64 consecutive indices (16 Philox blocks, 8 mask
+ * bytes), windows into thread blocks of DN_APPLY_BLOCK elements; so every
+ * mask byte is written by one thread and nothing depends on the thread
+ * count. */
+#include <string.h>
+
+#include "common.h"
+#include "philox.h"
+
+#define DN_WIN 64                /* indices per window */
+#define DN_WIN_BLOCKS (DN_WIN / 4) /* Philox blocks per window */
+
+/* Channel dropout, channels last: channels of one task (its decisions are
+ * kept on the stack), and the fewest rows a task applies them to. */
+#define DN_NSC_CHUNK 1024
+#define DN_NSC_MIN_ROWS 16
+
+/* Channel dropout, channels first: rows shorter than this are spread. */
+#define DN_NCS_SHORT 16
+
+#if DN_APPLY_BLOCK % DN_WIN != 0
+#  error "DN_APPLY_BLOCK must be a multiple of DN_WIN (whole mask bytes per thread)"
+#endif
+
+void dn_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
+{
+    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+    dn_philox4x32_10_lanes(1, &c0, &c1, &c2, &c3, key[0], key[1]);
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* ---- Where keep decisions come from. ------------------------------------ */
+
+typedef struct dn_keep_src {
+    const uint8_t *mask; /* a caller's packed mask, or NULL: generate */
+    int64_t nbits;       /* number of decisions */
+    uint32_t k0, k1;     /* key: lo32(seed), hi32(seed) */
+    uint32_t s0, s1;     /* counter words 2, 3: lo32(stream), hi32(stream) */
+    uint32_t thr;        /* dropped iff word < thr (0 < p < 1 here) */
+} dn_keep_src;
+
+static int dn_bad_p(double p) { return !(p >= 0.0 && p <= 1.0); }
+
+static int dn_bad_mode(dn_dropout_mode mode)
+{
+    return (int)mode != (int)DN_DROPOUT_INVERTED && (int)mode != (int)DN_DROPOUT_CLASSIC;
+}
+
+/* floor(p * 2^32) for 0 <= p < 1: the product is exact (a power of two) and
+ * below 2^32, so the conversion truncates exactly. */
+static uint32_t dn_threshold(double p) { return (uint32_t)(p * 4294967296.0); }
+
+static void dn_src_generate(dn_keep_src *src, int64_t nbits, double p, uint64_t seed,
+                            uint64_t stream)
+{
+    src->mask = NULL;
+    src->nbits = nbits;
+    src->k0 = (uint32_t)seed;
+    src->k1 = (uint32_t)(seed >> 32);
+    src->s0 = (uint32_t)stream;
+    src->s1 = (uint32_t)(stream >> 32);
+    src->thr = dn_threshold(p);
+}
+
+static void dn_src_mask(dn_keep_src *src, int64_t nbits, const uint8_t *mask)
+{
+    memset(src, 0, sizeof *src);
+    src->mask = mask;
+    src->nbits = nbits;
+}
+
+/* keep[j] = 1 if index base + j is kept, else 0, for the window at `base`
+ * (a multiple of DN_WIN); len = min(DN_WIN, nbits - base) entries are
+ * meaningful (a caller's mask is not read past them). */
+static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
+                                  uint32_t *DN_RESTRICT keep)
+{
+    if (src->mask == NULL) {
+        uint32_t c0[DN_WIN_BLOCKS], c1[DN_WIN_BLOCKS], c2[DN_WIN_BLOCKS], c3[DN_WIN_BLOCKS];
+        const uint64_t b0 = (uint64_t)base >> 2;
+        const uint32_t thr = src->thr;
+        for (int j = 0; j < DN_WIN_BLOCKS; j++) {
+            const uint64_t b = b0 + (uint64_t)j;
+            c0[j] = (uint32_t)b;
+            c1[j] = (uint32_t)(b >> 32);
+            c2[j] = src->s0;
+            c3[j] = src->s1;
+        }
+        dn_philox4x32_10_lanes(DN_WIN_BLOCKS, c0, c1, c2, c3, src->k0, src->k1);
+        for (int j = 0; j < DN_WIN_BLOCKS; j++) {
+            keep[4 * j + 0] = c0[j] >= thr;
+            keep[4 * j + 1] = c1[j] >= thr;
+            keep[4 * j + 2] = c2[j] >= thr;
+            keep[4 * j + 3] = c3[j] >= thr;
+        }
+    } else {
+        const uint8_t *DN_RESTRICT m = src->mask + base / 8;
+        if (len == DN_WIN) {
+            for (int j = 0; j < DN_WIN; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
+        } else {
+            for (int j = 0; j < len; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
+        }
+    }
+}
+
+/* Packs keep[0 .. len) into (len + 7)/8 bytes, LSB first; unused high bits
+ * of a last partial byte are 0. */
+static inline void dn_window_pack(const uint32_t *DN_RESTRICT keep, int len,
+                                  uint8_t *DN_RESTRICT out)
+{
+    const int full = len / 8;
+    for (int b = 0; b < full; b++) {
+        uint32_t v = 0;
+        for (int k = 0; k < 8; k++) v |= keep[8 * b + k] << k;
+        out[b] = (uint8_t)v;
+    }
+    if (len % 8) {
+        uint32_t v = 0;
+        for (int k = 0; k < len % 8; k++) v |= keep[8 * full + k] << k;
+        out[full] = (uint8_t)v;
+    }
+}
+
+/* A mask of nbits decisions that are all `kept` (1) or all dropped (0). */
+static void dn_mask_fill(int64_t nbits, int kept, uint8_t *mask)
+{
+    const int64_t full = nbits / 8;
+    memset(mask, kept ? 0xFF : 0x00, (size_t)full);
+    if (nbits % 8) mask[full] = kept ? (uint8_t)((1u << (nbits % 8)) - 1u) : 0u;
+}
+
+/* The packed mask of src's decisions, in parallel. */
+static void dn_mask_from_src(const dn_keep_src *src, uint8_t *mask)
+{
+    const int64_t nbits = src->nbits;
+    const int64_t blocks = dn_ceil_div(nbits, DN_APPLY_BLOCK);
+    DN_OMP(parallel for num_threads(dn_threads_for(nbits)) schedule(static))
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t i0 = blk * DN_APPLY_BLOCK;
+        const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, nbits);
+        uint32_t keep[DN_WIN];
+        for (int64_t base = i0; base < i1; base += DN_WIN) {
+            const int len = (int)dn_min64(DN_WIN, i1 - base);
+            dn_window_keep(src, base, len, keep);
+            dn_window_pack(keep, len, mask + base / 8);
+        }
+    }
+}
+
+dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask)
+{
+    dn_keep_src src;
+    if (n <= 0) return DN_ERR_BAD_SHAPE;
+    /* (n + 7)/8 bytes must fit the address space (a 32-bit one) */
+    if ((n - 1) / 8 >= (int64_t)PTRDIFF_MAX) return DN_ERR_SIZE_OVERFLOW;
+    if (mask == NULL) return DN_ERR_NULL_POINTER;
+    if (dn_bad_p(p)) return DN_ERR_BAD_VALUE;
+    if (p == 0.0 || p == 1.0) {
+        dn_mask_fill(n, p == 0.0, mask);
+        return DN_OK;
+    }
+    dn_src_generate(&src, n, p, seed, stream);
+    dn_mask_from_src(&src, mask);
+    return DN_OK;
+}
+
+/* ---- The plan of one dropout call. -------------------------------------- */
+
+typedef struct dn_drop_plan {
+    dn_plan t;     /* the tensor: extents, canonical layout, threads */
+    int chan;      /* channel dropout with s > 1 (with s == 1 it is elementwise) */
+    int64_t nbits; /* decisions: n*c*s, or n*c for channel dropout */
+} dn_drop_plan;
+
+/* Checks shared by every kernel, in the order of the batch-norm ones:
+ * shape and layout, pointers, then values. */
+static dn_status dn_drop_plan_make(int64_t n, int64_t c, int64_t s, dn_layout layout,
+                                   int channelwise, size_t elem_size, int pointers_ok,
+                                   double p, dn_dropout_mode mode, dn_drop_plan *dp)
+{
+    dn_status st = dn_make_plan(n, c, s, layout, elem_size, &dp->t);
+    if (st != DN_OK) return st;
+    if (!pointers_ok) return DN_ERR_NULL_POINTER;
+    if (dn_bad_p(p)) return DN_ERR_BAD_VALUE;
+    if (dn_bad_mode(mode)) return DN_ERR_BAD_MODE;
+    dp->chan = channelwise && s > 1;
+    dp->nbits = channelwise ? n * c : dp->t.total;
+    return DN_OK;
+}
+
+#define T float
+#define U uint32_t
+#define FN(name) name##_f32
+#include "dropout_impl.h"
+#undef T
+#undef U
+#undef FN
+
+#define T double
+#define U uint64_t
+#define FN(name) name##_f64
+#include "dropout_impl.h"
+#undef T
+#undef U
+#undef FN
