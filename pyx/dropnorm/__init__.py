@@ -18,11 +18,27 @@ from dropnorm._dropout import (
     dropout_mask,
     philox4x32_10,
 )
+from dropnorm._layers import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+)
 from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
 
 __version__ = c_version()
 
 __all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "__version__",
     "batch_norm_backward",
     "batch_norm_infer",

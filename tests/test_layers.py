@@ -1,0 +1,359 @@
+"""Layer classes: training sequences against the NumPy oracle (and PyTorch
+where installed), state dicts, folding, pickling, and the dropout layers."""
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import dropnorm
+
+import oracle
+
+TOL = {np.float32: 3e-5, np.float64: 1e-10}
+
+LAYERS = [
+    (dropnorm.BatchNorm1d, (6, 5)),
+    (dropnorm.BatchNorm1d, (4, 5, 7)),
+    (dropnorm.BatchNorm2d, (3, 5, 4, 6)),
+    (dropnorm.BatchNorm3d, (2, 5, 3, 4, 2)),
+]
+
+
+def batch(shape, dtype, axis, seed):
+    rng = np.random.default_rng(seed)
+    x = (0.3 + 1.7 * rng.standard_normal(shape)).astype(dtype)
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)) if axis == -1 else x
+
+
+def close(actual, expected, dtype, scale=1.0):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
+                               rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("cls, shape", LAYERS)
+def test_batchnorm_training_sequence_matches_oracle(cls, shape, affine, momentum, axis, dtype):
+    c = shape[1]
+    bn = cls(c, momentum=momentum, affine=affine, axis=axis, dtype=dtype)
+    w = np.ones(c)
+    b = np.zeros(c)
+    rm, rv = np.zeros(c), np.ones(c)
+    lr = 0.1
+    for step in range(4):
+        x = batch(shape, dtype, axis, seed=step)
+        dy = batch(shape, dtype, axis, seed=100 + step)
+        y = bn(x)
+        dx = bn.backward(dy)
+        m = x.size // c
+        y_ref, _, _ = oracle.bn_train(x, w if affine else None, b if affine else None, axis=axis)
+        dx_ref, dw_ref, db_ref = oracle.bn_backward(dy, x, w if affine else None, axis=axis)
+        k = step + 1
+        rm, rv = oracle.bn_running_update(rm, rv, x, 1.0 / k if momentum is None else momentum,
+                                          axis=axis)
+        close(y, y_ref, dtype, 4)
+        close(dx, dx_ref, dtype, 4)
+        close(bn.running_mean, rm, dtype)
+        close(bn.running_var, rv, dtype)
+        assert bn.num_batches_tracked == k
+        if affine:
+            close(bn.grad_weight, dw_ref, dtype, np.sqrt(m) * 4)
+            close(bn.grad_bias, db_ref, dtype, np.sqrt(m) * 4)
+            # an SGD step, so later steps see other weights
+            bn.weight -= (lr * bn.grad_weight).astype(dtype)
+            bn.bias -= (lr * bn.grad_bias).astype(dtype)
+            w, b = bn.weight.astype(np.float64), bn.bias.astype(np.float64)
+            bn.zero_grad()
+            assert bn.grad_weight is None
+        else:
+            assert bn.weight is None and bn.grad_weight is None
+    bn.eval()
+    x = batch(shape, dtype, axis, seed=50)
+    y = bn(x)
+    close(y, oracle.bn_infer(x, rm, rv, w if affine else None, b if affine else None,
+                             axis=axis), dtype, 8)
+    dy = batch(shape, dtype, axis, seed=51)
+    dx = bn.backward(dy)
+    dx_ref, dw_ref, _ = oracle.bn_infer_backward(dy, x, bn.running_mean, bn.running_var,
+                                                 w if affine else None, axis=axis)
+    close(dx, dx_ref, dtype, 4)
+    assert bn.num_batches_tracked == 4
+
+
+def test_batchnorm_gradients_accumulate():
+    bn = dropnorm.BatchNorm1d(3, dtype=np.float64)
+    x = batch((8, 3), np.float64, 1, 0)
+    dy = batch((8, 3), np.float64, 1, 1)
+    bn(x)
+    bn.backward(dy)
+    g1 = bn.grad_weight.copy()
+    bn(x)
+    bn.backward(dy)
+    np.testing.assert_allclose(bn.grad_weight, 2 * g1)
+
+
+def test_no_running_stats_always_uses_batch_statistics():
+    bn = dropnorm.BatchNorm2d(3, track_running_stats=False, dtype=np.float64).eval()
+    assert bn.running_mean is None and bn.num_batches_tracked is None
+    x = batch((4, 3, 5, 5), np.float64, 1, 0)
+    y_ref, _, _ = oracle.bn_train(x)
+    np.testing.assert_allclose(bn(x), y_ref, atol=1e-12)
+    dy = batch((4, 3, 5, 5), np.float64, 1, 1)
+    np.testing.assert_allclose(bn.backward(dy), oracle.bn_backward(dy, x)[0], atol=1e-12)
+    assert bn.state_dict().keys() == {"weight", "bias"}
+
+
+def test_calibrate_gives_population_statistics():
+    bn = dropnorm.BatchNorm1d(4, momentum=0.1, dtype=np.float64)
+    bn.weight[:] = 3.0
+    batches = [batch((10, 4, 6), np.float64, 1, s) for s in range(5)]
+    bn(batches[0])  # some history that calibrate must forget
+    bn.calibrate(batches)
+    means = np.array([oracle.bn_stats(b)[0] for b in batches])
+    vars_ = np.array([oracle.bn_stats(b)[1] for b in batches])
+    m = 10 * 6
+    np.testing.assert_allclose(bn.running_mean, means.mean(axis=0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(bn.running_var, m / (m - 1) * vars_.mean(axis=0), rtol=1e-12)
+    assert bn.num_batches_tracked == 5
+    assert np.all(bn.weight == 3.0) and bn.training
+
+
+def test_state_dict_round_trip_and_errors():
+    a = dropnorm.BatchNorm2d(3)
+    for s in range(3):
+        a(batch((4, 3, 5, 5), np.float32, 1, s))
+    a.weight[:] = [1.5, 2.0, 0.5]
+    state = a.state_dict()
+    assert set(state) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    assert state["running_mean"].shape == (3,) and state["num_batches_tracked"].shape == ()
+    assert state["num_batches_tracked"].dtype == np.int64 and int(state["num_batches_tracked"]) == 3
+    b = dropnorm.BatchNorm2d(3)
+    b.load_state_dict(state)
+    x = batch((4, 3, 5, 5), np.float32, 1, 9)
+    np.testing.assert_array_equal(a.eval()(x), b.eval()(x))
+    assert b.num_batches_tracked == 3
+
+    before = b.state_dict()
+    bad = dict(state)
+    del bad["running_var"]
+    with pytest.raises(ValueError, match=r"missing keys \['running_var'\]"):
+        b.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra'\]"):
+        b.load_state_dict(dict(state, extra=np.zeros(3)))
+    with pytest.raises(ValueError, match=r"state\['weight'\]: expected shape \(3,\)"):
+        b.load_state_dict(dict(state, weight=np.ones(4)))
+    for key, value in before.items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+
+
+def test_fold_into_linear_layer():
+    rng = np.random.default_rng(0)
+    n_in, n_out = 7, 5
+    w = rng.standard_normal((n_out, n_in))
+    bias = rng.standard_normal(n_out)
+    bn = dropnorm.BatchNorm1d(n_out, dtype=np.float64)
+    bn.weight[:] = rng.uniform(0.5, 2, n_out)
+    bn.bias[:] = rng.standard_normal(n_out)
+    for _ in range(3):
+        bn(rng.standard_normal((16, n_in)) @ w.T + bias)
+    bn.eval()
+    x = rng.standard_normal((9, n_in))
+    expected = bn(x @ w.T + bias)
+    w2, b2 = bn.fold_into(w, bias)
+    np.testing.assert_allclose(x @ w2.T + b2, expected, rtol=1e-12, atol=1e-12)
+    # a convolution weight (out, in, kh, kw), folded along axis 0
+    conv = rng.standard_normal((n_out, 2, 3, 3))
+    cw, cb = bn.fold_into(conv)
+    a = bn.weight / np.sqrt(bn.running_var + bn.eps)
+    np.testing.assert_allclose(cw, conv * a[:, None, None, None])
+    np.testing.assert_allclose(cb, bn.bias - bn.running_mean * a)
+    with pytest.raises(ValueError, match="weight: expected 5 output features"):
+        bn.fold_into(w.T)
+
+
+def test_pickle_copy_and_repr():
+    bn = dropnorm.BatchNorm3d(2, momentum=None, axis=-1, dtype=np.float64)
+    x = batch((2, 2, 3, 4, 5), np.float64, -1, 0)
+    bn(x)
+    for clone in (pickle.loads(pickle.dumps(bn)), copy.deepcopy(bn)):
+        assert type(clone) is dropnorm.BatchNorm3d
+        assert clone.momentum is None and clone.axis == -1 and clone.num_batches_tracked == 1
+        np.testing.assert_array_equal(clone.running_var, bn.running_var)
+        assert clone.running_var is not bn.running_var
+        np.testing.assert_array_equal(clone.eval()(x), copy.copy(bn).eval()(x))
+    assert repr(bn) == ("BatchNorm3d(2, eps=1e-05, momentum=None, affine=True, "
+                        "track_running_stats=True, axis=-1, dtype=float64)")
+
+
+def test_layer_input_errors():
+    bn = dropnorm.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"x: BatchNorm2d expects 4-d"):
+        bn(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="x: expected 3 channels on axis 1"):
+        bn(np.zeros((2, 4, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="x: dtype float64 does not match"):
+        bn(np.zeros((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(np.zeros((1, 3, 1, 1), np.float32))
+    assert bn.num_batches_tracked == 0
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        dropnorm.BatchNorm1d(2).backward(np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        dropnorm.BatchNorm1d(2, momentum=2.0)
+    with pytest.raises(TypeError, match="dtype"):
+        dropnorm.BatchNorm1d(2, dtype=np.int32)
+
+
+# ---- PyTorch, where installed -------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("cls, shape", LAYERS)
+def test_batchnorm_training_sequence_matches_pytorch(cls, shape, affine, momentum, axis, dtype):
+    torch = pytest.importorskip("torch")
+    c = shape[1]
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    ref = getattr(torch.nn, cls.__name__)(c, momentum=momentum, affine=affine, dtype=tdt)
+    bn = cls(c, momentum=momentum, affine=affine, axis=axis, dtype=dtype)
+
+    def to_torch(a):  # our layout -> torch's channels-first tensor
+        a = np.moveaxis(a, -1, 1) if axis == -1 else a
+        return torch.tensor(np.ascontiguousarray(a), requires_grad=True)
+
+    def from_torch(t):
+        a = t.detach().numpy()
+        return np.moveaxis(a, 1, -1) if axis == -1 else a
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1) if affine else None
+    for step in range(3):
+        x = batch(shape, dtype, axis, seed=step)
+        dy = batch(shape, dtype, axis, seed=100 + step)
+        xt = to_torch(x)
+        yt = ref(xt)
+        yt.backward(to_torch(dy))
+        y = bn(x)
+        dx = bn.backward(dy)
+        close(y, from_torch(yt), dtype, 8)
+        close(dx, from_torch(xt.grad), dtype, 8)
+        close(bn.running_mean, ref.running_mean.numpy(), dtype, 4)
+        close(bn.running_var, ref.running_var.numpy(), dtype, 4)
+        assert bn.num_batches_tracked == int(ref.num_batches_tracked)
+        if affine:
+            close(bn.grad_weight, ref.weight.grad.numpy(), dtype, 64)
+            close(bn.grad_bias, ref.bias.grad.numpy(), dtype, 64)
+            opt.step()
+            opt.zero_grad()
+            bn.weight -= (0.1 * bn.grad_weight).astype(dtype)
+            bn.bias -= (0.1 * bn.grad_bias).astype(dtype)
+            bn.zero_grad()
+    bn.eval()
+    ref.eval()
+    x = batch(shape, dtype, axis, seed=77)
+    close(bn(x), from_torch(ref(to_torch(x))), dtype, 8)
+    # and the state dict goes both ways
+    other = cls(c, momentum=momentum, affine=affine, axis=axis, dtype=dtype).eval()
+    other.load_state_dict(ref.state_dict())
+    close(other(x), from_torch(ref(to_torch(x))), dtype, 8)
+    ref2 = getattr(torch.nn, cls.__name__)(c, affine=affine, dtype=tdt).eval()
+    ref2.load_state_dict({k: torch.from_numpy(v) for k, v in bn.state_dict().items()})
+    close(bn(x), from_torch(ref2(to_torch(x))), dtype, 8)
+
+
+# ---- Dropout layers -------------------------------------------------------------
+
+def test_dropout_stream_advances_and_backward_regenerates_mask():
+    d = dropnorm.Dropout(p=0.5, seed=1234)
+    x = np.random.default_rng(0).standard_normal((8, 100)).astype(np.float32) + 5.0
+    y1 = d(x)
+    dx1 = d.backward(np.ones_like(x))
+    y2 = d(x)
+    dx2 = d.backward(np.ones_like(x))
+    assert d.stream == 2
+    assert not np.array_equal(y1 == 0, y2 == 0)
+    np.testing.assert_array_equal(y1, dropnorm.dropout(x, 0.5, seed=1234, stream=0))
+    np.testing.assert_array_equal(y2, dropnorm.dropout(x, 0.5, seed=1234, stream=1))
+    # the gradient uses the same mask and scale as the forward
+    np.testing.assert_array_equal(dx1, np.where(y1 == 0, 0, np.float32(2.0)))
+    np.testing.assert_array_equal(dx2, np.where(y2 == 0, 0, np.float32(2.0)))
+
+
+def test_dropout_eval_behaviour():
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float64)
+    inv = dropnorm.Dropout(0.3, seed=0).eval()
+    np.testing.assert_array_equal(inv(x), x)
+    np.testing.assert_array_equal(inv.backward(x), x)
+    classic = dropnorm.Dropout(0.3, mode="classic", seed=0).eval()
+    np.testing.assert_array_equal(classic(x), x * 0.7)
+    np.testing.assert_array_equal(classic.backward(x), x * 0.7)
+    assert inv.stream == 0 and classic.stream == 0
+
+
+def test_dropout_same_seed_same_masks_in_another_process():
+    script = textwrap.dedent("""
+        import numpy as np, dropnorm
+        d = dropnorm.Dropout2d(p=0.4, seed=2**40 + 17)
+        x = np.ones((6, 8, 3, 3), np.float32)
+        print("".join(str(int(v)) for v in (d(x) != 0).ravel()[::9]))
+        print("".join(str(int(v)) for v in (d(x) != 0).ravel()[::9]))
+    """)
+    outs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, env=dict(os.environ, OMP_NUM_THREADS=str(t))).stdout
+            for t in (1, 2)]
+    d = dropnorm.Dropout2d(p=0.4, seed=2**40 + 17)
+    x = np.ones((6, 8, 3, 3), np.float32)
+    here = "".join("".join(str(int(v)) for v in (d(x) != 0).ravel()[::9]) + "\n"
+                   for _ in range(2))
+    assert outs[0] == outs[1] == here
+    first, second = here.split()
+    assert first != second
+
+
+@pytest.mark.parametrize("cls, shape", [(dropnorm.Dropout1d, (5, 7, 11)),
+                                        (dropnorm.Dropout2d, (5, 7, 3, 4)),
+                                        (dropnorm.Dropout3d, (5, 7, 2, 3, 2))])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_channel_dropout_drops_whole_channels(cls, shape, axis):
+    d = cls(p=0.5, seed=99, axis=axis)
+    x = np.ones(shape, np.float32)
+    if axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    y = d(x)
+    y3 = oracle.to_ncs(y, axis)
+    kept = y3[:, :, 0] != 0
+    assert np.all((y3 != 0) == kept[:, :, None])
+    assert 0 < kept.sum() < kept.size
+    np.testing.assert_array_equal(y3[kept], 2.0)
+    dx = d.backward(np.ones_like(x))
+    np.testing.assert_array_equal(dx, y)
+    with pytest.raises(ValueError, match=f"x: {cls.__name__} expects"):
+        d(np.ones((2, 3), np.float32))
+
+
+def test_dropout_layer_errors_and_pickle():
+    with pytest.raises(ValueError, match="p: expected a probability"):
+        dropnorm.Dropout(1.5)
+    with pytest.raises(ValueError, match="mode: expected"):
+        dropnorm.Dropout(0.5, mode="scaled")
+    with pytest.raises(ValueError, match="seed: expected an integer"):
+        dropnorm.Dropout(0.5, seed=-1)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        dropnorm.Dropout(0.5, seed=0).backward(np.ones(3))
+    d = dropnorm.Dropout(0.25, seed=5)
+    x = np.ones((4, 9))
+    d(x)
+    clone = pickle.loads(pickle.dumps(d))
+    assert clone.stream == 1 and clone.seed == 5 and clone.p == 0.25
+    np.testing.assert_array_equal(clone(x), d(x))
+    assert repr(d) == "Dropout(p=0.25, mode='inverted', seed=5, axis=1)"
+    a, b = dropnorm.Dropout(0.5), dropnorm.Dropout(0.5)
+    assert a.seed != b.seed
