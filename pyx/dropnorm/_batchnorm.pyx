@@ -17,6 +17,7 @@ from dropnorm._checks import (
     tensor_extents,
     writable_vector,
 )
+from dropnorm._runtime import raise_status
 
 ctypedef fused floating:
     float
@@ -29,12 +30,6 @@ cdef inline const floating *_in(const floating[::1] a) noexcept nogil:
 
 cdef inline floating *_out(floating[::1] a) noexcept nogil:
     return NULL if a is None else &a[0]
-
-
-cdef raise_status(dn_status status, str where):
-    if status == DN_ERR_OUT_OF_MEMORY:
-        raise MemoryError(f"{where}: out of memory")
-    raise ValueError(f"{where}: {dn_status_str(status).decode()}")
 
 
 def _train(const floating[::1] x, const floating[::1] weight, const floating[::1] bias,

@@ -30,6 +30,7 @@ from dropnorm._checks import (
     output_like,
     tensor_extents,
 )
+from dropnorm._runtime import raise_status
 
 ctypedef fused floating:
     float
@@ -42,12 +43,6 @@ cdef inline uint8_t *_mask_out(uint8_t[::1] m) noexcept nogil:
 
 cdef inline const uint8_t *_mask_in(const uint8_t[::1] m) noexcept nogil:
     return NULL if m is None else &m[0]
-
-
-cdef raise_status(dn_status status, str where):
-    if status == DN_ERR_OUT_OF_MEMORY:
-        raise MemoryError(f"{where}: out of memory")
-    raise ValueError(f"{where}: {dn_status_str(status).decode()}")
 
 
 def _forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask,

@@ -29,3 +29,11 @@ def set_num_threads(int n):
 def get_max_threads():
     """The number of threads a kernel called from this thread may use."""
     return dn_get_max_threads()
+
+
+def raise_status(int status, str where):
+    """Raise the Python exception for a failed C call (status != DN_OK)."""
+    text = dn_status_str(<dn_status>status).decode()
+    if status == DN_ERR_OUT_OF_MEMORY:
+        raise MemoryError(f"{where}: {text}")
+    raise ValueError(f"{where}: {text}")
