@@ -208,6 +208,52 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
 
 /* ---- Public API. -------------------------------------------------------- */
 
+/* Applies fn to every element of channel ch (NCS): one run per row. */
+static void FN(apply_channel)(const dn_plan *p, FN(apply_fn) fn, int64_t ch, const T *a,
+                              const T *b, const T *const *k, T *out)
+{
+    for (int64_t row = 0; row < p->n; row++) {
+        const int64_t i0 = (row * p->c + ch) * p->s;
+        fn(p, i0, i0 + p->s, a, b, k, out);
+    }
+}
+
+/* What the training forward writes besides y. */
+typedef struct FN(train_outputs) {
+    const T *gamma, *beta;
+    double eps, momentum;
+    T *running_mean, *running_var, *save_mean, *save_invstd;
+} FN(train_outputs);
+
+/* Channel ch's statistics from its group moments (merged in group order):
+ * the elementwise constants k[0..3][ch], the saved and running statistics. */
+static void FN(train_channel)(const dn_plan *p, int64_t ch, const double *gmean,
+                              const double *gm2, const FN(train_outputs) *o, T *const *k)
+{
+    const int64_t G = p->groups;
+    double cnt = 0.0, mean = 0.0, m2 = 0.0, var, invstd;
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t at = p->nsc ? g * p->c + ch : ch * G + g;
+        int64_t lo, hi;
+        dn_split(p->m, G, g, &lo, &hi);
+        dn_merge_moments(&cnt, &mean, &m2, (double)(hi - lo), gmean[at], gm2[at]);
+    }
+    var = m2 / (double)p->m;
+    invstd = 1.0 / sqrt(var + o->eps);
+    k[0][ch] = (T)mean;
+    k[1][ch] = (T)(mean - (double)k[0][ch]);
+    k[2][ch] = (T)((o->gamma ? (double)o->gamma[ch] : 1.0) * invstd);
+    k[3][ch] = o->beta ? o->beta[ch] : (T)0;
+    if (o->save_mean) o->save_mean[ch] = (T)mean;
+    if (o->save_invstd) o->save_invstd[ch] = (T)invstd;
+    if (o->running_mean)
+        o->running_mean[ch] =
+            (T)((1.0 - o->momentum) * (double)o->running_mean[ch] + o->momentum * mean);
+    if (o->running_var)
+        o->running_var[ch] = (T)((1.0 - o->momentum) * (double)o->running_var[ch]
+                                 + o->momentum * var * ((double)p->m / (double)(p->m - 1)));
+}
+
 dn_status FN(dn_batchnorm_forward_train)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
     const T *DN_RESTRICT x, const T *DN_RESTRICT gamma,
@@ -220,10 +266,19 @@ dn_status FN(dn_batchnorm_forward_train)(
     double *gmean, *gm2, *scratch;
     T *k[4];
     int64_t G;
+    FN(train_outputs) o;
     if (st != DN_OK) return st;
     if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
+    o.gamma = gamma;
+    o.beta = beta;
+    o.eps = eps;
+    o.momentum = momentum;
+    o.running_mean = running_mean;
+    o.running_var = running_var;
+    o.save_mean = save_mean;
+    o.save_invstd = save_invstd;
 
     G = p.groups;
     /* groups x channels moments, per-thread chunk scratch (NSC), then the
@@ -236,6 +291,19 @@ dn_status FN(dn_batchnorm_forward_train)(
     k[0] = (T *)(scratch + (p.nsc ? 2 * c * p.threads : 0));
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
+    if (!p.nsc && c >= p.threads) {
+        /* a channel at a time: its values are still in cache when y is
+         * written. Same blocks, same merge order: the same bits. */
+        DN_OMP(parallel for num_threads(p.threads) schedule(dynamic, 1))
+        for (int64_t ch = 0; ch < c; ch++) {
+            for (int64_t g = 0; g < G; g++)
+                FN(ncs_group_moments)(&p, x, ch, g, gmean + ch * G + g, gm2 + ch * G + g);
+            FN(train_channel)(&p, ch, gmean, gm2, &o, k);
+            FN(apply_channel)(&p, FN(apply_train), ch, x, NULL, (const T *const *)k, y);
+        }
+        free(gmean);
+        return DN_OK;
+    }
     if (p.nsc) {
         DN_OMP(parallel for num_threads(p.threads) schedule(static))
         for (int64_t g = 0; g < G; g++) {
@@ -252,31 +320,7 @@ dn_status FN(dn_batchnorm_forward_train)(
         for (int64_t u = 0; u < c * G; u++)
             FN(ncs_group_moments)(&p, x, u / G, u % G, gmean + u, gm2 + u);
     }
-
-    for (int64_t ch = 0; ch < c; ch++) {
-        double cnt = 0.0, mean = 0.0, m2 = 0.0, var, invstd, scale;
-        for (int64_t g = 0; g < G; g++) {
-            const int64_t at = p.nsc ? g * c + ch : ch * G + g;
-            int64_t lo, hi;
-            dn_split(p.m, G, g, &lo, &hi);
-            dn_merge_moments(&cnt, &mean, &m2, (double)(hi - lo), gmean[at], gm2[at]);
-        }
-        var = m2 / (double)p.m;
-        invstd = 1.0 / sqrt(var + eps);
-        scale = (gamma ? (double)gamma[ch] : 1.0) * invstd;
-        k[0][ch] = (T)mean;
-        k[1][ch] = (T)(mean - (double)k[0][ch]);
-        k[2][ch] = (T)scale;
-        k[3][ch] = beta ? beta[ch] : (T)0;
-        if (save_mean) save_mean[ch] = (T)mean;
-        if (save_invstd) save_invstd[ch] = (T)invstd;
-        if (running_mean)
-            running_mean[ch] = (T)((1.0 - momentum) * (double)running_mean[ch] + momentum * mean);
-        if (running_var)
-            running_var[ch] = (T)((1.0 - momentum) * (double)running_var[ch]
-                                  + momentum * var * ((double)p.m / (double)(p.m - 1)));
-    }
-
+    for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, &o, k);
     FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
     free(gmean);
     return DN_OK;
@@ -309,57 +353,85 @@ dn_status FN(dn_batchnorm_forward_infer)(
     return DN_OK;
 }
 
-/* Per-channel sums of dy, x - h[ch] and dy*(x - h[ch]) into sums[3*ch + q],
- * over fixed groups combined in order. work holds 3*c*G doubles. */
-static void FN(grad_sums)(const dn_plan *p, const T *dy, const T *x,
-                          const T *h, double *work, double *sums)
+/* Gradient sums of dy, x - h and dy*(x - h): per (channel, group) for NCS,
+ * per group for NSC (all channels), and combined in group order. */
+static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, double h,
+                               int64_t ch, int64_t g, double *w)
+{
+    int64_t lo, hi, len = 0;
+    dn_split(p->m, p->groups, g, &lo, &hi);
+    w[0] = w[1] = w[2] = 0.0;
+    for (int64_t i = lo; i < hi; i += len) {
+        const T *xr = FN(ncs_run)(p, x, ch, i, hi, &len);
+        FN(run_grad_sums)(dy + (xr - x), xr, len, h, w);
+    }
+}
+
+static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const T *h,
+                               int64_t g, double *DN_RESTRICT w)
+{
+    const int64_t C = p->c;
+    int64_t lo, hi;
+    dn_split(p->m, p->groups, g, &lo, &hi);
+    for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
+    for (int64_t r = lo; r < hi; r++) {
+        const T *DN_RESTRICT gr = dy + r * C;
+        const T *DN_RESTRICT xr = x + r * C;
+        for (int64_t ch = 0; ch < C; ch++) {
+            const double gv = (double)gr[ch];
+            const double d = (double)xr[ch] - (double)h[ch];
+            w[3 * ch] += gv;
+            w[3 * ch + 1] += d;
+            w[3 * ch + 2] += gv * d;
+        }
+    }
+}
+
+/* Channel ch's three sums from the group sums in work, in group order. */
+static void FN(grad_channel_sums)(const dn_plan *p, const double *work, int64_t ch,
+                                  double *sums)
+{
+    sums[0] = sums[1] = sums[2] = 0.0;
+    for (int64_t g = 0; g < p->groups; g++) {
+        const double *w = work + 3 * (p->nsc ? g * p->c + ch : ch * p->groups + g);
+        sums[0] += w[0];
+        sums[1] += w[1];
+        sums[2] += w[2];
+    }
+}
+
+/* All group sums into work (3*c*groups doubles), in parallel. */
+static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *h, double *work)
 {
     const int64_t C = p->c, G = p->groups;
     if (p->nsc) {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t g = 0; g < G; g++) {
-            double *DN_RESTRICT w = work + 3 * C * g;
-            int64_t lo, hi;
-            dn_split(p->m, G, g, &lo, &hi);
-            for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
-            for (int64_t r = lo; r < hi; r++) {
-                const T *DN_RESTRICT gr = dy + r * C;
-                const T *DN_RESTRICT xr = x + r * C;
-                for (int64_t ch = 0; ch < C; ch++) {
-                    const double gv = (double)gr[ch];
-                    const double d = (double)xr[ch] - (double)h[ch];
-                    w[3 * ch] += gv;
-                    w[3 * ch + 1] += d;
-                    w[3 * ch + 2] += gv * d;
-                }
-            }
-        }
+        for (int64_t g = 0; g < G; g++) FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g);
     } else {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t u = 0; u < C * G; u++) {
-            const int64_t ch = u / G;
-            double *w = work + 3 * u;
-            int64_t lo, hi, len;
-            dn_split(p->m, G, u % G, &lo, &hi);
-            w[0] = w[1] = w[2] = 0.0;
-            for (int64_t i = lo; i < hi; i += len) {
-                const T *xr = FN(ncs_run)(p, x, ch, i, hi, &len);
-                FN(run_grad_sums)(dy + (xr - x), xr, len, (double)h[ch], w);
-            }
-        }
+        for (int64_t u = 0; u < C * G; u++)
+            FN(ncs_grad_group)(p, dy, x, (double)h[u / G], u / G, u % G, work + 3 * u);
     }
-    for (int64_t ch = 0; ch < C; ch++) {
-        double t[3] = {0.0, 0.0, 0.0};
-        for (int64_t g = 0; g < G; g++) {
-            const double *w = work + 3 * (p->nsc ? g * C + ch : ch * G + g);
-            t[0] += w[0];
-            t[1] += w[1];
-            t[2] += w[2];
-        }
-        sums[3 * ch] = t[0];
-        sums[3 * ch + 1] = t[1];
-        sums[3 * ch + 2] = t[2];
-    }
+}
+
+/* Training backward constants of channel ch: dx = k0*dy + k1*(x - k2) + k3. */
+static void FN(backward_channel)(const dn_plan *p, int64_t ch, const double *sums,
+                                 const T *save_mean, const T *save_invstd, const T *gamma,
+                                 T *dgamma, T *dbeta, T *const *k)
+{
+    const double m = (double)p->m, istd = (double)save_invstd[ch];
+    const double g = gamma ? (double)gamma[ch] : 1.0;
+    const double sdy = sums[0];
+    /* save_mean is a shift: the exact mean of x is save_mean + off */
+    const double off = sums[1] / m;
+    const double dg = (sums[2] - off * sdy) * istd;
+    const double A = g * istd, B = -g * istd * istd * dg / m;
+    k[0][ch] = (T)A;
+    k[1][ch] = (T)B;
+    k[2][ch] = save_mean[ch];
+    k[3][ch] = (T)(-A * sdy / m - B * off);
+    if (dgamma) dgamma[ch] = (T)dg;
+    if (dbeta) dbeta[ch] = (T)sdy;
 }
 
 dn_status FN(dn_batchnorm_backward)(
@@ -370,35 +442,38 @@ dn_status FN(dn_batchnorm_backward)(
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
-    double *work, *sums;
+    double *work;
     T *k[4];
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
-    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups + 3 * c)
+    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups)
                             + sizeof(T) * (size_t)(4 * c));
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
-    sums = work + 3 * c * p.groups;
-    k[0] = (T *)(sums + 3 * c);
+    k[0] = (T *)(work + 3 * c * p.groups);
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
-    FN(grad_sums)(&p, dy, x, save_mean, work, sums);
-    for (int64_t ch = 0; ch < c; ch++) {
-        const double m = (double)p.m, istd = (double)save_invstd[ch];
-        const double g = gamma ? (double)gamma[ch] : 1.0;
-        const double sdy = sums[3 * ch];
-        /* save_mean is a shift: the exact mean of x is save_mean + off */
-        const double off = sums[3 * ch + 1] / m;
-        const double dg = (sums[3 * ch + 2] - off * sdy) * istd;
-        const double A = g * istd, B = -g * istd * istd * dg / m;
-        k[0][ch] = (T)A;
-        k[1][ch] = (T)B;
-        k[2][ch] = save_mean[ch];
-        k[3][ch] = (T)(-A * sdy / m - B * off);
-        if (dgamma) dgamma[ch] = (T)dg;
-        if (dbeta) dbeta[ch] = (T)sdy;
+    if (!p.nsc && c >= p.threads) {
+        /* a channel at a time, so dy and x are re-read from cache */
+        DN_OMP(parallel for num_threads(p.threads) schedule(dynamic, 1))
+        for (int64_t ch = 0; ch < c; ch++) {
+            double sums[3];
+            for (int64_t g = 0; g < p.groups; g++)
+                FN(ncs_grad_group)(&p, dy, x, (double)save_mean[ch], ch, g,
+                                   work + 3 * (ch * p.groups + g));
+            FN(grad_channel_sums)(&p, work, ch, sums);
+            FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
+            FN(apply_channel)(&p, FN(apply_backward), ch, dy, x, (const T *const *)k, dx);
+        }
+    } else {
+        FN(grad_groups)(&p, dy, x, save_mean, work);
+        for (int64_t ch = 0; ch < c; ch++) {
+            double sums[3];
+            FN(grad_channel_sums)(&p, work, ch, sums);
+            FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
+        }
+        FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
     }
-    FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
     free(work);
     return DN_OK;
 }
@@ -411,29 +486,32 @@ dn_status FN(dn_batchnorm_backward_infer)(
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
-    double *work, *sums;
+    double *work;
     T *k[4];
     if (st != DN_OK) return st;
     if (dy == NULL || running_mean == NULL || running_var == NULL) return DN_ERR_NULL_POINTER;
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups + 3 * c)
+    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups)
                             + sizeof(T) * (size_t)(2 * c));
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
-    sums = work + 3 * c * p.groups;
     k[0] = k[1] = NULL;
-    k[2] = (T *)(sums + 3 * c);
+    k[2] = (T *)(work + 3 * c * p.groups);
     k[3] = k[2] + c;
 
     if (dgamma != NULL || dbeta != NULL)
         /* without dgamma only sum(dy) is used, and x may be absent */
-        FN(grad_sums)(&p, dy, x ? x : dy, running_mean, work, sums);
+        FN(grad_groups)(&p, dy, x ? x : dy, running_mean, work);
     for (int64_t ch = 0; ch < c; ch++) {
         const double istd = 1.0 / sqrt((double)running_var[ch] + eps);
+        double sums[3];
         k[2][ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * istd);
         k[3][ch] = (T)0;
-        if (dgamma) dgamma[ch] = (T)(sums[3 * ch + 2] * istd);
-        if (dbeta) dbeta[ch] = (T)sums[3 * ch];
+        if (dgamma != NULL || dbeta != NULL) {
+            FN(grad_channel_sums)(&p, work, ch, sums);
+            if (dgamma) dgamma[ch] = (T)(sums[2] * istd);
+            if (dbeta) dbeta[ch] = (T)sums[0];
+        }
     }
     if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, (const T *const *)k, dx);
     free(work);

@@ -21,6 +21,21 @@ const char *dn_version(void) { return DN_VERSION_STRING; }
 
 int dn_version_number(void) { return DN_VERSION_NUMBER; }
 
+const char *dn_compiler(void)
+{
+#if defined(__clang__)
+    return "Clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "GCC " __VERSION__;
+#elif defined(_MSC_VER)
+#  define DN_STR2(x) #x
+#  define DN_STR(x) DN_STR2(x)
+    return "MSVC " DN_STR(_MSC_FULL_VER);
+#else
+    return "unknown C compiler";
+#endif
+}
+
 int dn_openmp_enabled(void)
 {
 #ifdef _OPENMP

@@ -11,10 +11,7 @@
 #include <string.h>
 
 #include "common.h"
-#include "philox.h"
-
-#define DN_WIN 64                /* indices per window */
-#define DN_WIN_BLOCKS (DN_WIN / 4) /* Philox blocks per window */
+#include "keep_window.h"
 
 /* Channel dropout, channels last: channels of one task (its decisions are
  * kept on the stack), and the fewest rows a task applies them to. */
@@ -41,11 +38,10 @@ void dn_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out
 /* ---- Where keep decisions come from. ------------------------------------ */
 
 typedef struct dn_keep_src {
-    const uint8_t *mask; /* a caller's packed mask, or NULL: generate */
-    int64_t nbits;       /* number of decisions */
-    uint32_t k0, k1;     /* key: lo32(seed), hi32(seed) */
-    uint32_t s0, s1;     /* counter words 2, 3: lo32(stream), hi32(stream) */
-    uint32_t thr;        /* dropped iff word < thr (0 < p < 1 here) */
+    const uint8_t *mask;   /* a caller's packed mask, or NULL: generate */
+    int64_t nbits;         /* number of decisions */
+    dn_philox_stream ps;   /* key, stream and threshold (0 < p < 1 here) */
+    dn_keep_window_fn gen; /* the generator variant for this CPU */
 } dn_keep_src;
 
 static int dn_bad_p(double p) { return !(p >= 0.0 && p <= 1.0); }
@@ -64,11 +60,12 @@ static void dn_src_generate(dn_keep_src *src, int64_t nbits, double p, uint64_t 
 {
     src->mask = NULL;
     src->nbits = nbits;
-    src->k0 = (uint32_t)seed;
-    src->k1 = (uint32_t)(seed >> 32);
-    src->s0 = (uint32_t)stream;
-    src->s1 = (uint32_t)(stream >> 32);
-    src->thr = dn_threshold(p);
+    src->ps.k0 = (uint32_t)seed;
+    src->ps.k1 = (uint32_t)(seed >> 32);
+    src->ps.s0 = (uint32_t)stream;
+    src->ps.s1 = (uint32_t)(stream >> 32);
+    src->ps.thr = dn_threshold(p);
+    src->gen = dn_select_keep_window(NULL);
 }
 
 static void dn_src_mask(dn_keep_src *src, int64_t nbits, const uint8_t *mask)
@@ -85,23 +82,7 @@ static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
                                   uint32_t *DN_RESTRICT keep)
 {
     if (src->mask == NULL) {
-        uint32_t c0[DN_WIN_BLOCKS], c1[DN_WIN_BLOCKS], c2[DN_WIN_BLOCKS], c3[DN_WIN_BLOCKS];
-        const uint64_t b0 = (uint64_t)base >> 2;
-        const uint32_t thr = src->thr;
-        for (int j = 0; j < DN_WIN_BLOCKS; j++) {
-            const uint64_t b = b0 + (uint64_t)j;
-            c0[j] = (uint32_t)b;
-            c1[j] = (uint32_t)(b >> 32);
-            c2[j] = src->s0;
-            c3[j] = src->s1;
-        }
-        dn_philox4x32_10_lanes(DN_WIN_BLOCKS, c0, c1, c2, c3, src->k0, src->k1);
-        for (int j = 0; j < DN_WIN_BLOCKS; j++) {
-            keep[4 * j + 0] = c0[j] >= thr;
-            keep[4 * j + 1] = c1[j] >= thr;
-            keep[4 * j + 2] = c2[j] >= thr;
-            keep[4 * j + 3] = c3[j] >= thr;
-        }
+        src->gen(&src->ps, (uint64_t)base >> 2, keep);
     } else {
         const uint8_t *DN_RESTRICT m = src->mask + base / 8;
         if (len == DN_WIN) {

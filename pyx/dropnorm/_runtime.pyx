@@ -10,11 +10,17 @@ def c_version():
 
 
 def build_info():
-    """How this copy of dropnorm was built and how it runs, as a dict."""
+    """How this copy of dropnorm was built and how it runs, as a dict:
+    version, compiler, openmp (on/off), max_threads (threads a kernel may use
+    now) and kernel_variant (the instruction set chosen at run time for the
+    dropout kernels: "avx512", "avx2" or "portable"; DROPNORM_SIMD=portable
+    or avx2 caps it)."""
     return {
         "version": dn_version().decode(),
+        "compiler": dn_compiler().decode(),
         "openmp": bool(dn_openmp_enabled()),
         "max_threads": dn_get_max_threads(),
+        "kernel_variant": dn_kernel_variant().decode(),
     }
 
 

@@ -24,6 +24,8 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
     const char *dn_version()
     int dn_version_number()
     int dn_openmp_enabled()
+    const char *dn_compiler()
+    const char *dn_kernel_variant()
     int dn_get_max_threads()
     dn_status dn_set_num_threads(int n)
 

@@ -108,6 +108,17 @@ DN_API int dn_get_max_threads(void);
  * @return DN_OK, or DN_ERR_BAD_VALUE if n < 1. */
 DN_API dn_status dn_set_num_threads(int n);
 
+/*! dn_compiler() :
+ * @return the compiler the library was built with, e.g. "GCC 12.2.0". */
+DN_API const char *dn_compiler(void);
+
+/*! dn_kernel_variant() :
+ * @return the instruction-set variant the dropout kernels use on this CPU
+ *         now: "avx512", "avx2" or "portable". The environment variable
+ *         DROPNORM_SIMD=portable|avx2 caps it (for testing); every variant
+ *         gives the same bits. */
+DN_API const char *dn_kernel_variant(void);
+
 /* ------------------------------------------------------------------------ */
 /* Tensor layout. */
 

@@ -1,0 +1,53 @@
+/* Run-time choice of the instruction-set variant of the dropout kernels.
+ * Wheels are built for the baseline ISA; the faster variants are compiled
+ * separately (with -mavx2, -mavx512f) and used only where the CPU has them.
+ * Nothing is cached: the check is cheap next to any kernel. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "keep_window.h"
+
+static void dn_keep_window_portable_fn(const dn_philox_stream *ps, uint64_t block0,
+                                       uint32_t *DN_RESTRICT keep)
+{
+    dn_keep_window_portable(ps, block0, keep);
+}
+
+#if (defined(DN_HAVE_AVX2) || defined(DN_HAVE_AVX512)) && defined(__GNUC__)
+#  define DN_CPU_HAS(feature) __builtin_cpu_supports(feature)
+#else
+#  define DN_CPU_HAS(feature) 0
+#endif
+
+dn_keep_window_fn dn_select_keep_window(const char **name)
+{
+    /* the fastest allowed: "portable" < "avx2" < "avx512" */
+    const char *cap = getenv("DROPNORM_SIMD");
+    int limit = 2;
+    if (cap != NULL) {
+        if (strcmp(cap, "portable") == 0) limit = 0;
+        else if (strcmp(cap, "avx2") == 0) limit = 1;
+    }
+    (void)limit;
+#if defined(DN_HAVE_AVX512)
+    if (limit >= 2 && DN_CPU_HAS("avx512f")) {
+        if (name) *name = "avx512";
+        return dn_keep_window_avx512;
+    }
+#endif
+#if defined(DN_HAVE_AVX2)
+    if (limit >= 1 && DN_CPU_HAS("avx2")) {
+        if (name) *name = "avx2";
+        return dn_keep_window_avx2;
+    }
+#endif
+    if (name) *name = "portable";
+    return dn_keep_window_portable_fn;
+}
+
+const char *dn_kernel_variant(void)
+{
+    const char *name = "portable";
+    dn_select_keep_window(&name);
+    return name;
+}

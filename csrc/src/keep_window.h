@@ -1,0 +1,62 @@
+/* Keep decisions of one window of DN_WIN = 64 consecutive dropout indices
+ * (16 Philox4x32-10 blocks), in several instruction-set variants chosen at
+ * run time. Every variant returns the same bits: keep[i] = 1 if index
+ * base + i is kept (its Philox word >= thr), else 0. Not installed. */
+#ifndef DROPNORM_KEEP_WINDOW_H
+#define DROPNORM_KEEP_WINDOW_H
+
+#include <stdint.h>
+
+#include "philox.h"
+
+#define DN_WIN 64                  /* indices per window */
+#define DN_WIN_BLOCKS (DN_WIN / 4) /* Philox blocks per window */
+
+/* What a window needs: key, the stream's counter words and the threshold. */
+typedef struct dn_philox_stream {
+    uint32_t k0, k1; /* key: lo32(seed), hi32(seed) */
+    uint32_t s0, s1; /* counter words 2 and 3: lo32(stream), hi32(stream) */
+    uint32_t thr;    /* dropped iff word < thr */
+} dn_philox_stream;
+
+/* block0 = base / 4, the first Philox block of the window. */
+typedef void (*dn_keep_window_fn)(const dn_philox_stream *ps, uint64_t block0,
+                                  uint32_t *DN_RESTRICT keep);
+
+/* The portable variant: plain C the compiler may vectorise. */
+static inline void dn_keep_window_portable(const dn_philox_stream *ps, uint64_t block0,
+                                           uint32_t *DN_RESTRICT keep)
+{
+    uint32_t c0[DN_WIN_BLOCKS], c1[DN_WIN_BLOCKS], c2[DN_WIN_BLOCKS], c3[DN_WIN_BLOCKS];
+    const uint32_t thr = ps->thr;
+    for (int j = 0; j < DN_WIN_BLOCKS; j++) {
+        const uint64_t b = block0 + (uint64_t)j;
+        c0[j] = (uint32_t)b;
+        c1[j] = (uint32_t)(b >> 32);
+        c2[j] = ps->s0;
+        c3[j] = ps->s1;
+    }
+    dn_philox4x32_10_lanes(DN_WIN_BLOCKS, c0, c1, c2, c3, ps->k0, ps->k1);
+    for (int j = 0; j < DN_WIN_BLOCKS; j++) {
+        keep[4 * j + 0] = c0[j] >= thr;
+        keep[4 * j + 1] = c1[j] >= thr;
+        keep[4 * j + 2] = c2[j] >= thr;
+        keep[4 * j + 3] = c3[j] >= thr;
+    }
+}
+
+#if defined(DN_HAVE_AVX2)
+void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
+                         uint32_t *DN_RESTRICT keep);
+#endif
+#if defined(DN_HAVE_AVX512)
+void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
+                           uint32_t *DN_RESTRICT keep);
+#endif
+
+/* The fastest variant this CPU runs, unless the environment variable
+ * DROPNORM_SIMD names a slower one ("portable", "avx2", "avx512"); its
+ * name goes to *name when name is not NULL. */
+dn_keep_window_fn dn_select_keep_window(const char **name);
+
+#endif

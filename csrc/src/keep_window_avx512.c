@@ -1,0 +1,70 @@
+/* The AVX-512 keep window: all 16 Philox blocks of a window in one register
+ * per counter word, then a 4x16 transpose so that keep comes out in element
+ * order. Compiled with -mavx512f; called only after a CPU check. */
+#include <immintrin.h>
+
+#include "keep_window.h"
+
+static inline void dn_mulhilo_avx512(__m512i a, __m512i m, __m512i *hi, __m512i *lo)
+{
+    const __m512i even = _mm512_mul_epu32(a, m);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *hi = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    *lo = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
+                           uint32_t *DN_RESTRICT keep)
+{
+    const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
+    const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
+    const __m512i thr = _mm512_set1_epi32((int)ps->thr);
+    const __m512i one = _mm512_set1_epi32(1);
+    const __m512i base = _mm512_set1_epi32((int)(uint32_t)block0);
+    const __m512i lo = _mm512_add_epi32(
+        base, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    /* lanes whose low counter word wrapped past 2^32 carry into word 1 */
+    const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo, base);
+    __m512i x0 = lo;
+    __m512i x1 = _mm512_mask_add_epi32(_mm512_set1_epi32((int)(uint32_t)(block0 >> 32)),
+                                       wrapped, _mm512_set1_epi32((int)(uint32_t)(block0 >> 32)),
+                                       one);
+    __m512i x2 = _mm512_set1_epi32((int)ps->s0);
+    __m512i x3 = _mm512_set1_epi32((int)ps->s1);
+    uint32_t k0 = ps->k0, k1 = ps->k1;
+    for (int r = 0; r < 10; r++) {
+        __m512i h0, l0, h1, l1;
+        dn_mulhilo_avx512(x0, m0, &h0, &l0);
+        dn_mulhilo_avx512(x2, m1, &h1, &l1);
+        x0 = _mm512_xor_si512(_mm512_xor_si512(h1, x1), _mm512_set1_epi32((int)k0));
+        x1 = l1;
+        x2 = _mm512_xor_si512(_mm512_xor_si512(h0, x3), _mm512_set1_epi32((int)k1));
+        x3 = l0;
+        k0 += DN_PHILOX_W0;
+        k1 += DN_PHILOX_W1;
+    }
+    {
+        /* in each 128-bit lane q: u_j = block 4q + j's four words */
+        const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
+        const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
+        const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+        const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+        /* u0 = [b0 b4 b8 b12], u1 = [b1 b5 ...], u2 = [b2 ...], u3 = [b3 ...] */
+        const __m512i s0 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0)); /* b0 b4 b1 b5 */
+        const __m512i s1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0)); /* b2 b6 b3 b7 */
+        const __m512i s2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2)); /* b8 b12 b9 b13 */
+        const __m512i s3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i o0 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)); /* b0 b1 b2 b3 */
+        const __m512i o1 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)); /* b4 .. b7 */
+        const __m512i o2 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i o3 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm512_storeu_si512((void *)(keep + 0),
+                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o0, thr), one));
+        _mm512_storeu_si512((void *)(keep + 16),
+                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o1, thr), one));
+        _mm512_storeu_si512((void *)(keep + 32),
+                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o2, thr), one));
+        _mm512_storeu_si512((void *)(keep + 48),
+                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o3, thr), one));
+    }
+}
