@@ -589,3 +589,20 @@ def test_public_api_is_documented():
                  "philox4x32_10"):
         assert name in dropnorm.__all__
         assert getattr(dropnorm, name).__doc__
+
+
+# ---- Instruction-set variants -----------------------------------------------------
+
+def test_every_kernel_variant_gives_the_same_bits():
+    # DROPNORM_SIMD caps the variant chosen at run time; all must agree
+    results = {}
+    for cap in ("portable", "avx2", "avx512"):
+        env = dict(os.environ, DROPNORM_SIMD=cap, OMP_NUM_THREADS="2")
+        script = "import dropnorm; print(dropnorm.build_info()['kernel_variant'])\n" + _HASH_SCRIPT
+        out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        variant, digest = out[0], out[2]
+        if cap == "portable":
+            assert variant == "portable"
+        results[variant] = digest
+    assert len(set(results.values())) == 1, results
