@@ -27,6 +27,13 @@ from dropnorm._layers import (
     Dropout2d,
     Dropout3d,
 )
+from dropnorm._paths import (
+    get_cmake_dir,
+    get_include,
+    get_library_dir,
+    get_pkgconfig_dir,
+    get_runtime_dir,
+)
 from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
 
 __version__ = c_version()
@@ -49,7 +56,12 @@ __all__ = [
     "dropout_apply_mask",
     "dropout_backward",
     "dropout_mask",
+    "get_cmake_dir",
+    "get_include",
+    "get_library_dir",
     "get_max_threads",
+    "get_pkgconfig_dir",
+    "get_runtime_dir",
     "philox4x32_10",
     "set_num_threads",
 ]
