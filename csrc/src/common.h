@@ -11,8 +11,13 @@
 
 #ifdef _OPENMP
 #  include <omp.h>
-#  define DN_STRINGIFY(x) #x
-#  define DN_OMP(directive) _Pragma(DN_STRINGIFY(omp directive))
+#  if defined(_MSC_VER) && !defined(__clang__)
+     /* MSVC's C compiler takes _Pragma only with /Zc:preprocessor */
+#    define DN_OMP(directive) __pragma(omp directive)
+#  else
+#    define DN_STRINGIFY(x) #x
+#    define DN_OMP(directive) _Pragma(DN_STRINGIFY(omp directive))
+#  endif
 #else
 #  define DN_OMP(directive)
 #endif
