@@ -2,69 +2,90 @@
  * f64 variants. batchnorm.c includes this file once per type with
  *   T        the element type (float or double)
  *   FN(name) the name with its type suffix (name##_f32)
- * All arithmetic on statistics is in double; elementwise passes are in T. */
+ * Sums run in T over short blocks and in double between them; the merge of
+ * statistics is in double; elementwise passes are in T. */
 
-/* ---- Runs: contiguous stretches of memory, plain vectorisable loops. ---- */
-
-/* Eight independent accumulators so the compiler can vectorise the sums;
- * they are combined in a fixed order. */
+/* ---- Runs: contiguous stretches of memory, plain vectorisable loops. ----
+ * Sums run in T over blocks of at most DN_INNER values (so they vectorise at
+ * the element type's width) and move to double between blocks; eight
+ * independent lanes, combined in a fixed order. */
 #define DN_LANES 8
-#define DN_FOLD(a) \
-    ((((a)[0] + (a)[4]) + ((a)[1] + (a)[5])) + (((a)[2] + (a)[6]) + ((a)[3] + (a)[7])))
+#define DN_INNER 1024
+
+static inline double FN(fold)(const T *a)
+{
+    return (((double)a[0] + (double)a[4]) + ((double)a[1] + (double)a[5]))
+         + (((double)a[2] + (double)a[6]) + ((double)a[3] + (double)a[7]));
+}
 
 static double FN(run_sum)(const T *DN_RESTRICT p, int64_t len)
 {
-    double acc[DN_LANES] = {0};
-    double tail = 0.0;
-    int64_t i = 0;
-    for (; i + DN_LANES <= len; i += DN_LANES)
-        for (int j = 0; j < DN_LANES; j++) acc[j] += (double)p[i + j];
-    for (; i < len; i++) tail += (double)p[i];
-    return DN_FOLD(acc) + tail;
+    double total = 0.0;
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *DN_RESTRICT q = p + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        T acc[DN_LANES] = {0}, tail = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES)
+            for (int j = 0; j < DN_LANES; j++) acc[j] += q[i + j];
+        for (; i < n; i++) tail += q[i];
+        total += FN(fold)(acc) + (double)tail;
+    }
+    return total;
 }
 
-static double FN(run_sqdev)(const T *DN_RESTRICT p, int64_t len, double mean)
+/* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
+static void FN(run_dev)(const T *DN_RESTRICT p, int64_t len, T c, double *sums)
 {
-    double acc[DN_LANES] = {0};
-    double tail = 0.0;
-    int64_t i = 0;
-    for (; i + DN_LANES <= len; i += DN_LANES)
-        for (int j = 0; j < DN_LANES; j++) {
-            const double d = (double)p[i + j] - mean;
-            acc[j] += d * d;
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *DN_RESTRICT q = p + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        T a1[DN_LANES] = {0}, a2[DN_LANES] = {0}, t1 = 0, t2 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES)
+            for (int j = 0; j < DN_LANES; j++) {
+                const T d = q[i + j] - c;
+                a1[j] += d;
+                a2[j] += d * d;
+            }
+        for (; i < n; i++) {
+            const T d = q[i] - c;
+            t1 += d;
+            t2 += d * d;
         }
-    for (; i < len; i++) {
-        const double d = (double)p[i] - mean;
-        tail += d * d;
+        sums[0] += FN(fold)(a1) + (double)t1;
+        sums[1] += FN(fold)(a2) + (double)t2;
     }
-    return DN_FOLD(acc) + tail;
 }
 
 /* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)) */
 static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
-                              int64_t len, double h, double *sums)
+                              int64_t len, T h, double *sums)
 {
-    double a0[DN_LANES] = {0}, a1[DN_LANES] = {0}, a2[DN_LANES] = {0};
-    double t0 = 0.0, t1 = 0.0, t2 = 0.0;
-    int64_t i = 0;
-    for (; i + DN_LANES <= len; i += DN_LANES)
-        for (int j = 0; j < DN_LANES; j++) {
-            const double g = (double)dy[i + j];
-            const double d = (double)x[i + j] - h;
-            a0[j] += g;
-            a1[j] += d;
-            a2[j] += g * d;
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *DN_RESTRICT g = dy + b;
+        const T *DN_RESTRICT q = x + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        T a0[DN_LANES] = {0}, a1[DN_LANES] = {0}, a2[DN_LANES] = {0};
+        T t0 = 0, t1 = 0, t2 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES)
+            for (int j = 0; j < DN_LANES; j++) {
+                const T d = q[i + j] - h;
+                a0[j] += g[i + j];
+                a1[j] += d;
+                a2[j] += g[i + j] * d;
+            }
+        for (; i < n; i++) {
+            const T d = q[i] - h;
+            t0 += g[i];
+            t1 += d;
+            t2 += g[i] * d;
         }
-    for (; i < len; i++) {
-        const double g = (double)dy[i];
-        const double d = (double)x[i] - h;
-        t0 += g;
-        t1 += d;
-        t2 += g * d;
+        sums[0] += FN(fold)(a0) + (double)t0;
+        sums[1] += FN(fold)(a1) + (double)t1;
+        sums[2] += FN(fold)(a2) + (double)t2;
     }
-    sums[0] += DN_FOLD(a0) + t0;
-    sums[1] += DN_FOLD(a1) + t1;
-    sums[2] += DN_FOLD(a2) + t2;
 }
 
 /* ---- Elementwise passes over a flat range, one source for both layouts. --
@@ -140,7 +161,9 @@ static inline const T *FN(ncs_run)(const dn_plan *p, const T *base, int64_t ch,
 }
 
 /* NCS: mean and squared deviations of group g of channel ch, from two-pass
- * chunks merged in order. */
+ * chunks merged in order. The second pass centres on the first pass's mean
+ * rounded to T and also sums the deviations, which corrects that rounding
+ * (the corrected two-pass algorithm). */
 static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t ch,
                                   int64_t g, double *mean, double *m2)
 {
@@ -149,28 +172,32 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t ch,
     dn_split(p->m, p->groups, g, &lo, &hi);
     for (int64_t c0 = lo; c0 < hi; c0 += p->chunk) {
         const int64_t c1 = dn_min64(c0 + p->chunk, hi);
-        double sum = 0.0, q = 0.0, mu;
+        const double rows = (double)(c1 - c0);
+        double sum = 0.0, dev[2] = {0.0, 0.0};
+        T centre;
         for (int64_t i = c0; i < c1; i += len) {
             const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
             sum += FN(run_sum)(run, len);
         }
-        mu = sum / (double)(c1 - c0);
+        centre = (T)(sum / rows);
         for (int64_t i = c0; i < c1; i += len) {
             const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
-            q += FN(run_sqdev)(run, len, mu);
+            FN(run_dev)(run, len, centre, dev);
         }
-        dn_merge_moments(&cnt, &gm, &gq, (double)(c1 - c0), mu, q);
+        dn_merge_moments(&cnt, &gm, &gq, rows, (double)centre + dev[0] / rows,
+                         dev[1] - dev[0] * dev[0] / rows);
     }
     *mean = gm;
     *m2 = gq;
 }
 
 /* NSC: per-channel mean and squared deviations of the rows of group g,
- * from two-pass chunks of rows merged in order. cm and cq are scratch of
- * p->c doubles each. */
+ * from two-pass chunks of rows merged in order (as ncs_group_moments, but
+ * vectorised across the channels of a row). sum, dev and centre are
+ * scratch of p->c values each. */
 static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
-                                  double *gmean, double *gm2,
-                                  double *DN_RESTRICT cm, double *DN_RESTRICT cq)
+                                  double *gmean, double *gm2, T *DN_RESTRICT sum,
+                                  T *DN_RESTRICT dev, T *DN_RESTRICT centre)
 {
     const int64_t C = p->c;
     int64_t lo, hi;
@@ -179,28 +206,34 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const double rows = (double)(r1 - r0), nt = cnt + rows;
-        for (int64_t ch = 0; ch < C; ch++) cm[ch] = 0.0;
+        for (int64_t ch = 0; ch < C; ch++) sum[ch] = 0;
         for (int64_t r = r0; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
-            for (int64_t ch = 0; ch < C; ch++) cm[ch] += (double)row[ch];
+            for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
         }
         for (int64_t ch = 0; ch < C; ch++) {
-            cm[ch] /= rows;
-            cq[ch] = 0.0;
+            centre[ch] = (T)((double)sum[ch] / rows);
+            sum[ch] = 0;
+            dev[ch] = 0;
         }
         for (int64_t r = r0; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
             for (int64_t ch = 0; ch < C; ch++) {
-                const double d = (double)row[ch] - cm[ch];
-                cq[ch] += d * d;
+                const T d = row[ch] - centre[ch];
+                sum[ch] += d;
+                dev[ch] += d * d;
             }
         }
         /* dn_merge_moments, vectorised over channels */
         for (int64_t ch = 0; ch < C; ch++) {
-            const double delta = cm[ch] - (cnt > 0.0 ? gmean[ch] : 0.0);
+            const double s1 = (double)sum[ch];
+            const double cm = (double)centre[ch] + s1 / rows;
+            const double cq = (double)dev[ch] - s1 * s1 / rows;
+            const double prev_m = cnt > 0.0 ? gmean[ch] : 0.0;
             const double prev_q = cnt > 0.0 ? gm2[ch] : 0.0;
-            gmean[ch] = (cnt > 0.0 ? gmean[ch] : 0.0) + delta * (rows / nt);
-            gm2[ch] = prev_q + cq[ch] + delta * delta * (cnt * (rows / nt));
+            const double delta = cm - prev_m;
+            gmean[ch] = prev_m + delta * (rows / nt);
+            gm2[ch] = prev_q + cq + delta * delta * (cnt * (rows / nt));
         }
         cnt = nt;
     }
@@ -283,12 +316,12 @@ dn_status FN(dn_batchnorm_forward_train)(
     G = p.groups;
     /* groups x channels moments, per-thread chunk scratch (NSC), then the
      * four per-channel constants of the elementwise pass */
-    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + (p.nsc ? 2 * c * p.threads : 0))
+    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + (p.nsc ? 3 * c * p.threads : 0))
                              + sizeof(T) * (size_t)(4 * c));
     if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
     gm2 = gmean + G * c;
     scratch = gm2 + G * c;
-    k[0] = (T *)(scratch + (p.nsc ? 2 * c * p.threads : 0));
+    k[0] = (T *)(scratch + (p.nsc ? 3 * c * p.threads : 0));
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
     if (!p.nsc && c >= p.threads) {
@@ -311,8 +344,9 @@ dn_status FN(dn_batchnorm_forward_train)(
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c,
-                                  scratch + 2 * c * tid, scratch + 2 * c * tid + c);
+            T *mine = (T *)(scratch + 3 * c * tid);
+            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c, mine, mine + c,
+                                  mine + 2 * c);
         }
     } else {
         /* moments of (channel, group) pairs; stored channel-major */
@@ -355,7 +389,7 @@ dn_status FN(dn_batchnorm_forward_infer)(
 
 /* Gradient sums of dy, x - h and dy*(x - h): per (channel, group) for NCS,
  * per group for NSC (all channels), and combined in group order. */
-static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, double h,
+static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, T h,
                                int64_t ch, int64_t g, double *w)
 {
     int64_t lo, hi, len = 0;
@@ -367,22 +401,33 @@ static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, double
     }
 }
 
+/* NSC: per channel, rows summed in T (acc: scratch of 3*p->c values) in
+ * blocks of p->chunk rows, each block then added to w in double. */
 static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const T *h,
-                               int64_t g, double *DN_RESTRICT w)
+                               int64_t g, double *DN_RESTRICT w, T *DN_RESTRICT acc)
 {
     const int64_t C = p->c;
+    T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + C, *DN_RESTRICT a2 = acc + 2 * C;
     int64_t lo, hi;
     dn_split(p->m, p->groups, g, &lo, &hi);
     for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
-    for (int64_t r = lo; r < hi; r++) {
-        const T *DN_RESTRICT gr = dy + r * C;
-        const T *DN_RESTRICT xr = x + r * C;
+    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
+        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        for (int64_t ch = 0; ch < C; ch++) a0[ch] = a1[ch] = a2[ch] = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *DN_RESTRICT gr = dy + r * C;
+            const T *DN_RESTRICT xr = x + r * C;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const T d = xr[ch] - h[ch];
+                a0[ch] += gr[ch];
+                a1[ch] += d;
+                a2[ch] += gr[ch] * d;
+            }
+        }
         for (int64_t ch = 0; ch < C; ch++) {
-            const double gv = (double)gr[ch];
-            const double d = (double)xr[ch] - (double)h[ch];
-            w[3 * ch] += gv;
-            w[3 * ch + 1] += d;
-            w[3 * ch + 2] += gv * d;
+            w[3 * ch] += (double)a0[ch];
+            w[3 * ch + 1] += (double)a1[ch];
+            w[3 * ch + 2] += (double)a2[ch];
         }
     }
 }
@@ -400,18 +445,34 @@ static void FN(grad_channel_sums)(const dn_plan *p, const double *work, int64_t 
     }
 }
 
-/* All group sums into work (3*c*groups doubles), in parallel. */
-static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *h, double *work)
+/* All group sums into work (3*c*groups doubles), in parallel; scratch
+ * holds 3*c values of T per thread (NSC). */
+static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *h, double *work,
+                            T *scratch)
 {
     const int64_t C = p->c, G = p->groups;
     if (p->nsc) {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t g = 0; g < G; g++) FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g);
+        for (int64_t g = 0; g < G; g++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g, scratch + 3 * C * tid);
+        }
     } else {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
         for (int64_t u = 0; u < C * G; u++)
-            FN(ncs_grad_group)(p, dy, x, (double)h[u / G], u / G, u % G, work + 3 * u);
+            FN(ncs_grad_group)(p, dy, x, h[u / G], u / G, u % G, work + 3 * u);
     }
+}
+
+/* Bytes of the workspace of the backward kernels: group sums, per-thread
+ * scratch, and `consts` per-channel constants. */
+static size_t FN(grad_workspace)(const dn_plan *p, int consts)
+{
+    return sizeof(double) * (size_t)(3 * p->c * p->groups)
+         + sizeof(T) * (size_t)(3 * p->c * p->threads + consts * p->c);
 }
 
 /* Training backward constants of channel ch: dx = k0*dy + k1*(x - k2) + k3. */
@@ -443,14 +504,14 @@ dn_status FN(dn_batchnorm_backward)(
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
     double *work;
-    T *k[4];
+    T *scratch, *k[4];
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
-    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups)
-                            + sizeof(T) * (size_t)(4 * c));
+    work = (double *)malloc(FN(grad_workspace)(&p, 4));
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
-    k[0] = (T *)(work + 3 * c * p.groups);
+    scratch = (T *)(work + 3 * c * p.groups);
+    k[0] = scratch + 3 * c * p.threads;
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
     if (!p.nsc && c >= p.threads) {
@@ -459,14 +520,14 @@ dn_status FN(dn_batchnorm_backward)(
         for (int64_t ch = 0; ch < c; ch++) {
             double sums[3];
             for (int64_t g = 0; g < p.groups; g++)
-                FN(ncs_grad_group)(&p, dy, x, (double)save_mean[ch], ch, g,
+                FN(ncs_grad_group)(&p, dy, x, save_mean[ch], ch, g,
                                    work + 3 * (ch * p.groups + g));
             FN(grad_channel_sums)(&p, work, ch, sums);
             FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
             FN(apply_channel)(&p, FN(apply_backward), ch, dy, x, (const T *const *)k, dx);
         }
     } else {
-        FN(grad_groups)(&p, dy, x, save_mean, work);
+        FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
         for (int64_t ch = 0; ch < c; ch++) {
             double sums[3];
             FN(grad_channel_sums)(&p, work, ch, sums);
@@ -487,21 +548,21 @@ dn_status FN(dn_batchnorm_backward_infer)(
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
     double *work;
-    T *k[4];
+    T *scratch, *k[4];
     if (st != DN_OK) return st;
     if (dy == NULL || running_mean == NULL || running_var == NULL) return DN_ERR_NULL_POINTER;
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    work = (double *)malloc(sizeof(double) * (size_t)(3 * c * p.groups)
-                            + sizeof(T) * (size_t)(2 * c));
+    work = (double *)malloc(FN(grad_workspace)(&p, 2));
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    scratch = (T *)(work + 3 * c * p.groups);
     k[0] = k[1] = NULL;
-    k[2] = (T *)(work + 3 * c * p.groups);
+    k[2] = scratch + 3 * c * p.threads;
     k[3] = k[2] + c;
 
     if (dgamma != NULL || dbeta != NULL)
         /* without dgamma only sum(dy) is used, and x may be absent */
-        FN(grad_groups)(&p, dy, x ? x : dy, running_mean, work);
+        FN(grad_groups)(&p, dy, x ? x : dy, running_mean, work, scratch);
     for (int64_t ch = 0; ch < c; ch++) {
         const double istd = 1.0 / sqrt((double)running_var[ch] + eps);
         double sums[3];

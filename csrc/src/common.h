@@ -32,6 +32,8 @@
 /* Elements in one two-pass statistics chunk: small enough to be re-read from
  * L1/L2 for the squared deviations, large enough to amortise the merge. */
 #define DN_CHUNK_ELEMS 4096
+/* Channels-last chunks take at most this many rows. */
+#define DN_CHUNK_ROWS 256
 /* Elements one reduction group aims at. */
 #define DN_GROUP_ELEMS 32768
 /* Upper bound on the groups of one channel (bounds the workspace). */
@@ -106,7 +108,9 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     if (p->nsc) {
         int64_t g = dn_ceil_div(p->total, DN_GROUP_ELEMS);
         p->groups = dn_max64(1, dn_min64(dn_min64(g, DN_MAX_GROUPS), p->m));
-        p->chunk = dn_max64(1, DN_CHUNK_ELEMS / c);
+        /* rows per chunk: at most DN_CHUNK_ROWS, since each channel sums
+         * its rows in T */
+        p->chunk = dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / c));
     } else {
         int64_t g = dn_ceil_div(p->m, DN_GROUP_ELEMS);
         p->groups = dn_max64(1, dn_min64(g, DN_MAX_GROUPS));
