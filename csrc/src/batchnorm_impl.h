@@ -18,18 +18,30 @@ static inline double FN(fold)(const T *a)
          + (((double)a[2] + (double)a[6]) + ((double)a[3] + (double)a[7]));
 }
 
+/* out += the sum of EXPR over i in [0, n), in DN_LANES lanes of T. One
+ * accumulator array per loop: GCC vectorises that form, not several. */
+#define DN_LANE_SUM(n, EXPR, out)                                              \
+    do {                                                                       \
+        T acc_[DN_LANES] = {0}, tail_ = 0;                                     \
+        int64_t i_ = 0;                                                        \
+        for (; i_ + DN_LANES <= (n); i_ += DN_LANES)                           \
+            for (int j_ = 0; j_ < DN_LANES; j_++) {                            \
+                const int64_t i = i_ + j_;                                     \
+                acc_[j_] += (EXPR);                                            \
+            }                                                                  \
+        for (; i_ < (n); i_++) {                                               \
+            const int64_t i = i_;                                              \
+            tail_ += (EXPR);                                                   \
+        }                                                                      \
+        (out) += FN(fold)(acc_) + (double)tail_;                               \
+    } while (0)
+
 static double FN(run_sum)(const T *DN_RESTRICT p, int64_t len)
 {
     double total = 0.0;
     for (int64_t b = 0; b < len; b += DN_INNER) {
         const T *DN_RESTRICT q = p + b;
-        const int64_t n = dn_min64(DN_INNER, len - b);
-        T acc[DN_LANES] = {0}, tail = 0;
-        int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES)
-            for (int j = 0; j < DN_LANES; j++) acc[j] += q[i + j];
-        for (; i < n; i++) tail += q[i];
-        total += FN(fold)(acc) + (double)tail;
+        DN_LANE_SUM(dn_min64(DN_INNER, len - b), q[i], total);
     }
     return total;
 }
@@ -40,21 +52,8 @@ static void FN(run_dev)(const T *DN_RESTRICT p, int64_t len, T c, double *sums)
     for (int64_t b = 0; b < len; b += DN_INNER) {
         const T *DN_RESTRICT q = p + b;
         const int64_t n = dn_min64(DN_INNER, len - b);
-        T a1[DN_LANES] = {0}, a2[DN_LANES] = {0}, t1 = 0, t2 = 0;
-        int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES)
-            for (int j = 0; j < DN_LANES; j++) {
-                const T d = q[i + j] - c;
-                a1[j] += d;
-                a2[j] += d * d;
-            }
-        for (; i < n; i++) {
-            const T d = q[i] - c;
-            t1 += d;
-            t2 += d * d;
-        }
-        sums[0] += FN(fold)(a1) + (double)t1;
-        sums[1] += FN(fold)(a2) + (double)t2;
+        DN_LANE_SUM(n, q[i] - c, sums[0]);
+        DN_LANE_SUM(n, (q[i] - c) * (q[i] - c), sums[1]);
     }
 }
 
@@ -66,25 +65,9 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
         const T *DN_RESTRICT g = dy + b;
         const T *DN_RESTRICT q = x + b;
         const int64_t n = dn_min64(DN_INNER, len - b);
-        T a0[DN_LANES] = {0}, a1[DN_LANES] = {0}, a2[DN_LANES] = {0};
-        T t0 = 0, t1 = 0, t2 = 0;
-        int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES)
-            for (int j = 0; j < DN_LANES; j++) {
-                const T d = q[i + j] - h;
-                a0[j] += g[i + j];
-                a1[j] += d;
-                a2[j] += g[i + j] * d;
-            }
-        for (; i < n; i++) {
-            const T d = q[i] - h;
-            t0 += g[i];
-            t1 += d;
-            t2 += g[i] * d;
-        }
-        sums[0] += FN(fold)(a0) + (double)t0;
-        sums[1] += FN(fold)(a1) + (double)t1;
-        sums[2] += FN(fold)(a2) + (double)t2;
+        DN_LANE_SUM(n, g[i], sums[0]);
+        DN_LANE_SUM(n, q[i] - h, sums[1]);
+        DN_LANE_SUM(n, g[i] * (q[i] - h), sums[2]);
     }
 }
 
@@ -150,45 +133,53 @@ static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
 
 /* ---- Statistics. -------------------------------------------------------- */
 
-/* NCS: the piece [idx, hi) of channel ch (in the channel's own n*s order)
- * that is contiguous in memory; its length goes to *len. */
-static inline const T *FN(ncs_run)(const dn_plan *p, const T *base, int64_t ch,
-                                   int64_t idx, int64_t hi, int64_t *len)
-{
-    const int64_t row = idx / p->s, col = idx % p->s;
-    *len = dn_min64(p->s - col, hi - idx);
-    return base + (row * p->c + ch) * p->s + col;
-}
+/* NCS: the group's rows in memory order. Group g is the range [lo, hi) of
+ * the per-channel index n*s + j; DN_NCS_GROUP_PIECES runs a body
+ * for each contiguous piece (at most p->chunk values of one row of one
+ * channel), for n, then channel, then piece: a sequential sweep of memory.
+ * The body (the variadic argument) sees ch, off (the piece's first element)
+ * and len. */
+#define DN_NCS_GROUP_PIECES(p, g, ...)                                         \
+    do {                                                                       \
+        int64_t lo_, hi_;                                                      \
+        dn_split((p)->m, (p)->groups, (g), &lo_, &hi_);                        \
+        for (int64_t n_ = lo_ / (p)->s; n_ * (p)->s < hi_; n_++) {             \
+            const int64_t s0_ = dn_max64(lo_ - n_ * (p)->s, 0);                \
+            const int64_t s1_ = dn_min64(hi_ - n_ * (p)->s, (p)->s);           \
+            for (int64_t ch = 0; ch < (p)->c; ch++) {                          \
+                const int64_t row_ = (n_ * (p)->c + ch) * (p)->s;              \
+                for (int64_t j_ = s0_; j_ < s1_; j_ += (p)->chunk) {           \
+                    const int64_t off = row_ + j_;                             \
+                    const int64_t len = dn_min64((p)->chunk, s1_ - j_);        \
+                    __VA_ARGS__                                                \
+                }                                                              \
+            }                                                                  \
+        }                                                                      \
+    } while (0)
 
-/* NCS: mean and squared deviations of group g of channel ch, from two-pass
- * chunks merged in order. The second pass centres on the first pass's mean
- * rounded to T and also sums the deviations, which corrects that rounding
- * (the corrected two-pass algorithm). */
-static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t ch,
-                                  int64_t g, double *mean, double *m2)
+/* NCS: for group g, every channel's mean and squared deviations, from a
+ * two-pass over each piece (in L1), merged in order into
+ * gmean/gm2[ch*groups + g]. The second pass centres on the first pass's
+ * mean rounded to T and also sums the deviations, which corrects that
+ * rounding (the corrected two-pass algorithm). cnt: scratch of p->c. */
+static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, double *gmean,
+                                  double *gm2, double *DN_RESTRICT cnt)
 {
-    int64_t lo, hi, len = 0;
-    double cnt = 0.0, gm = 0.0, gq = 0.0;
-    dn_split(p->m, p->groups, g, &lo, &hi);
-    for (int64_t c0 = lo; c0 < hi; c0 += p->chunk) {
-        const int64_t c1 = dn_min64(c0 + p->chunk, hi);
-        const double rows = (double)(c1 - c0);
-        double sum = 0.0, dev[2] = {0.0, 0.0};
-        T centre;
-        for (int64_t i = c0; i < c1; i += len) {
-            const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
-            sum += FN(run_sum)(run, len);
+    const int64_t G = p->groups;
+    for (int64_t ch = 0; ch < p->c; ch++) cnt[ch] = 0.0;
+    DN_NCS_GROUP_PIECES(p, g, {
+        const T *run = x + off;
+        const double rows = (double)len;
+        const T centre = (T)(FN(run_sum)(run, len) / rows);
+        double dev[2] = {0.0, 0.0};
+        FN(run_dev)(run, len, centre, dev);
+        if (cnt[ch] == 0.0) {
+            gmean[ch * G + g] = 0.0;
+            gm2[ch * G + g] = 0.0;
         }
-        centre = (T)(sum / rows);
-        for (int64_t i = c0; i < c1; i += len) {
-            const T *run = FN(ncs_run)(p, x, ch, i, c1, &len);
-            FN(run_dev)(run, len, centre, dev);
-        }
-        dn_merge_moments(&cnt, &gm, &gq, rows, (double)centre + dev[0] / rows,
-                         dev[1] - dev[0] * dev[0] / rows);
-    }
-    *mean = gm;
-    *m2 = gq;
+        dn_merge_moments(&cnt[ch], &gmean[ch * G + g], &gm2[ch * G + g], rows,
+                         (double)centre + dev[0] / rows, dev[1] - dev[0] * dev[0] / rows);
+    });
 }
 
 /* NSC: per-channel mean and squared deviations of the rows of group g,
@@ -240,16 +231,6 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
 }
 
 /* ---- Public API. -------------------------------------------------------- */
-
-/* Applies fn to every element of channel ch (NCS): one run per row. */
-static void FN(apply_channel)(const dn_plan *p, FN(apply_fn) fn, int64_t ch, const T *a,
-                              const T *b, const T *const *k, T *out)
-{
-    for (int64_t row = 0; row < p->n; row++) {
-        const int64_t i0 = (row * p->c + ch) * p->s;
-        fn(p, i0, i0 + p->s, a, b, k, out);
-    }
-}
 
 /* What the training forward writes besides y. */
 typedef struct FN(train_outputs) {
@@ -314,45 +295,29 @@ dn_status FN(dn_batchnorm_forward_train)(
     o.save_invstd = save_invstd;
 
     G = p.groups;
-    /* groups x channels moments, per-thread chunk scratch (NSC), then the
+    /* groups x channels moments, per-thread scratch, then the
      * four per-channel constants of the elementwise pass */
-    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + (p.nsc ? 3 * c * p.threads : 0))
+    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 3 * c * p.threads)
                              + sizeof(T) * (size_t)(4 * c));
     if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
     gm2 = gmean + G * c;
     scratch = gm2 + G * c;
-    k[0] = (T *)(scratch + (p.nsc ? 3 * c * p.threads : 0));
+    k[0] = (T *)(scratch + 3 * c * p.threads);
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
-    if (!p.nsc && c >= p.threads) {
-        /* a channel at a time: its values are still in cache when y is
-         * written. Same blocks, same merge order: the same bits. */
-        DN_OMP(parallel for num_threads(p.threads) schedule(dynamic, 1))
-        for (int64_t ch = 0; ch < c; ch++) {
-            for (int64_t g = 0; g < G; g++)
-                FN(ncs_group_moments)(&p, x, ch, g, gmean + ch * G + g, gm2 + ch * G + g);
-            FN(train_channel)(&p, ch, gmean, gm2, &o, k);
-            FN(apply_channel)(&p, FN(apply_train), ch, x, NULL, (const T *const *)k, y);
-        }
-        free(gmean);
-        return DN_OK;
-    }
-    if (p.nsc) {
-        DN_OMP(parallel for num_threads(p.threads) schedule(static))
-        for (int64_t g = 0; g < G; g++) {
-            int tid = 0;
+    DN_OMP(parallel for num_threads(p.threads) schedule(static))
+    for (int64_t g = 0; g < G; g++) {
+        int tid = 0;
 #ifdef _OPENMP
-            tid = omp_get_thread_num();
+        tid = omp_get_thread_num();
 #endif
+        if (p.nsc) {
             T *mine = (T *)(scratch + 3 * c * tid);
             FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c, mine, mine + c,
                                   mine + 2 * c);
+        } else {
+            FN(ncs_group_moments)(&p, x, g, gmean, gm2, scratch + 3 * c * tid);
         }
-    } else {
-        /* moments of (channel, group) pairs; stored channel-major */
-        DN_OMP(parallel for num_threads(p.threads) schedule(static))
-        for (int64_t u = 0; u < c * G; u++)
-            FN(ncs_group_moments)(&p, x, u / G, u % G, gmean + u, gm2 + u);
     }
     for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, &o, k);
     FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
@@ -389,16 +354,17 @@ dn_status FN(dn_batchnorm_forward_infer)(
 
 /* Gradient sums of dy, x - h and dy*(x - h): per (channel, group) for NCS,
  * per group for NSC (all channels), and combined in group order. */
-static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, T h,
-                               int64_t ch, int64_t g, double *w)
+static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, const T *h,
+                               int64_t g, double *work)
 {
-    int64_t lo, hi, len = 0;
-    dn_split(p->m, p->groups, g, &lo, &hi);
-    w[0] = w[1] = w[2] = 0.0;
-    for (int64_t i = lo; i < hi; i += len) {
-        const T *xr = FN(ncs_run)(p, x, ch, i, hi, &len);
-        FN(run_grad_sums)(dy + (xr - x), xr, len, h, w);
+    const int64_t G = p->groups;
+    for (int64_t ch = 0; ch < p->c; ch++) {
+        double *w = work + 3 * (ch * G + g);
+        w[0] = w[1] = w[2] = 0.0;
     }
+    DN_NCS_GROUP_PIECES(p, g, {
+        FN(run_grad_sums)(dy + off, x + off, len, h[ch], work + 3 * (ch * G + g));
+    });
 }
 
 /* NSC: per channel, rows summed in T (acc: scratch of 3*p->c values) in
@@ -462,8 +428,7 @@ static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *
         }
     } else {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t u = 0; u < C * G; u++)
-            FN(ncs_grad_group)(p, dy, x, h[u / G], u / G, u % G, work + 3 * u);
+        for (int64_t g = 0; g < G; g++) FN(ncs_grad_group)(p, dy, x, h, g, work);
     }
 }
 
@@ -514,27 +479,13 @@ dn_status FN(dn_batchnorm_backward)(
     k[0] = scratch + 3 * c * p.threads;
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
-    if (!p.nsc && c >= p.threads) {
-        /* a channel at a time, so dy and x are re-read from cache */
-        DN_OMP(parallel for num_threads(p.threads) schedule(dynamic, 1))
-        for (int64_t ch = 0; ch < c; ch++) {
-            double sums[3];
-            for (int64_t g = 0; g < p.groups; g++)
-                FN(ncs_grad_group)(&p, dy, x, save_mean[ch], ch, g,
-                                   work + 3 * (ch * p.groups + g));
-            FN(grad_channel_sums)(&p, work, ch, sums);
-            FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
-            FN(apply_channel)(&p, FN(apply_backward), ch, dy, x, (const T *const *)k, dx);
-        }
-    } else {
-        FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
-        for (int64_t ch = 0; ch < c; ch++) {
-            double sums[3];
-            FN(grad_channel_sums)(&p, work, ch, sums);
-            FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
-        }
-        FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
+    FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
+    for (int64_t ch = 0; ch < c; ch++) {
+        double sums[3];
+        FN(grad_channel_sums)(&p, work, ch, sums);
+        FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
     }
+    FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
     free(work);
     return DN_OK;
 }
@@ -580,5 +531,8 @@ dn_status FN(dn_batchnorm_backward_infer)(
 }
 
 #undef DN_LANES
+#undef DN_NCS_GROUP_PIECES
+#undef DN_LANE_SUM
+#undef DN_INNER
 #undef DN_FOLD
 #undef DN_DEFINE_APPLY
