@@ -242,15 +242,16 @@ typedef struct FN(train_outputs) {
 /* Channel ch's statistics from its group moments (merged in group order):
  * the elementwise constants k[0..3][ch], the saved and running statistics. */
 static void FN(train_channel)(const dn_plan *p, int64_t ch, const double *gmean,
-                              const double *gm2, const FN(train_outputs) *o, T *const *k)
+                              const double *gm2, const double *weights,
+                              const FN(train_outputs) *o, T *const *k)
 {
     const int64_t G = p->groups;
-    double cnt = 0.0, mean = 0.0, m2 = 0.0, var, invstd;
+    double mean = 0.0, m2 = 0.0, var, invstd;
     for (int64_t g = 0; g < G; g++) {
         const int64_t at = p->nsc ? g * p->c + ch : ch * G + g;
-        int64_t lo, hi;
-        dn_split(p->m, G, g, &lo, &hi);
-        dn_merge_moments(&cnt, &mean, &m2, (double)(hi - lo), gmean[at], gm2[at]);
+        const double delta = gmean[at] - mean;
+        mean += delta * weights[2 * g];
+        m2 += gm2[at] + delta * delta * weights[2 * g + 1];
     }
     var = m2 / (double)p->m;
     invstd = 1.0 / sqrt(var + o->eps);
@@ -277,7 +278,7 @@ dn_status FN(dn_batchnorm_forward_train)(
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
-    double *gmean, *gm2, *scratch;
+    double *gmean, *gm2, *weights, *scratch;
     T *k[4];
     int64_t G;
     FN(train_outputs) o;
@@ -297,11 +298,12 @@ dn_status FN(dn_batchnorm_forward_train)(
     G = p.groups;
     /* groups x channels moments, per-thread scratch, then the
      * four per-channel constants of the elementwise pass */
-    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 3 * c * p.threads)
+    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G + 3 * c * p.threads)
                              + sizeof(T) * (size_t)(4 * c));
     if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
     gm2 = gmean + G * c;
-    scratch = gm2 + G * c;
+    weights = gm2 + G * c;
+    scratch = weights + 2 * G;
     k[0] = (T *)(scratch + 3 * c * p.threads);
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
@@ -319,7 +321,9 @@ dn_status FN(dn_batchnorm_forward_train)(
             FN(ncs_group_moments)(&p, x, g, gmean, gm2, scratch + 3 * c * tid);
         }
     }
-    for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, &o, k);
+    dn_group_weights(&p, weights);
+    DN_OMP(parallel for num_threads(dn_threads_for(c * G * 64)) schedule(static))
+    for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, weights, &o, k);
     FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
     free(gmean);
     return DN_OK;
@@ -480,6 +484,7 @@ dn_status FN(dn_batchnorm_backward)(
     for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
 
     FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
+    DN_OMP(parallel for num_threads(dn_threads_for(c * p.groups * 64)) schedule(static))
     for (int64_t ch = 0; ch < c; ch++) {
         double sums[3];
         FN(grad_channel_sums)(&p, work, ch, sums);

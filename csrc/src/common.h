@@ -105,19 +105,32 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     if (c == 1) p->nsc = 0;
     else if (s == 1) p->nsc = 1;
     else p->nsc = (layout == DN_LAYOUT_NSC);
+    /* groups split each channel's m values (rows for NSC); a group is
+     * reduced in memory order over all channels */
+    p->groups = dn_max64(1, dn_min64(dn_min64(dn_ceil_div(p->total, DN_GROUP_ELEMS),
+                                              DN_MAX_GROUPS), p->m));
     if (p->nsc) {
-        int64_t g = dn_ceil_div(p->total, DN_GROUP_ELEMS);
-        p->groups = dn_max64(1, dn_min64(dn_min64(g, DN_MAX_GROUPS), p->m));
         /* rows per chunk: at most DN_CHUNK_ROWS, since each channel sums
          * its rows in T */
         p->chunk = dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / c));
     } else {
-        int64_t g = dn_ceil_div(p->m, DN_GROUP_ELEMS);
-        p->groups = dn_max64(1, dn_min64(g, DN_MAX_GROUPS));
         p->chunk = DN_CHUNK_ELEMS;
     }
     p->threads = dn_threads_for(p->total);
     return DN_OK;
+}
+
+/* The weights that merge the groups' moments in order (dn_merge_moments
+ * with the counts known in advance): w[2g] = nb/nt and w[2g+1] = na*(nb/nt)
+ * for group g of nb values after na values (nt = na + nb). */
+static inline void dn_group_weights(const dn_plan *p, double *w)
+{
+    for (int64_t g = 0; g < p->groups; g++) {
+        int64_t lo, hi;
+        dn_split(p->m, p->groups, g, &lo, &hi);
+        w[2 * g] = (double)(hi - lo) / (double)hi;
+        w[2 * g + 1] = (double)lo * w[2 * g];
+    }
 }
 
 static inline int dn_bad_eps(double eps) { return !(eps >= 0.0) || !isfinite(eps); }
