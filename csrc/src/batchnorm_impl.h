@@ -142,7 +142,7 @@ static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
 #define DN_NCS_GROUP_PIECES(p, g, ...)                                         \
     do {                                                                       \
         int64_t lo_, hi_;                                                      \
-        dn_split((p)->m, (p)->groups, (g), &lo_, &hi_);                        \
+        dn_group_range((p), (g), &lo_, &hi_);                                  \
         for (int64_t n_ = lo_ / (p)->s; n_ * (p)->s < hi_; n_++) {             \
             const int64_t s0_ = dn_max64(lo_ - n_ * (p)->s, 0);                \
             const int64_t s1_ = dn_min64(hi_ - n_ * (p)->s, (p)->s);           \
@@ -193,7 +193,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
     const int64_t C = p->c;
     int64_t lo, hi;
     double cnt = 0.0;
-    dn_split(p->m, p->groups, g, &lo, &hi);
+    dn_group_range(p, g, &lo, &hi);
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const double rows = (double)(r1 - r0), nt = cnt + rows;
@@ -379,7 +379,7 @@ static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const 
     const int64_t C = p->c;
     T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + C, *DN_RESTRICT a2 = acc + 2 * C;
     int64_t lo, hi;
-    dn_split(p->m, p->groups, g, &lo, &hi);
+    dn_group_range(p, g, &lo, &hi);
     for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);

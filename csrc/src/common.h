@@ -80,7 +80,8 @@ typedef struct dn_plan {
     int64_t m;        /* values per channel: n*s */
     int64_t total;    /* n*c*s */
     int nsc;          /* 1: channels last (rows of c), 0: channels first */
-    int64_t groups;   /* reduction groups (per channel for NCS, of rows for NSC) */
+    int64_t groups;   /* reduction groups: ranges of each channel's n*s values */
+    int64_t row_parts; /* NCS: 0 if groups are whole images, else parts per image */
     int64_t chunk;    /* NCS: elements per stats chunk; NSC: rows per chunk */
     int threads;
 } dn_plan;
@@ -109,6 +110,12 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
      * reduced in memory order over all channels */
     p->groups = dn_max64(1, dn_min64(dn_min64(dn_ceil_div(p->total, DN_GROUP_ELEMS),
                                               DN_MAX_GROUPS), p->m));
+    p->row_parts = 0;
+    if (!p->nsc && p->groups > n) {
+        /* NCS with few images: each image's rows split into row_parts */
+        p->row_parts = dn_min64(dn_ceil_div(p->groups, n), s);
+        p->groups = n * p->row_parts;
+    }
     if (p->nsc) {
         /* rows per chunk: at most DN_CHUNK_ROWS, since each channel sums
          * its rows in T */
@@ -120,6 +127,24 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     return DN_OK;
 }
 
+/* The range [lo, hi) of each channel's m values (index n*s + j) that
+ * group g reduces. NCS groups hold whole images where there are enough. */
+static inline void dn_group_range(const dn_plan *p, int64_t g, int64_t *lo, int64_t *hi)
+{
+    if (p->nsc) {
+        dn_split(p->m, p->groups, g, lo, hi);
+    } else if (p->row_parts == 0) {
+        dn_split(p->n, p->groups, g, lo, hi);
+        *lo *= p->s;
+        *hi *= p->s;
+    } else {
+        const int64_t img = g / p->row_parts;
+        dn_split(p->s, p->row_parts, g % p->row_parts, lo, hi);
+        *lo += img * p->s;
+        *hi += img * p->s;
+    }
+}
+
 /* The weights that merge the groups' moments in order (dn_merge_moments
  * with the counts known in advance): w[2g] = nb/nt and w[2g+1] = na*(nb/nt)
  * for group g of nb values after na values (nt = na + nb). */
@@ -127,7 +152,7 @@ static inline void dn_group_weights(const dn_plan *p, double *w)
 {
     for (int64_t g = 0; g < p->groups; g++) {
         int64_t lo, hi;
-        dn_split(p->m, p->groups, g, &lo, &hi);
+        dn_group_range(p, g, &lo, &hi);
         w[2 * g] = (double)(hi - lo) / (double)hi;
         w[2 * g + 1] = (double)lo * w[2 * g];
     }
