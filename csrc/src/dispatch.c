@@ -8,9 +8,9 @@
 #include "keep_window.h"
 
 static void dn_keep_window_portable_fn(const dn_philox_stream *ps, uint64_t block0,
-                                       uint32_t *DN_RESTRICT keep)
+                                       uint32_t *DN_RESTRICT keep, uint64_t *bits)
 {
-    dn_keep_window_portable(ps, block0, keep);
+    dn_keep_window_portable(ps, block0, keep, bits);
 }
 
 #if (defined(DN_HAVE_AVX2) || defined(DN_HAVE_AVX512)) && defined(__GNUC__)

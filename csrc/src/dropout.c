@@ -75,24 +75,6 @@ static void dn_src_mask(dn_keep_src *src, int64_t nbits, const uint8_t *mask)
     src->nbits = nbits;
 }
 
-/* keep[j] = 1 if index base + j is kept, else 0, for the window at `base`
- * (a multiple of DN_WIN); len = min(DN_WIN, nbits - base) entries are
- * meaningful (a caller's mask is not read past them). */
-static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
-                                  uint32_t *DN_RESTRICT keep)
-{
-    if (src->mask == NULL) {
-        src->gen(&src->ps, (uint64_t)base >> 2, keep);
-    } else {
-        const uint8_t *DN_RESTRICT m = src->mask + base / 8;
-        if (len == DN_WIN) {
-            for (int j = 0; j < DN_WIN; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
-        } else {
-            for (int j = 0; j < len; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
-        }
-    }
-}
-
 /* Packs keep[0 .. len) into (len + 7)/8 bytes, LSB first; unused high bits
  * of a last partial byte are 0. */
 static inline void dn_window_pack(const uint32_t *DN_RESTRICT keep, int len,
@@ -108,6 +90,31 @@ static inline void dn_window_pack(const uint32_t *DN_RESTRICT keep, int len,
         uint32_t v = 0;
         for (int k = 0; k < len % 8; k++) v |= keep[8 * full + k] << k;
         out[full] = (uint8_t)v;
+    }
+}
+
+/* keep[j] = 1 if index base + j is kept, else 0, for the window at `base`
+ * (a multiple of DN_WIN); len = min(DN_WIN, nbits - base) entries are
+ * meaningful (a caller's mask is not read past them). If pack is not NULL,
+ * the window's (len + 7)/8 mask bytes go there too. */
+static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
+                                  uint32_t *DN_RESTRICT keep, uint8_t *DN_RESTRICT pack)
+{
+    if (src->mask == NULL) {
+        uint64_t bits = 0;
+        src->gen(&src->ps, (uint64_t)base >> 2, keep, pack ? &bits : NULL);
+        if (pack) {
+            if (len < DN_WIN) bits &= ((uint64_t)1 << len) - 1u;
+            for (int b = 0; b < (len + 7) / 8; b++) pack[b] = (uint8_t)(bits >> (8 * b));
+        }
+    } else {
+        const uint8_t *DN_RESTRICT m = src->mask + base / 8;
+        if (len == DN_WIN) {
+            for (int j = 0; j < DN_WIN; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
+        } else {
+            for (int j = 0; j < len; j++) keep[j] = (uint32_t)(m[j >> 3] >> (j & 7)) & 1u;
+        }
+        if (pack) dn_window_pack(keep, len, pack);
     }
 }
 
@@ -131,8 +138,7 @@ static void dn_mask_from_src(const dn_keep_src *src, uint8_t *mask)
         uint32_t keep[DN_WIN];
         for (int64_t base = i0; base < i1; base += DN_WIN) {
             const int len = (int)dn_min64(DN_WIN, i1 - base);
-            dn_window_keep(src, base, len, keep);
-            dn_window_pack(keep, len, mask + base / 8);
+            dn_window_keep(src, base, len, keep, mask + base / 8);
         }
     }
 }

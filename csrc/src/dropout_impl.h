@@ -86,8 +86,7 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
         uint32_t keep[DN_WIN];
         for (int64_t base = i0; base < i1; base += DN_WIN) {
             const int len = (int)dn_min64(DN_WIN, i1 - base);
-            dn_window_keep(src, base, len, keep);
-            if (mask_out) dn_window_pack(keep, len, mask_out + base / 8);
+            dn_window_keep(src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
             FN(dn_sel)(x + base, y + base, keep, len, scale, mul);
         }
     }
@@ -111,7 +110,7 @@ static void FN(dn_drop_chan_ncs)(const dn_drop_plan *dp, const dn_keep_src *src,
             const int64_t len = dn_min64(S - e % S, e1 - e);
             const int64_t wb = r - r % DN_WIN;
             if (wb != wbase) {
-                dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), keep);
+                dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), keep, NULL);
                 wbase = wb;
             }
             FN(dn_run)(x + e, y + e, keep[r - wb], len, scale, mul);
@@ -137,7 +136,7 @@ static void FN(dn_drop_chan_ncs_short)(const dn_drop_plan *dp, const dn_keep_src
         for (int64_t w = t * per; w < w1; w++) {
             const int64_t wb = w * DN_WIN;
             const int len = (int)dn_min64(DN_WIN, nbits - wb);
-            dn_window_keep(src, wb, len, win);
+            dn_window_keep(src, wb, len, win, NULL);
             for (int k = 0; k < len; k++)
                 for (int64_t j = 0; j < S; j++) wide[k * S + j] = win[k];
             FN(dn_sel)(x + wb * S, y + wb * S, wide, len * S, scale, mul);
@@ -167,7 +166,7 @@ static void FN(dn_drop_chan_nsc)(const dn_drop_plan *dp, const dn_keep_src *src,
         uint32_t keep[DN_NSC_CHUNK], win[DN_WIN];
         for (int64_t wb = d0 - d0 % DN_WIN; wb < d1; wb += DN_WIN) {
             const int64_t lo = dn_max64(wb, d0), hi = dn_min64(wb + DN_WIN, d1);
-            dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), win);
+            dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), win, NULL);
             memcpy(keep + (lo - d0), win + (lo - wb), sizeof(uint32_t) * (size_t)(hi - lo));
         }
         for (int64_t s = s0; s < s1; s++) {

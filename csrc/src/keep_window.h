@@ -19,13 +19,14 @@ typedef struct dn_philox_stream {
     uint32_t thr;    /* dropped iff word < thr */
 } dn_philox_stream;
 
-/* block0 = base / 4, the first Philox block of the window. */
+/* block0 = base / 4, the first Philox block of the window. If bits is not
+ * NULL it also gets the window packed: bit i set iff keep[i]. */
 typedef void (*dn_keep_window_fn)(const dn_philox_stream *ps, uint64_t block0,
-                                  uint32_t *DN_RESTRICT keep);
+                                  uint32_t *DN_RESTRICT keep, uint64_t *bits);
 
 /* The portable variant: plain C the compiler may vectorise. */
 static inline void dn_keep_window_portable(const dn_philox_stream *ps, uint64_t block0,
-                                           uint32_t *DN_RESTRICT keep)
+                                           uint32_t *DN_RESTRICT keep, uint64_t *bits)
 {
     uint32_t c0[DN_WIN_BLOCKS], c1[DN_WIN_BLOCKS], c2[DN_WIN_BLOCKS], c3[DN_WIN_BLOCKS];
     const uint32_t thr = ps->thr;
@@ -43,15 +44,20 @@ static inline void dn_keep_window_portable(const dn_philox_stream *ps, uint64_t 
         keep[4 * j + 2] = c2[j] >= thr;
         keep[4 * j + 3] = c3[j] >= thr;
     }
+    if (bits != NULL) {
+        uint64_t b = 0;
+        for (int i = 0; i < DN_WIN; i++) b |= (uint64_t)keep[i] << i;
+        *bits = b;
+    }
 }
 
 #if defined(DN_HAVE_AVX2)
 void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
-                         uint32_t *DN_RESTRICT keep);
+                         uint32_t *DN_RESTRICT keep, uint64_t *bits);
 #endif
 #if defined(DN_HAVE_AVX512)
 void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
-                           uint32_t *DN_RESTRICT keep);
+                           uint32_t *DN_RESTRICT keep, uint64_t *bits);
 #endif
 
 /* The fastest variant this CPU runs, unless the environment variable

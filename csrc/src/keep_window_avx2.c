@@ -14,16 +14,18 @@ static inline void dn_mulhilo_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *l
     *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-/* 1 where v >= thr (unsigned), else 0 */
-static inline __m256i dn_keep_avx2(__m256i v, __m256i thr)
+/* Stores 1 where v >= thr (unsigned), else 0, to out; returns those 8 bits. */
+static inline uint64_t dn_keep_avx2(__m256i v, __m256i thr, uint32_t *out)
 {
-    return _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(v, thr), v),
-                            _mm256_set1_epi32(1));
+    const __m256i kept = _mm256_cmpeq_epi32(_mm256_max_epu32(v, thr), v);
+    _mm256_storeu_si256((__m256i *)out, _mm256_and_si256(kept, _mm256_set1_epi32(1)));
+    return (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(kept));
 }
 
 void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
-                         uint32_t *DN_RESTRICT keep)
+                         uint32_t *DN_RESTRICT keep, uint64_t *bits)
 {
+    uint64_t packed = 0;
     const __m256i m0 = _mm256_set1_epi32((int)DN_PHILOX_M0);
     const __m256i m1 = _mm256_set1_epi32((int)DN_PHILOX_M1);
     const __m256i thr = _mm256_set1_epi32((int)ps->thr);
@@ -59,14 +61,15 @@ void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
             const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
             const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
             uint32_t *out = keep + 32 * half;
-            _mm256_storeu_si256((__m256i *)(out + 0),
-                                dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x20), thr));
-            _mm256_storeu_si256((__m256i *)(out + 8),
-                                dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x20), thr));
-            _mm256_storeu_si256((__m256i *)(out + 16),
-                                dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x31), thr));
-            _mm256_storeu_si256((__m256i *)(out + 24),
-                                dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x31), thr));
+            const int at = 32 * half;
+            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x20), thr, out) << at;
+            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x20), thr, out + 8)
+                      << (at + 8);
+            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x31), thr, out + 16)
+                      << (at + 16);
+            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x31), thr, out + 24)
+                      << (at + 24);
         }
     }
+    if (bits != NULL) *bits = packed;
 }

@@ -14,7 +14,7 @@ static inline void dn_mulhilo_avx512(__m512i a, __m512i m, __m512i *hi, __m512i 
 }
 
 void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
-                           uint32_t *DN_RESTRICT keep)
+                           uint32_t *DN_RESTRICT keep, uint64_t *bits)
 {
     const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
     const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
@@ -58,13 +58,16 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
         const __m512i o1 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)); /* b4 .. b7 */
         const __m512i o2 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0));
         const __m512i o3 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1));
-        _mm512_storeu_si512((void *)(keep + 0),
-                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o0, thr), one));
-        _mm512_storeu_si512((void *)(keep + 16),
-                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o1, thr), one));
-        _mm512_storeu_si512((void *)(keep + 32),
-                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o2, thr), one));
-        _mm512_storeu_si512((void *)(keep + 48),
-                            _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(o3, thr), one));
+        const __mmask16 q0 = _mm512_cmpge_epu32_mask(o0, thr);
+        const __mmask16 q1 = _mm512_cmpge_epu32_mask(o1, thr);
+        const __mmask16 q2 = _mm512_cmpge_epu32_mask(o2, thr);
+        const __mmask16 q3 = _mm512_cmpge_epu32_mask(o3, thr);
+        _mm512_storeu_si512((void *)(keep + 0), _mm512_maskz_mov_epi32(q0, one));
+        _mm512_storeu_si512((void *)(keep + 16), _mm512_maskz_mov_epi32(q1, one));
+        _mm512_storeu_si512((void *)(keep + 32), _mm512_maskz_mov_epi32(q2, one));
+        _mm512_storeu_si512((void *)(keep + 48), _mm512_maskz_mov_epi32(q3, one));
+        if (bits != NULL)
+            *bits = (uint64_t)q0 | ((uint64_t)q1 << 16) | ((uint64_t)q2 << 32)
+                  | ((uint64_t)q3 << 48);
     }
 }

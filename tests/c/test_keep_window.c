@@ -20,12 +20,18 @@ static void compare(dn_keep_window_fn fn, const char *name)
     static const uint32_t thresholds[] = {1, 0x80000000u, 0xFFFFFFFFu, 0x19999999u};
     dn_philox_stream ps = {0x12345678u, 0x9abcdef0u, 7u, 0x80000001u, 0};
     uint32_t want[DN_WIN], got[DN_WIN];
+    uint64_t want_bits, got_bits, unpacked;
     int mismatches = 0;
     for (size_t i = 0; i < sizeof starts / sizeof starts[0]; i++)
         for (size_t t = 0; t < sizeof thresholds / sizeof thresholds[0]; t++) {
             ps.thr = thresholds[t];
-            dn_keep_window_portable(&ps, starts[i], want);
-            fn(&ps, starts[i], got);
+            dn_keep_window_portable(&ps, starts[i], want, &want_bits);
+            fn(&ps, starts[i], got, &got_bits);
+            mismatches += memcmp(want, got, sizeof want) != 0 || want_bits != got_bits;
+            unpacked = 0;
+            for (int j = 0; j < DN_WIN; j++) unpacked |= (uint64_t)want[j] << j;
+            CHECK(unpacked == want_bits);
+            fn(&ps, starts[i], got, NULL); /* bits are optional */
             mismatches += memcmp(want, got, sizeof want) != 0;
         }
     printf("%s: %d mismatching windows\n", name, mismatches);
@@ -49,7 +55,7 @@ int main(void)
 #endif
     /* known answer: block 0 of key 0, stream 0 is 6627e8d5 e169c58d bc57ac4c 9b00dbd8;
      * against threshold 2^31, words 0..3 give keep 0, 1, 1, 1 */
-    best(&ps, 0, keep);
+    best(&ps, 0, keep, NULL);
     CHECK(keep[0] == 0 && keep[1] == 1 && keep[2] == 1 && keep[3] == 1);
     for (int i = 0; i < DN_WIN; i++) kept += (int)keep[i];
     CHECK(kept > 16 && kept < 48);
