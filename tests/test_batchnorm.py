@@ -323,7 +323,7 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
     h = hashlib.sha256()
     rng = np.random.default_rng(7)
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((6000, 70), 1),
-                        ((3, 1, 300001), 1)]:
+                        ((3, 1, 300001), 1), ((40, 3, 160, 180), 1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)
@@ -357,3 +357,22 @@ def test_build_info():
     assert info["version"] == dropnorm.__version__
     assert isinstance(info["openmp"], bool)
     assert info["max_threads"] >= 1
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_outputs_larger_than_the_caches(axis):
+    # above 16 MiB the elementwise passes write with streaming stores
+    shape = (18, 4, 256, 256)
+    x = make(shape, np.float32, axis, seed=11)
+    dy = make(shape, np.float32, axis, seed=12, loc=0.0, scale=1.0)
+    w, b = channel_params(4, np.float32)
+    assert x.nbytes > 16 << 20
+    y, mean, invstd = dropnorm.batch_norm_train(x, w, b, axis=axis)
+    y_ref, _, _ = oracle.bn_train(x, w, b, axis=axis)
+    assert_close(y, y_ref, np.float32, scale=4)
+    dx, _, _ = dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=axis)
+    assert_close(dx, oracle.bn_backward(dy, x, w, axis=axis)[0], np.float32, scale=4)
+    yi = dropnorm.batch_norm_infer(x, mean, invstd, w, b, axis=axis)
+    assert_close(yi, oracle.bn_infer(x, mean, invstd, w, b, axis=axis), np.float32, scale=8)
+    y2, _, _ = dropnorm.batch_norm_train(x, w, b, axis=axis, out=x)
+    np.testing.assert_array_equal(y2, y)

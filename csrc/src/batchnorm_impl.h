@@ -73,7 +73,7 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
 
 /* ---- Elementwise passes over a flat range, one source for both layouts. --
  * DN_DEFINE_APPLY(name, EXPR) defines FN(name)(p, i0, i1, a, b, k, out),
- * computing out[i] = EXPR over [i0, i1), where EXPR reads a[i], b[i] (the
+ * computing out[i - i0] = EXPR over [i0, i1), where EXPR reads a[i], b[i] (the
  * inputs) and K(q)[ch], the per-channel constant q of channel ch. In NCS a
  * run has one channel (constants broadcast); in NSC each element its own. */
 #define DN_DEFINE_APPLY(name, EXPR)                                            \
@@ -92,7 +92,7 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
                 const int64_t len = dn_min64(p->c - c0, i1 - i);               \
                 for (int64_t j = 0; j < len; j++) {                            \
                     const int64_t e = i + j, ch = c0 + j;                      \
-                    out[e] = (EXPR);                                           \
+                    out[e - i0] = (EXPR);                                      \
                 }                                                              \
                 i += len;                                                      \
             }                                                                  \
@@ -100,7 +100,7 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
             for (int64_t i = i0; i < i1;) {                                    \
                 const int64_t ch = (i / p->s) % p->c;                          \
                 const int64_t len = dn_min64(p->s - i % p->s, i1 - i);         \
-                for (int64_t e = i; e < i + len; e++) out[e] = (EXPR);         \
+                for (int64_t e = i; e < i + len; e++) out[e - i0] = (EXPR);    \
                 i += len;                                                      \
             }                                                                  \
         }                                                                      \
@@ -119,15 +119,29 @@ DN_DEFINE_APPLY(apply_backward, k0[ch] * a[e] + k1[ch] * (b[e] - k2[ch]) + k3[ch
 typedef void (*FN(apply_fn))(const dn_plan *, int64_t, int64_t, const T *,
                              const T *, const T *const *, T *);
 
+/* Runs fn over all elements in fixed blocks, in parallel. An output larger
+ * than the caches is written through a small buffer with streaming stores,
+ * which skip reading the destination lines first. */
 static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
                           const T *b, const T *const *k, T *out)
 {
     const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
+    const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
     (void)blocks;
     DN_OMP(parallel for num_threads(p->threads) schedule(static))
     for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t i0 = blk * DN_APPLY_BLOCK;
-        fn(p, i0, dn_min64(i0 + DN_APPLY_BLOCK, p->total), a, b, k, out);
+        const int64_t i0 = blk * DN_APPLY_BLOCK, i1 = dn_min64(i0 + DN_APPLY_BLOCK, p->total);
+        if (stream) {
+            T buf[DN_STREAM_TILE];
+            for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+                const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+                fn(p, t0, t1, a, b, k, buf);
+                dn_stream_store(out + t0, buf, (size_t)(t1 - t0) * sizeof(T));
+            }
+            dn_stream_fence();
+        } else {
+            fn(p, i0, i1, a, b, k, out + i0);
+        }
     }
 }
 

@@ -6,6 +6,12 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#  include <emmintrin.h>
+#  define DN_STREAMING 1
+#endif
 
 #include "dropnorm/dropnorm.h"
 
@@ -43,6 +49,14 @@
 /* Below this many elements per thread, extra threads cost more than they save. */
 #define DN_MIN_ELEMS_PER_THREAD 32768
 
+/* Outputs of at least this many bytes are written with streaming
+ * (non-temporal) stores: they would not stay in the caches anyway. */
+#ifndef DN_STREAM_MIN_BYTES
+#  define DN_STREAM_MIN_BYTES ((int64_t)16 << 20)
+#endif
+/* Elements computed into an L1 buffer before they are streamed out. */
+#define DN_STREAM_TILE 1024
+
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -59,6 +73,47 @@ static inline int dn_threads_for(int64_t elems)
 #else
     (void)elems;
     return 1;
+#endif
+}
+
+/* ---- Streaming stores (x86-64: SSE2, always there; elsewhere memcpy). ---- */
+
+static inline int dn_stream_worthwhile(int64_t bytes)
+{
+#if defined(DN_STREAMING)
+    return bytes >= DN_STREAM_MIN_BYTES;
+#else
+    (void)bytes;
+    return 0;
+#endif
+}
+
+/* Copies n bytes from an L1-resident buffer to dst, with non-temporal stores
+ * for the 16-byte-aligned part. Call dn_stream_fence() before the data is
+ * read by another thread. */
+static inline void dn_stream_store(void *dst, const void *src, size_t n)
+{
+#if defined(DN_STREAMING)
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (16u - ((uintptr_t)d & 15u)) & 15u;
+    if (head > n) head = n;
+    memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    for (; n >= 16; n -= 16, d += 16, s += 16)
+        _mm_stream_si128((__m128i *)(void *)d, _mm_loadu_si128((const __m128i *)(const void *)s));
+    memcpy(d, s, n);
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+static inline void dn_stream_fence(void)
+{
+#if defined(DN_STREAMING)
+    _mm_sfence();
 #endif
 }
 
