@@ -75,7 +75,9 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
  * DN_DEFINE_APPLY(name, EXPR) defines FN(name)(p, i0, i1, a, b, k, out),
  * computing out[i - i0] = EXPR over [i0, i1), where EXPR reads a[i], b[i] (the
  * inputs) and K(q)[ch], the per-channel constant q of channel ch. In NCS a
- * run has one channel (constants broadcast); in NSC each element its own. */
+ * run has one channel (constants broadcast); in NSC each element its own,
+ * over wide rows: the constants are repeated to p->wide values
+ * (FN(widen)), so that runs are long even when channels are few. */
 #define DN_DEFINE_APPLY(name, EXPR)                                            \
     static void FN(name)(const dn_plan *p, int64_t i0, int64_t i1,             \
                          const T *DN_RESTRICT a, const T *DN_RESTRICT b,       \
@@ -88,8 +90,8 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
         (void)a; (void)b; (void)k0; (void)k1; (void)k2; (void)k3;              \
         if (p->nsc) {                                                          \
             for (int64_t i = i0; i < i1;) {                                    \
-                const int64_t c0 = i % p->c;                                   \
-                const int64_t len = dn_min64(p->c - c0, i1 - i);               \
+                const int64_t c0 = i % p->wide;                                \
+                const int64_t len = dn_min64(p->wide - c0, i1 - i);            \
                 for (int64_t j = 0; j < len; j++) {                            \
                     const int64_t e = i + j, ch = c0 + j;                      \
                     out[e - i0] = (EXPR);                                      \
@@ -116,6 +118,12 @@ DN_DEFINE_APPLY(apply_affine, a[e] * k2[ch] + k3[ch])
 DN_DEFINE_APPLY(apply_backward, k0[ch] * a[e] + k1[ch] * (b[e] - k2[ch]) + k3[ch])
 
 /* Runs FN(apply)(...) over all elements in fixed blocks, in parallel. */
+/* Repeats the c values of v to fill p->wide (NSC wide rows). */
+static void FN(widen)(const dn_plan *p, T *v)
+{
+    for (int64_t j = p->c; j < p->wide; j++) v[j] = v[j - p->c];
+}
+
 typedef void (*FN(apply_fn))(const dn_plan *, int64_t, int64_t, const T *,
                              const T *, const T *const *, T *);
 
@@ -198,30 +206,46 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
 
 /* NSC: per-channel mean and squared deviations of the rows of group g,
  * from two-pass chunks of rows merged in order (as ncs_group_moments, but
- * vectorised across the channels of a row). sum, dev and centre are
- * scratch of p->c values each. */
+ * vectorised across a wide row: p->wide / c rows side by side, folded into
+ * channels after each pass). w: scratch of 6*p->wide values. */
 static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
-                                  double *gmean, double *gm2, T *DN_RESTRICT sum,
-                                  T *DN_RESTRICT dev, T *DN_RESTRICT centre)
+                                  double *gmean, double *gm2, T *DN_RESTRICT w)
 {
-    const int64_t C = p->c;
+    const int64_t C = p->c, W = p->wide, per = W / C;
+    T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
+    T *DN_RESTRICT s1c = w + 3 * W, *DN_RESTRICT s2c = w + 4 * W;
     int64_t lo, hi;
     double cnt = 0.0;
     dn_group_range(p, g, &lo, &hi);
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        const int64_t full = (r1 - r0) / per; /* whole wide rows */
         const double rows = (double)(r1 - r0), nt = cnt + rows;
-        for (int64_t ch = 0; ch < C; ch++) sum[ch] = 0;
-        for (int64_t r = r0; r < r1; r++) {
+        for (int64_t j = 0; j < W; j++) sum[j] = 0;
+        for (int64_t q = 0; q < full; q++) {
+            const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+            for (int64_t j = 0; j < W; j++) sum[j] += row[j];
+        }
+        for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
             for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
         }
         for (int64_t ch = 0; ch < C; ch++) {
-            centre[ch] = (T)((double)sum[ch] / rows);
-            sum[ch] = 0;
-            dev[ch] = 0;
+            T t = sum[ch];
+            for (int64_t k = 1; k < per; k++) t += sum[k * C + ch];
+            centre[ch] = (T)((double)t / rows);
         }
-        for (int64_t r = r0; r < r1; r++) {
+        FN(widen)(p, centre);
+        for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
+        for (int64_t q = 0; q < full; q++) {
+            const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+            for (int64_t j = 0; j < W; j++) {
+                const T d = row[j] - centre[j];
+                sum[j] += d;
+                dev[j] += d * d;
+            }
+        }
+        for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
             for (int64_t ch = 0; ch < C; ch++) {
                 const T d = row[ch] - centre[ch];
@@ -229,11 +253,20 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
                 dev[ch] += d * d;
             }
         }
+        for (int64_t ch = 0; ch < C; ch++) {
+            T t1 = sum[ch], t2 = dev[ch];
+            for (int64_t k = 1; k < per; k++) {
+                t1 += sum[k * C + ch];
+                t2 += dev[k * C + ch];
+            }
+            s1c[ch] = t1;
+            s2c[ch] = t2;
+        }
         /* dn_merge_moments, vectorised over channels */
         for (int64_t ch = 0; ch < C; ch++) {
-            const double s1 = (double)sum[ch];
+            const double s1 = (double)s1c[ch];
             const double cm = (double)centre[ch] + s1 / rows;
-            const double cq = (double)dev[ch] - s1 * s1 / rows;
+            const double cq = (double)s2c[ch] - s1 * s1 / rows;
             const double prev_m = cnt > 0.0 ? gmean[ch] : 0.0;
             const double prev_q = cnt > 0.0 ? gm2[ch] : 0.0;
             const double delta = cm - prev_m;
@@ -292,8 +325,8 @@ dn_status FN(dn_batchnorm_forward_train)(
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
-    double *gmean, *gm2, *weights, *scratch;
-    T *k[4];
+    double *gmean, *gm2, *weights;
+    T *scratch, *k[4];
     int64_t G;
     FN(train_outputs) o;
     if (st != DN_OK) return st;
@@ -312,14 +345,14 @@ dn_status FN(dn_batchnorm_forward_train)(
     G = p.groups;
     /* groups x channels moments, per-thread scratch, then the
      * four per-channel constants of the elementwise pass */
-    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G + 3 * c * p.threads)
-                             + sizeof(T) * (size_t)(4 * c));
+    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
+                             + sizeof(T) * (size_t)(6 * p.wide * p.threads + 4 * p.wide));
     if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
     gm2 = gmean + G * c;
     weights = gm2 + G * c;
-    scratch = weights + 2 * G;
-    k[0] = (T *)(scratch + 3 * c * p.threads);
-    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
+    scratch = (T *)(weights + 2 * G);
+    k[0] = scratch + 6 * p.wide * p.threads;
+    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + p.wide;
 
     DN_OMP(parallel for num_threads(p.threads) schedule(static))
     for (int64_t g = 0; g < G; g++) {
@@ -327,17 +360,16 @@ dn_status FN(dn_batchnorm_forward_train)(
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        if (p.nsc) {
-            T *mine = (T *)(scratch + 3 * c * tid);
-            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c, mine, mine + c,
-                                  mine + 2 * c);
-        } else {
-            FN(ncs_group_moments)(&p, x, g, gmean, gm2, scratch + 3 * c * tid);
-        }
+        if (p.nsc)
+            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c,
+                                  scratch + 6 * p.wide * tid);
+        else
+            FN(ncs_group_moments)(&p, x, g, gmean, gm2, (double *)(scratch + 6 * p.wide * tid));
     }
     dn_group_weights(&p, weights);
     DN_OMP(parallel for num_threads(dn_threads_for(c * G * 64)) schedule(static))
     for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, weights, &o, k);
+    for (int q = 0; q < 4; q++) FN(widen)(&p, k[q]);
     FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
     free(gmean);
     return DN_OK;
@@ -356,15 +388,17 @@ dn_status FN(dn_batchnorm_forward_infer)(
     if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
         return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    k[2] = (T *)malloc(sizeof(T) * (size_t)(2 * c));
+    k[2] = (T *)malloc(sizeof(T) * (size_t)(2 * p.wide));
     if (k[2] == NULL) return DN_ERR_OUT_OF_MEMORY;
-    k[3] = k[2] + c;
+    k[3] = k[2] + p.wide;
     k[0] = k[1] = NULL;
     for (int64_t ch = 0; ch < c; ch++) {
         const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
         k[2][ch] = (T)a;
         k[3][ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
     }
+    FN(widen)(&p, k[2]);
+    FN(widen)(&p, k[3]);
     FN(apply_all)(&p, FN(apply_affine), x, NULL, (const T *const *)k, y);
     free(k[2]);
     return DN_OK;
@@ -385,33 +419,54 @@ static void FN(ncs_grad_group)(const dn_plan *p, const T *dy, const T *x, const 
     });
 }
 
-/* NSC: per channel, rows summed in T (acc: scratch of 3*p->c values) in
- * blocks of p->chunk rows, each block then added to w in double. */
+/* NSC: per channel, rows summed in T over wide rows (as nsc_group_moments)
+ * in blocks of p->chunk rows, each block then added to w in double.
+ * acc: scratch of 4*p->wide values. */
 static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const T *h,
                                int64_t g, double *DN_RESTRICT w, T *DN_RESTRICT acc)
 {
-    const int64_t C = p->c;
-    T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + C, *DN_RESTRICT a2 = acc + 2 * C;
+    const int64_t C = p->c, W = p->wide, per = W / C;
+    T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
+    T *DN_RESTRICT hw = acc + 3 * W;
     int64_t lo, hi;
     dn_group_range(p, g, &lo, &hi);
+    for (int64_t ch = 0; ch < C; ch++) hw[ch] = h[ch];
+    FN(widen)(p, hw);
     for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
-        for (int64_t ch = 0; ch < C; ch++) a0[ch] = a1[ch] = a2[ch] = 0;
-        for (int64_t r = r0; r < r1; r++) {
+        const int64_t full = (r1 - r0) / per;
+        for (int64_t j = 0; j < W; j++) a0[j] = a1[j] = a2[j] = 0;
+        for (int64_t q = 0; q < full; q++) {
+            const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
+            const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
+            for (int64_t j = 0; j < W; j++) {
+                const T d = xr[j] - hw[j];
+                a0[j] += gr[j];
+                a1[j] += d;
+                a2[j] += gr[j] * d;
+            }
+        }
+        for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT gr = dy + r * C;
             const T *DN_RESTRICT xr = x + r * C;
             for (int64_t ch = 0; ch < C; ch++) {
-                const T d = xr[ch] - h[ch];
+                const T d = xr[ch] - hw[ch];
                 a0[ch] += gr[ch];
                 a1[ch] += d;
                 a2[ch] += gr[ch] * d;
             }
         }
         for (int64_t ch = 0; ch < C; ch++) {
-            w[3 * ch] += (double)a0[ch];
-            w[3 * ch + 1] += (double)a1[ch];
-            w[3 * ch + 2] += (double)a2[ch];
+            T t0 = a0[ch], t1 = a1[ch], t2 = a2[ch];
+            for (int64_t k = 1; k < per; k++) {
+                t0 += a0[k * C + ch];
+                t1 += a1[k * C + ch];
+                t2 += a2[k * C + ch];
+            }
+            w[3 * ch] += (double)t0;
+            w[3 * ch + 1] += (double)t1;
+            w[3 * ch + 2] += (double)t2;
         }
     }
 }
@@ -430,7 +485,7 @@ static void FN(grad_channel_sums)(const dn_plan *p, const double *work, int64_t 
 }
 
 /* All group sums into work (3*c*groups doubles), in parallel; scratch
- * holds 3*c values of T per thread (NSC). */
+ * holds 4*p->wide values of T per thread (NSC). */
 static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *h, double *work,
                             T *scratch)
 {
@@ -442,7 +497,7 @@ static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g, scratch + 3 * C * tid);
+            FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g, scratch + 4 * p->wide * tid);
         }
     } else {
         DN_OMP(parallel for num_threads(p->threads) schedule(static))
@@ -455,7 +510,7 @@ static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *
 static size_t FN(grad_workspace)(const dn_plan *p, int consts)
 {
     return sizeof(double) * (size_t)(3 * p->c * p->groups)
-         + sizeof(T) * (size_t)(3 * p->c * p->threads + consts * p->c);
+         + sizeof(T) * (size_t)(4 * p->wide * p->threads + consts * p->wide);
 }
 
 /* Training backward constants of channel ch: dx = k0*dy + k1*(x - k2) + k3. */
@@ -494,8 +549,8 @@ dn_status FN(dn_batchnorm_backward)(
     work = (double *)malloc(FN(grad_workspace)(&p, 4));
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
     scratch = (T *)(work + 3 * c * p.groups);
-    k[0] = scratch + 3 * c * p.threads;
-    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + c;
+    k[0] = scratch + 4 * p.wide * p.threads;
+    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + p.wide;
 
     FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
     DN_OMP(parallel for num_threads(dn_threads_for(c * p.groups * 64)) schedule(static))
@@ -504,6 +559,7 @@ dn_status FN(dn_batchnorm_backward)(
         FN(grad_channel_sums)(&p, work, ch, sums);
         FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
     }
+    for (int q = 0; q < 4; q++) FN(widen)(&p, k[q]);
     FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
     free(work);
     return DN_OK;
@@ -527,8 +583,8 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
     scratch = (T *)(work + 3 * c * p.groups);
     k[0] = k[1] = NULL;
-    k[2] = scratch + 3 * c * p.threads;
-    k[3] = k[2] + c;
+    k[2] = scratch + 4 * p.wide * p.threads;
+    k[3] = k[2] + p.wide;
 
     if (dgamma != NULL || dbeta != NULL)
         /* without dgamma only sum(dy) is used, and x may be absent */
@@ -544,6 +600,8 @@ dn_status FN(dn_batchnorm_backward_infer)(
             if (dbeta) dbeta[ch] = (T)sums[0];
         }
     }
+    FN(widen)(&p, k[2]);
+    FN(widen)(&p, k[3]);
     if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, (const T *const *)k, dx);
     free(work);
     return DN_OK;

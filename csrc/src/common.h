@@ -38,8 +38,11 @@
 /* Elements in one two-pass statistics chunk: small enough to be re-read from
  * L1/L2 for the squared deviations, large enough to amortise the merge. */
 #define DN_CHUNK_ELEMS 4096
-/* Channels-last chunks take at most this many rows. */
+/* Channels last: values summed per accumulator in T within a chunk. */
 #define DN_CHUNK_ROWS 256
+/* Channels last with few channels: rows are taken DN_WIDE / c at a time
+ * ("wide rows"), so that inner loops run over about DN_WIDE values. */
+#define DN_WIDE 256
 /* Elements one reduction group aims at. */
 #define DN_GROUP_ELEMS 32768
 /* Upper bound on the groups of one channel (bounds the workspace). */
@@ -138,6 +141,7 @@ typedef struct dn_plan {
     int64_t groups;   /* reduction groups: ranges of each channel's n*s values */
     int64_t row_parts; /* NCS: 0 if groups are whole images, else parts per image */
     int64_t chunk;    /* NCS: elements per stats chunk; NSC: rows per chunk */
+    int64_t wide;     /* NSC: values of a wide row (a multiple of c); NCS: c */
     int threads;
 } dn_plan;
 
@@ -172,10 +176,13 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
         p->groups = n * p->row_parts;
     }
     if (p->nsc) {
-        /* rows per chunk: at most DN_CHUNK_ROWS, since each channel sums
-         * its rows in T */
-        p->chunk = dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / c));
+        /* rows per chunk: whole wide rows, at most DN_CHUNK_ROWS of them
+         * (each position sums that many values in T) */
+        const int64_t per_wide = dn_max64(1, DN_WIDE / c);
+        p->wide = c * per_wide;
+        p->chunk = per_wide * dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / p->wide));
     } else {
+        p->wide = c;
         p->chunk = DN_CHUNK_ELEMS;
     }
     p->threads = dn_threads_for(p->total);
