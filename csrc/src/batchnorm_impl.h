@@ -127,14 +127,19 @@ static void FN(widen)(const dn_plan *p, T *v)
 typedef void (*FN(apply_fn))(const dn_plan *, int64_t, int64_t, const T *,
                              const T *, const T *const *, T *);
 
-/* Runs fn over all elements in fixed blocks, in parallel. An output larger
+/* Runs fn over all elements in fixed blocks, in parallel, with the constants
+ * kc (widened here first). An output larger
  * than the caches is written through a small buffer with streaming stores,
  * which skip reading the destination lines first. */
 static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
-                          const T *b, const T *const *k, T *out)
+                          const T *b, T *const *kc, T *out)
 {
     const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
     const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
+    const T *const *k = (const T *const *)kc;
+    /* the per-channel constants kc[q][0..c), repeated over a wide row */
+    for (int q = 0; q < 4; q++)
+        if (kc[q] != NULL) FN(widen)(p, kc[q]);
     (void)blocks;
     DN_OMP(parallel for num_threads(p->threads) schedule(static))
     for (int64_t blk = 0; blk < blocks; blk++) {
@@ -369,8 +374,7 @@ dn_status FN(dn_batchnorm_forward_train)(
     dn_group_weights(&p, weights);
     DN_OMP(parallel for num_threads(dn_threads_for(c * G * 64)) schedule(static))
     for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, weights, &o, k);
-    for (int q = 0; q < 4; q++) FN(widen)(&p, k[q]);
-    FN(apply_all)(&p, FN(apply_train), x, NULL, (const T *const *)k, y);
+    FN(apply_all)(&p, FN(apply_train), x, NULL, k, y);
     free(gmean);
     return DN_OK;
 }
@@ -397,9 +401,7 @@ dn_status FN(dn_batchnorm_forward_infer)(
         k[2][ch] = (T)a;
         k[3][ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
     }
-    FN(widen)(&p, k[2]);
-    FN(widen)(&p, k[3]);
-    FN(apply_all)(&p, FN(apply_affine), x, NULL, (const T *const *)k, y);
+    FN(apply_all)(&p, FN(apply_affine), x, NULL, k, y);
     free(k[2]);
     return DN_OK;
 }
@@ -559,8 +561,7 @@ dn_status FN(dn_batchnorm_backward)(
         FN(grad_channel_sums)(&p, work, ch, sums);
         FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
     }
-    for (int q = 0; q < 4; q++) FN(widen)(&p, k[q]);
-    FN(apply_all)(&p, FN(apply_backward), dy, x, (const T *const *)k, dx);
+    FN(apply_all)(&p, FN(apply_backward), dy, x, k, dx);
     free(work);
     return DN_OK;
 }
@@ -600,9 +601,7 @@ dn_status FN(dn_batchnorm_backward_infer)(
             if (dbeta) dbeta[ch] = (T)sums[0];
         }
     }
-    FN(widen)(&p, k[2]);
-    FN(widen)(&p, k[3]);
-    if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, (const T *const *)k, dx);
+    if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, k, dx);
     free(work);
     return DN_OK;
 }
