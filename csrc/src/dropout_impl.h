@@ -79,6 +79,8 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
 {
     const int64_t total = dp->t.total;
     const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
+    /* the SIMD variants generate and apply a whole window in registers */
+    const FN(dn_drop_window_fn) fused = src->mask == NULL ? FN(dn_select_drop_window)() : NULL;
     DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t i0 = blk * DN_APPLY_BLOCK;
@@ -86,6 +88,15 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
         uint32_t keep[DN_WIN];
         for (int64_t base = i0; base < i1; base += DN_WIN) {
             const int len = (int)dn_min64(DN_WIN, i1 - base);
+            if (fused != NULL && len == DN_WIN) {
+                uint64_t bits;
+                fused(&src->ps, (uint64_t)base >> 2, x + base, y + base, scale, mul,
+                      mask_out ? &bits : NULL);
+                if (mask_out)
+                    for (int b = 0; b < DN_WIN / 8; b++)
+                        mask_out[base / 8 + b] = (uint8_t)(bits >> (8 * b));
+                continue;
+            }
             dn_window_keep(src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
             FN(dn_sel)(x + base, y + base, keep, len, scale, mul);
         }

@@ -14,21 +14,13 @@ static inline void dn_mulhilo_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *l
     *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-/* Stores 1 where v >= thr (unsigned), else 0, to out; returns those 8 bits. */
-static inline uint64_t dn_keep_avx2(__m256i v, __m256i thr, uint32_t *out)
+/* The Philox words of the window's 64 elements, in element order: w[v]
+ * holds elements 8v .. 8v+7. */
+static inline void dn_window_words_avx2(const dn_philox_stream *ps, uint64_t block0,
+                                        __m256i w[8])
 {
-    const __m256i kept = _mm256_cmpeq_epi32(_mm256_max_epu32(v, thr), v);
-    _mm256_storeu_si256((__m256i *)out, _mm256_and_si256(kept, _mm256_set1_epi32(1)));
-    return (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(kept));
-}
-
-void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
-                         uint32_t *DN_RESTRICT keep, uint64_t *bits)
-{
-    uint64_t packed = 0;
     const __m256i m0 = _mm256_set1_epi32((int)DN_PHILOX_M0);
     const __m256i m1 = _mm256_set1_epi32((int)DN_PHILOX_M1);
-    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int half = 0; half < 2; half++) {
         const uint64_t b = block0 + (uint64_t)(8 * half);
@@ -60,16 +52,75 @@ void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
             const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
             const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
             const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-            uint32_t *out = keep + 32 * half;
-            const int at = 32 * half;
-            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x20), thr, out) << at;
-            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x20), thr, out + 8)
-                      << (at + 8);
-            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u0, u1, 0x31), thr, out + 16)
-                      << (at + 16);
-            packed |= dn_keep_avx2(_mm256_permute2x128_si256(u2, u3, 0x31), thr, out + 24)
-                      << (at + 24);
+            w[4 * half + 0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+            w[4 * half + 1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+            w[4 * half + 2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+            w[4 * half + 3] = _mm256_permute2x128_si256(u2, u3, 0x31);
         }
     }
-    if (bits != NULL) *bits = packed;
+}
+
+/* All ones where the word is >= thr (unsigned): the element is kept. */
+static inline __m256i dn_kept_avx2(__m256i w, __m256i thr)
+{
+    return _mm256_cmpeq_epi32(_mm256_max_epu32(w, thr), w);
+}
+
+static inline uint64_t dn_bits_avx2(const __m256i kept[8])
+{
+    uint64_t bits = 0;
+    for (int v = 0; v < 8; v++)
+        bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(kept[v])) << (8 * v);
+    return bits;
+}
+
+void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
+                         uint32_t *DN_RESTRICT keep, uint64_t *bits)
+{
+    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
+    __m256i w[8], kept[8];
+    dn_window_words_avx2(ps, block0, w);
+    for (int v = 0; v < 8; v++) {
+        kept[v] = dn_kept_avx2(w[v], thr);
+        _mm256_storeu_si256((__m256i *)(keep + 8 * v),
+                            _mm256_and_si256(kept[v], _mm256_set1_epi32(1)));
+    }
+    if (bits != NULL) *bits = dn_bits_avx2(kept);
+}
+
+void dn_drop_window_avx2_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
+                             float *y, float scale, int mul, uint64_t *bits)
+{
+    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
+    const __m256 s = _mm256_set1_ps(scale);
+    __m256i w[8], kept[8];
+    dn_window_words_avx2(ps, block0, w);
+    for (int v = 0; v < 8; v++) {
+        __m256 val = _mm256_loadu_ps(x + 8 * v);
+        kept[v] = dn_kept_avx2(w[v], thr);
+        if (mul) val = _mm256_mul_ps(val, s);
+        _mm256_storeu_ps(y + 8 * v, _mm256_and_ps(_mm256_castsi256_ps(kept[v]), val));
+    }
+    if (bits != NULL) *bits = dn_bits_avx2(kept);
+}
+
+void dn_drop_window_avx2_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
+                             double *y, double scale, int mul, uint64_t *bits)
+{
+    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
+    const __m256d s = _mm256_set1_pd(scale);
+    __m256i w[8], kept[8];
+    dn_window_words_avx2(ps, block0, w);
+    for (int v = 0; v < 8; v++) {
+        kept[v] = dn_kept_avx2(w[v], thr);
+        for (int h = 0; h < 2; h++) {
+            /* 32-bit lanes 4h .. 4h+3, sign-extended to 64-bit masks */
+            const __m256i k64 = _mm256_cvtepi32_epi64(
+                h == 0 ? _mm256_castsi256_si128(kept[v]) : _mm256_extracti128_si256(kept[v], 1));
+            __m256d val = _mm256_loadu_pd(x + 8 * v + 4 * h);
+            if (mul) val = _mm256_mul_pd(val, s);
+            _mm256_storeu_pd(y + 8 * v + 4 * h, _mm256_and_pd(_mm256_castsi256_pd(k64), val));
+        }
+    }
+    if (bits != NULL) *bits = dn_bits_avx2(kept);
 }

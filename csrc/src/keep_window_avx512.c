@@ -13,8 +13,10 @@ static inline void dn_mulhilo_avx512(__m512i a, __m512i m, __m512i *hi, __m512i 
     *lo = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
-                           uint32_t *DN_RESTRICT keep, uint64_t *bits)
+/* The keep masks of the window's 64 elements, in element order: q[v] holds
+ * elements 16v .. 16v+15. */
+static inline void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
+                                          __mmask16 q[4])
 {
     const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
     const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
@@ -54,20 +56,56 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
         const __m512i s1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0)); /* b2 b6 b3 b7 */
         const __m512i s2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2)); /* b8 b12 b9 b13 */
         const __m512i s3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
-        const __m512i o0 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)); /* b0 b1 b2 b3 */
-        const __m512i o1 = _mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)); /* b4 .. b7 */
-        const __m512i o2 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0));
-        const __m512i o3 = _mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1));
-        const __mmask16 q0 = _mm512_cmpge_epu32_mask(o0, thr);
-        const __mmask16 q1 = _mm512_cmpge_epu32_mask(o1, thr);
-        const __mmask16 q2 = _mm512_cmpge_epu32_mask(o2, thr);
-        const __mmask16 q3 = _mm512_cmpge_epu32_mask(o3, thr);
-        _mm512_storeu_si512((void *)(keep + 0), _mm512_maskz_mov_epi32(q0, one));
-        _mm512_storeu_si512((void *)(keep + 16), _mm512_maskz_mov_epi32(q1, one));
-        _mm512_storeu_si512((void *)(keep + 32), _mm512_maskz_mov_epi32(q2, one));
-        _mm512_storeu_si512((void *)(keep + 48), _mm512_maskz_mov_epi32(q3, one));
-        if (bits != NULL)
-            *bits = (uint64_t)q0 | ((uint64_t)q1 << 16) | ((uint64_t)q2 << 32)
-                  | ((uint64_t)q3 << 48);
+        q[0] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+        q[1] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+        q[2] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+        q[3] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)), thr);
     }
+}
+
+static inline uint64_t dn_bits_avx512(const __mmask16 q[4])
+{
+    return (uint64_t)q[0] | ((uint64_t)q[1] << 16) | ((uint64_t)q[2] << 32)
+         | ((uint64_t)q[3] << 48);
+}
+
+void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
+                           uint32_t *DN_RESTRICT keep, uint64_t *bits)
+{
+    const __m512i one = _mm512_set1_epi32(1);
+    __mmask16 q[4];
+    dn_window_masks_avx512(ps, block0, q);
+    for (int v = 0; v < 4; v++)
+        _mm512_storeu_si512((void *)(keep + 16 * v), _mm512_maskz_mov_epi32(q[v], one));
+    if (bits != NULL) *bits = dn_bits_avx512(q);
+}
+
+void dn_drop_window_avx512_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
+                               float *y, float scale, int mul, uint64_t *bits)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    __mmask16 q[4];
+    dn_window_masks_avx512(ps, block0, q);
+    for (int v = 0; v < 4; v++) {
+        const __m512 val = _mm512_loadu_ps(x + 16 * v);
+        /* zero-masking: a dropped element is +0 whatever x holds */
+        _mm512_storeu_ps(y + 16 * v, mul ? _mm512_maskz_mul_ps(q[v], val, s)
+                                         : _mm512_maskz_mov_ps(q[v], val));
+    }
+    if (bits != NULL) *bits = dn_bits_avx512(q);
+}
+
+void dn_drop_window_avx512_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
+                               double *y, double scale, int mul, uint64_t *bits)
+{
+    const __m512d s = _mm512_set1_pd(scale);
+    __mmask16 q[4];
+    dn_window_masks_avx512(ps, block0, q);
+    for (int v = 0; v < 8; v++) {
+        const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));
+        const __m512d val = _mm512_loadu_pd(x + 8 * v);
+        _mm512_storeu_pd(y + 8 * v, mul ? _mm512_maskz_mul_pd(k, val, s)
+                                        : _mm512_maskz_mov_pd(k, val));
+    }
+    if (bits != NULL) *bits = dn_bits_avx512(q);
 }
