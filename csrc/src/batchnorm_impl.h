@@ -227,9 +227,19 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         const int64_t full = (r1 - r0) / per; /* whole wide rows */
         const double rows = (double)(r1 - r0), nt = cnt + rows;
         for (int64_t j = 0; j < W; j++) sum[j] = 0;
-        for (int64_t q = 0; q < full; q++) {
-            const T *DN_RESTRICT row = x + (r0 + q * per) * C;
-            for (int64_t j = 0; j < W; j++) sum[j] += row[j];
+        {
+            /* four wide rows per sweep: a quarter of the accumulator traffic */
+            int64_t q = 0;
+            for (; q + 4 <= full; q += 4) {
+                const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
+                const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
+                const T *DN_RESTRICT r3w = r0w + 3 * W;
+                for (int64_t j = 0; j < W; j++) sum[j] += (r0w[j] + r1w[j]) + (r2w[j] + r3w[j]);
+            }
+            for (; q < full; q++) {
+                const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+                for (int64_t j = 0; j < W; j++) sum[j] += row[j];
+            }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
@@ -242,12 +252,26 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         }
         FN(widen)(p, centre);
         for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
-        for (int64_t q = 0; q < full; q++) {
-            const T *DN_RESTRICT row = x + (r0 + q * per) * C;
-            for (int64_t j = 0; j < W; j++) {
-                const T d = row[j] - centre[j];
-                sum[j] += d;
-                dev[j] += d * d;
+        {
+            int64_t q = 0;
+            for (; q + 4 <= full; q += 4) {
+                const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
+                const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
+                const T *DN_RESTRICT r3w = r0w + 3 * W;
+                for (int64_t j = 0; j < W; j++) {
+                    const T d0 = r0w[j] - centre[j], d1 = r1w[j] - centre[j];
+                    const T d2 = r2w[j] - centre[j], d3 = r3w[j] - centre[j];
+                    sum[j] += (d0 + d1) + (d2 + d3);
+                    dev[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                }
+            }
+            for (; q < full; q++) {
+                const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+                for (int64_t j = 0; j < W; j++) {
+                    const T d = row[j] - centre[j];
+                    sum[j] += d;
+                    dev[j] += d * d;
+                }
             }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
