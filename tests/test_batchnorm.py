@@ -376,3 +376,18 @@ def test_outputs_larger_than_the_caches(axis):
     assert_close(yi, oracle.bn_infer(x, mean, invstd, w, b, axis=axis), np.float32, scale=8)
     y2, _, _ = dropnorm.batch_norm_train(x, w, b, axis=axis, out=x)
     np.testing.assert_array_equal(y2, y)
+
+
+def test_every_kernel_variant_gives_the_same_bits():
+    # DROPNORM_SIMD=portable forces the portable C kernels; the default runs
+    # the AVX2 build of the same loops where the CPU has it
+    digests = {}
+    for cap in ("portable", "avx2", None):
+        env = dict(os.environ, OMP_NUM_THREADS="2")
+        env.pop("DROPNORM_SIMD", None)
+        if cap is not None:
+            env["DROPNORM_SIMD"] = cap
+        out = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], env=env,
+                             capture_output=True, text=True, check=True)
+        digests[cap] = out.stdout.split()[1]
+    assert len(set(digests.values())) == 1, digests

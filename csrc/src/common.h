@@ -60,6 +60,10 @@
 /* Elements computed into an L1 buffer before they are streamed out. */
 #define DN_STREAM_TILE 1024
 
+/* The instruction-set variant the kernels use now: 0 portable, 1 AVX2,
+ * 2 AVX-512 (the CPU's best, capped by DROPNORM_SIMD; dispatch.c). */
+int dn_simd_level(void);
+
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "keep_window.h"
 
 static void dn_keep_window_portable_fn(const dn_philox_stream *ps, uint64_t block0,
@@ -19,7 +20,7 @@ static void dn_keep_window_portable_fn(const dn_philox_stream *ps, uint64_t bloc
 #  define DN_CPU_HAS(feature) 0
 #endif
 
-dn_keep_window_fn dn_select_keep_window(const char **name)
+int dn_simd_level(void)
 {
     /* the fastest allowed: "portable" < "avx2" < "avx512" */
     const char *cap = getenv("DROPNORM_SIMD");
@@ -30,19 +31,31 @@ dn_keep_window_fn dn_select_keep_window(const char **name)
     }
     (void)limit;
 #if defined(DN_HAVE_AVX512)
-    if (limit >= 2 && DN_CPU_HAS("avx512f")) {
-        if (name) *name = "avx512";
-        return dn_keep_window_avx512;
-    }
+    if (limit >= 2 && DN_CPU_HAS("avx512f")) return 2;
 #endif
 #if defined(DN_HAVE_AVX2)
-    if (limit >= 1 && DN_CPU_HAS("avx2")) {
+    if (limit >= 1 && DN_CPU_HAS("avx2")) return 1;
+#endif
+    return 0;
+}
+
+dn_keep_window_fn dn_select_keep_window(const char **name)
+{
+    switch (dn_simd_level()) {
+#if defined(DN_HAVE_AVX512)
+    case 2:
+        if (name) *name = "avx512";
+        return dn_keep_window_avx512;
+#endif
+#if defined(DN_HAVE_AVX2)
+    case 1:
         if (name) *name = "avx2";
         return dn_keep_window_avx2;
-    }
 #endif
-    if (name) *name = "portable";
-    return dn_keep_window_portable_fn;
+    default:
+        if (name) *name = "portable";
+        return dn_keep_window_portable_fn;
+    }
 }
 
 dn_drop_window_fn_f32 dn_select_drop_window_f32(void)

@@ -12,9 +12,9 @@ def c_version():
 def build_info():
     """How this copy of dropnorm was built and how it runs, as a dict:
     version, compiler, openmp (on/off), max_threads (threads a kernel may use
-    now) and kernel_variant (the instruction set chosen at run time for the
-    dropout kernels: "avx512", "avx2" or "portable"; DROPNORM_SIMD=portable
-    or avx2 caps it)."""
+    now) and kernel_variant (the instruction set chosen at run time:
+    "avx512", "avx2" or "portable"; DROPNORM_SIMD=portable or avx2 caps it;
+    the batch-norm kernels run their AVX2 build under "avx512" too)."""
     return {
         "version": dn_version().decode(),
         "compiler": dn_compiler().decode(),

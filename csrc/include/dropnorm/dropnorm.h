@@ -113,8 +113,9 @@ DN_API dn_status dn_set_num_threads(int n);
 DN_API const char *dn_compiler(void);
 
 /*! dn_kernel_variant() :
- * @return the instruction-set variant the dropout kernels use on this CPU
- *         now: "avx512", "avx2" or "portable". The environment variable
+ * @return the instruction-set variant the kernels use on this CPU now:
+ *         "avx512", "avx2" or "portable" (the batch-norm kernels run their
+ *         AVX2 build under "avx512" too). The environment variable
  *         DROPNORM_SIMD=portable|avx2 caps it (for testing); every variant
  *         gives the same bits. */
 DN_API const char *dn_kernel_variant(void);
