@@ -634,5 +634,4 @@ dn_status FN(dn_batchnorm_backward_infer)(
 #undef DN_NCS_GROUP_PIECES
 #undef DN_LANE_SUM
 #undef DN_INNER
-#undef DN_FOLD
 #undef DN_DEFINE_APPLY

@@ -93,6 +93,14 @@ static inline void dn_window_pack(const uint32_t *DN_RESTRICT keep, int len,
     }
 }
 
+/* Writes the first len bits of a window's packed mask: (len + 7)/8 bytes,
+ * LSB first, unused high bits of a last partial byte 0. */
+static inline void dn_store_bits(uint64_t bits, int len, uint8_t *DN_RESTRICT out)
+{
+    if (len < DN_WIN) bits &= ((uint64_t)1 << len) - 1u;
+    for (int b = 0; b < (len + 7) / 8; b++) out[b] = (uint8_t)(bits >> (8 * b));
+}
+
 /* keep[j] = 1 if index base + j is kept, else 0, for the window at `base`
  * (a multiple of DN_WIN); len = min(DN_WIN, nbits - base) entries are
  * meaningful (a caller's mask is not read past them). If pack is not NULL,
@@ -103,10 +111,7 @@ static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
     if (src->mask == NULL) {
         uint64_t bits = 0;
         src->gen(&src->ps, (uint64_t)base >> 2, keep, pack ? &bits : NULL);
-        if (pack) {
-            if (len < DN_WIN) bits &= ((uint64_t)1 << len) - 1u;
-            for (int b = 0; b < (len + 7) / 8; b++) pack[b] = (uint8_t)(bits >> (8 * b));
-        }
+        if (pack) dn_store_bits(bits, len, pack);
     } else {
         const uint8_t *DN_RESTRICT m = src->mask + base / 8;
         if (len == DN_WIN) {

@@ -92,9 +92,7 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
                 uint64_t bits;
                 fused(&src->ps, (uint64_t)base >> 2, x + base, y + base, scale, mul,
                       mask_out ? &bits : NULL);
-                if (mask_out)
-                    for (int b = 0; b < DN_WIN / 8; b++)
-                        mask_out[base / 8 + b] = (uint8_t)(bits >> (8 * b));
+                if (mask_out) dn_store_bits(bits, DN_WIN, mask_out + base / 8);
                 continue;
             }
             dn_window_keep(src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
