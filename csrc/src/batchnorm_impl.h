@@ -7,15 +7,20 @@
 
 /* ---- Runs: contiguous stretches of memory, plain vectorisable loops. ----
  * Sums run in T over blocks of at most DN_INNER values (so they vectorise at
- * the element type's width) and move to double between blocks; eight
- * independent lanes, combined in a fixed order. */
-#define DN_LANES 8
+ * the element type's width) and move to double between blocks; 64 bytes of
+ * independent lanes (two AVX2 registers, so that the adds' latency
+ * overlaps), combined in a fixed order. */
+#define DN_LANES (64 / (int)sizeof(T))
 #define DN_INNER 1024
 
+/* The lanes' sum, halving: a fixed tree, whatever the vector width. */
 static inline double FN(fold)(const T *a)
 {
-    return (((double)a[0] + (double)a[4]) + ((double)a[1] + (double)a[5]))
-         + (((double)a[2] + (double)a[6]) + ((double)a[3] + (double)a[7]));
+    double t[DN_LANES];
+    for (int j = 0; j < DN_LANES; j++) t[j] = (double)a[j];
+    for (int w = DN_LANES / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) t[j] += t[j + w];
+    return t[0];
 }
 
 /* out += the sum of EXPR over i in [0, n), in DN_LANES lanes of T. One
@@ -46,14 +51,53 @@ static double FN(run_sum)(const T *DN_RESTRICT p, int64_t len)
     return total;
 }
 
+#if defined(DN_VECTOR_SUMS)
+/* The lane sums of several expressions in one sweep, with GCC/Clang vector
+ * types: two 32-byte vectors hold the DN_LANES lanes, each lane adds the
+ * same values in the same order as DN_LANE_SUM, so the bits are the same
+ * (batchnorm_kernels.h). One sweep loads each input once, not once per
+ * sum, which is what keeps the reductions up with memory. */
+typedef T FN(vec) __attribute__((vector_size(32), aligned(sizeof(T))));
+#  define DN_VLEN (32 / (int)sizeof(T))
+/* the lanes of (lo, hi) folded, plus a tail, into out */
+#  define DN_VEC_FOLD(lo, hi, tail, out)                                       \
+    do {                                                                       \
+        T lanes_[DN_LANES];                                                    \
+        memcpy(lanes_, &(lo), sizeof(lo));                                     \
+        memcpy(lanes_ + DN_VLEN, &(hi), sizeof(hi));                           \
+        (out) += FN(fold)(lanes_) + (double)(tail);                            \
+    } while (0)
+#endif
+
 /* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
 static void FN(run_dev)(const T *DN_RESTRICT p, int64_t len, T c, double *sums)
 {
     for (int64_t b = 0; b < len; b += DN_INNER) {
         const T *DN_RESTRICT q = p + b;
         const int64_t n = dn_min64(DN_INNER, len - b);
+#if defined(DN_VECTOR_SUMS)
+        const FN(vec) cv = (FN(vec)){0} + c;
+        FN(vec) s0a = {0}, s0b = {0}, s1a = {0}, s1b = {0};
+        T t0 = 0, t1 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES) {
+            const FN(vec) da = *(const FN(vec) *)(q + i) - cv;
+            const FN(vec) db = *(const FN(vec) *)(q + i + DN_VLEN) - cv;
+            s0a += da;
+            s0b += db;
+            s1a += da * da;
+            s1b += db * db;
+        }
+        for (; i < n; i++) {
+            t0 += q[i] - c;
+            t1 += (q[i] - c) * (q[i] - c);
+        }
+        DN_VEC_FOLD(s0a, s0b, t0, sums[0]);
+        DN_VEC_FOLD(s1a, s1b, t1, sums[1]);
+#else
         DN_LANE_SUM(n, q[i] - c, sums[0]);
         DN_LANE_SUM(n, (q[i] - c) * (q[i] - c), sums[1]);
+#endif
     }
 }
 
@@ -65,9 +109,36 @@ static void FN(run_grad_sums)(const T *DN_RESTRICT dy, const T *DN_RESTRICT x,
         const T *DN_RESTRICT g = dy + b;
         const T *DN_RESTRICT q = x + b;
         const int64_t n = dn_min64(DN_INNER, len - b);
+#if defined(DN_VECTOR_SUMS)
+        const FN(vec) hv = (FN(vec)){0} + h;
+        FN(vec) s0a = {0}, s0b = {0}, s1a = {0}, s1b = {0}, s2a = {0}, s2b = {0};
+        T t0 = 0, t1 = 0, t2 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES) {
+            const FN(vec) ga = *(const FN(vec) *)(g + i);
+            const FN(vec) gb = *(const FN(vec) *)(g + i + DN_VLEN);
+            const FN(vec) da = *(const FN(vec) *)(q + i) - hv;
+            const FN(vec) db = *(const FN(vec) *)(q + i + DN_VLEN) - hv;
+            s0a += ga;
+            s0b += gb;
+            s1a += da;
+            s1b += db;
+            s2a += ga * da;
+            s2b += gb * db;
+        }
+        for (; i < n; i++) {
+            t0 += g[i];
+            t1 += q[i] - h;
+            t2 += g[i] * (q[i] - h);
+        }
+        DN_VEC_FOLD(s0a, s0b, t0, sums[0]);
+        DN_VEC_FOLD(s1a, s1b, t1, sums[1]);
+        DN_VEC_FOLD(s2a, s2b, t2, sums[2]);
+#else
         DN_LANE_SUM(n, g[i], sums[0]);
         DN_LANE_SUM(n, q[i] - h, sums[1]);
         DN_LANE_SUM(n, g[i] * (q[i] - h), sums[2]);
+#endif
     }
 }
 
@@ -117,7 +188,6 @@ DN_DEFINE_APPLY(apply_affine, a[e] * k2[ch] + k3[ch])
 /* Training backward: dx = A*dy + B*(x - mean_saved) + K. */
 DN_DEFINE_APPLY(apply_backward, k0[ch] * a[e] + k1[ch] * (b[e] - k2[ch]) + k3[ch])
 
-/* Runs FN(apply)(...) over all elements in fixed blocks, in parallel. */
 /* Repeats the c values of v to fill p->wide (NSC wide rows). */
 static void FN(widen)(const dn_plan *p, T *v)
 {
@@ -127,34 +197,48 @@ static void FN(widen)(const dn_plan *p, T *v)
 typedef void (*FN(apply_fn))(const dn_plan *, int64_t, int64_t, const T *,
                              const T *, const T *const *, T *);
 
+/* fn over [i0, i1) into out. With stream, through a small buffer with
+ * streaming stores, which skip reading the destination lines first (for
+ * outputs larger than the caches); the caller fences. */
+static void FN(apply_range)(const dn_plan *p, FN(apply_fn) fn, int64_t i0, int64_t i1,
+                            const T *a, const T *b, const T *const *k, T *out, int stream)
+{
+    if (stream) {
+        T buf[DN_STREAM_TILE];
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            fn(p, t0, t1, a, b, k, buf);
+            dn_stream_store(out + t0, buf, (size_t)(t1 - t0) * sizeof(T));
+        }
+    } else {
+        fn(p, i0, i1, a, b, k, out + i0);
+    }
+}
+
+/* The constants kc[q][0..c) repeated over a wide row (NSC). */
+static void FN(widen_all)(const dn_plan *p, T *const *kc)
+{
+    for (int q = 0; q < 4; q++)
+        if (kc[q] != NULL) FN(widen)(p, kc[q]);
+}
+
 /* Runs fn over all elements in fixed blocks, in parallel, with the constants
- * kc (widened here first). An output larger
- * than the caches is written through a small buffer with streaming stores,
- * which skip reading the destination lines first. */
+ * kc (widened here first). */
 static void FN(apply_all)(const dn_plan *p, FN(apply_fn) fn, const T *a,
                           const T *b, T *const *kc, T *out)
 {
     const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
     const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
-    const T *const *k = (const T *const *)kc;
-    /* the per-channel constants kc[q][0..c), repeated over a wide row */
-    for (int q = 0; q < 4; q++)
-        if (kc[q] != NULL) FN(widen)(p, kc[q]);
+    FN(widen_all)(p, kc);
     (void)blocks;
-    DN_OMP(parallel for num_threads(p->threads) schedule(static))
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t i0 = blk * DN_APPLY_BLOCK, i1 = dn_min64(i0 + DN_APPLY_BLOCK, p->total);
-        if (stream) {
-            T buf[DN_STREAM_TILE];
-            for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
-                const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
-                fn(p, t0, t1, a, b, k, buf);
-                dn_stream_store(out + t0, buf, (size_t)(t1 - t0) * sizeof(T));
-            }
-            dn_stream_fence();
-        } else {
-            fn(p, i0, i1, a, b, k, out + i0);
-        }
+    DN_OMP(parallel num_threads(p->threads))
+    {
+        DN_OMP(for schedule(static))
+        for (int64_t blk = 0; blk < blocks; blk++)
+            FN(apply_range)(p, fn, blk * DN_APPLY_BLOCK,
+                            dn_min64((blk + 1) * DN_APPLY_BLOCK, p->total), a, b,
+                            (const T *const *)kc, out, stream);
+        if (stream) dn_stream_fence();
     }
 }
 
@@ -306,43 +390,149 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
     }
 }
 
+/* ---- The two-pass schedule of training and backward. -------------------
+ * One parallel region: every group reduced (group g always on the same
+ * thread), then every channel finished (its elementwise constants, from
+ * the group reductions merged in group order), then the elementwise pass.
+ * The bits do not depend on the threads: each group's reduction and each
+ * channel's merge runs in the same order whatever the team. */
+typedef struct FN(pass) {
+    /* group g's reduction; scratch is the calling thread's */
+    void (*reduce)(const void *ctx, int64_t g, void *scratch);
+    /* the constants k[q][ch] and per-channel outputs of channels [c0, c1)
+     * (at most DN_FINISH_CHANNELS) */
+    void (*finish)(const void *ctx, int64_t c0, int64_t c1);
+    const void *ctx;
+    char *scratch; /* scratch_bytes per thread */
+    size_t scratch_bytes;
+    FN(apply_fn) apply; /* out = apply(a, b, k); NULL: no elementwise pass */
+    const T *a, *b;
+    T *const *k;        /* the constants: NULL or p->wide values each */
+    T *out;
+} FN(pass);
+
+static void FN(run_pass)(const dn_plan *p, const FN(pass) *ps)
+{
+    const int64_t G = p->groups;
+    const int64_t fblocks = dn_ceil_div(p->c, DN_FINISH_CHANNELS);
+    const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
+    const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
+    (void)blocks;
+    DN_OMP(parallel num_threads(p->threads))
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        DN_OMP(for schedule(static))
+        for (int64_t g = 0; g < G; g++)
+            ps->reduce(ps->ctx, g, ps->scratch + ps->scratch_bytes * (size_t)tid);
+        DN_OMP(for schedule(static))
+        for (int64_t f = 0; f < fblocks; f++)
+            ps->finish(ps->ctx, f * DN_FINISH_CHANNELS,
+                       dn_min64((f + 1) * DN_FINISH_CHANNELS, p->c));
+        if (ps->apply != NULL) {
+            if (p->wide > p->c) {
+                DN_OMP(single)
+                FN(widen_all)(p, ps->k);
+            }
+            DN_OMP(for schedule(static))
+            for (int64_t blk = 0; blk < blocks; blk++)
+                FN(apply_range)(p, ps->apply, blk * DN_APPLY_BLOCK,
+                                dn_min64((blk + 1) * DN_APPLY_BLOCK, p->total), ps->a,
+                                ps->b, (const T *const *)ps->k, ps->out, stream);
+            if (stream) dn_stream_fence();
+        }
+    }
+}
+
+/* Merges the group moments of channels [c0, c1) in group order, vectorised
+ * across the channels: mean[j], m2[j] for channel c0 + j. */
+static void FN(merge_groups)(const dn_plan *p, const double *gmean, const double *gm2,
+                             const double *weights, int64_t c0, int64_t c1,
+                             double *DN_RESTRICT mean, double *DN_RESTRICT m2)
+{
+    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
+    for (int64_t j = 0; j < nc; j++) mean[j] = m2[j] = 0.0;
+    for (int64_t g = 0; g < G; g++) {
+        const double w0 = weights[2 * g], w1 = weights[2 * g + 1];
+        for (int64_t j = 0; j < nc; j++) {
+            const int64_t at = p->nsc ? g * C + c0 + j : (c0 + j) * G + g;
+            const double delta = gmean[at] - mean[j];
+            mean[j] += delta * w0;
+            m2[j] += gm2[at] + delta * delta * w1;
+        }
+    }
+}
+
+/* Adds up the three gradient sums of channels [c0, c1) in group order,
+ * vectorised across the channels: sums[3*j + q] for channel c0 + j. */
+static void FN(add_grad_groups)(const dn_plan *p, const double *work, int64_t c0, int64_t c1,
+                                double *DN_RESTRICT sums)
+{
+    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
+    for (int64_t j = 0; j < 3 * nc; j++) sums[j] = 0.0;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t j = 0; j < nc; j++) {
+            const double *w = work + 3 * (p->nsc ? g * C + c0 + j : (c0 + j) * G + g);
+            sums[3 * j] += w[0];
+            sums[3 * j + 1] += w[1];
+            sums[3 * j + 2] += w[2];
+        }
+}
+
 /* ---- Public API. -------------------------------------------------------- */
 
-/* What the training forward writes besides y. */
-typedef struct FN(train_outputs) {
+/* The training forward's pass: group moments in, the constants and what
+ * it writes besides y out. */
+typedef struct FN(train_ctx) {
+    const dn_plan *p;
+    const T *x;
+    double *gmean, *gm2, *weights;
     const T *gamma, *beta;
     double eps, momentum;
     T *running_mean, *running_var, *save_mean, *save_invstd;
-} FN(train_outputs);
+    T *const *k;
+} FN(train_ctx);
 
-/* Channel ch's statistics from its group moments (merged in group order):
- * the elementwise constants k[0..3][ch], the saved and running statistics. */
-static void FN(train_channel)(const dn_plan *p, int64_t ch, const double *gmean,
-                              const double *gm2, const double *weights,
-                              const FN(train_outputs) *o, T *const *k)
+static void FN(train_reduce)(const void *ctx, int64_t g, void *scratch)
 {
-    const int64_t G = p->groups;
-    double mean = 0.0, m2 = 0.0, var, invstd;
-    for (int64_t g = 0; g < G; g++) {
-        const int64_t at = p->nsc ? g * p->c + ch : ch * G + g;
-        const double delta = gmean[at] - mean;
-        mean += delta * weights[2 * g];
-        m2 += gm2[at] + delta * delta * weights[2 * g + 1];
+    const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
+    const int64_t C = o->p->c;
+    if (o->p->nsc)
+        FN(nsc_group_moments)(o->p, o->x, g, o->gmean + g * C, o->gm2 + g * C, (T *)scratch);
+    else
+        FN(ncs_group_moments)(o->p, o->x, g, o->gmean, o->gm2, (double *)scratch);
+}
+
+/* Channels [c0, c1): statistics from the group moments (merged in group
+ * order), the elementwise constants k[0..3], the saved and running
+ * statistics. */
+static void FN(train_channels)(const void *ctx, int64_t c0, int64_t c1)
+{
+    const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
+    const dn_plan *p = o->p;
+    T *const *k = o->k;
+    double mean[DN_FINISH_CHANNELS], m2[DN_FINISH_CHANNELS];
+    FN(merge_groups)(p, o->gmean, o->gm2, o->weights, c0, c1, mean, m2);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double mu = mean[ch - c0];
+        const double var = m2[ch - c0] / (double)p->m;
+        const double invstd = 1.0 / sqrt(var + o->eps);
+        k[0][ch] = (T)mu;
+        k[1][ch] = (T)(mu - (double)k[0][ch]);
+        k[2][ch] = (T)((o->gamma ? (double)o->gamma[ch] : 1.0) * invstd);
+        k[3][ch] = o->beta ? o->beta[ch] : (T)0;
+        if (o->save_mean) o->save_mean[ch] = (T)mu;
+        if (o->save_invstd) o->save_invstd[ch] = (T)invstd;
+        if (o->running_mean)
+            o->running_mean[ch] =
+                (T)((1.0 - o->momentum) * (double)o->running_mean[ch] + o->momentum * mu);
+        if (o->running_var)
+            o->running_var[ch] =
+                (T)((1.0 - o->momentum) * (double)o->running_var[ch]
+                    + o->momentum * var * ((double)p->m / (double)(p->m - 1)));
     }
-    var = m2 / (double)p->m;
-    invstd = 1.0 / sqrt(var + o->eps);
-    k[0][ch] = (T)mean;
-    k[1][ch] = (T)(mean - (double)k[0][ch]);
-    k[2][ch] = (T)((o->gamma ? (double)o->gamma[ch] : 1.0) * invstd);
-    k[3][ch] = o->beta ? o->beta[ch] : (T)0;
-    if (o->save_mean) o->save_mean[ch] = (T)mean;
-    if (o->save_invstd) o->save_invstd[ch] = (T)invstd;
-    if (o->running_mean)
-        o->running_mean[ch] =
-            (T)((1.0 - o->momentum) * (double)o->running_mean[ch] + o->momentum * mean);
-    if (o->running_var)
-        o->running_var[ch] = (T)((1.0 - o->momentum) * (double)o->running_var[ch]
-                                 + o->momentum * var * ((double)p->m / (double)(p->m - 1)));
 }
 
 dn_status FN(dn_batchnorm_forward_train)(
@@ -354,14 +544,30 @@ dn_status FN(dn_batchnorm_forward_train)(
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
-    double *gmean, *gm2, *weights;
-    T *scratch, *k[4];
+    T *k[4];
     int64_t G;
-    FN(train_outputs) o;
+    size_t scratch_bytes;
+    FN(train_ctx) o;
+    FN(pass) ps;
     if (st != DN_OK) return st;
     if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
+    G = p.groups;
+    /* per thread: NSC 6 wide rows of T, NCS c doubles (wide == c) */
+    scratch_bytes = sizeof(T) * (size_t)(6 * p.wide);
+    /* groups x channels moments, merge weights, the four per-channel
+     * constants of the elementwise pass, per-thread scratch */
+    o.gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
+                               + sizeof(T) * (size_t)(4 * p.wide)
+                               + scratch_bytes * (size_t)p.threads);
+    if (o.gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
+    o.gm2 = o.gmean + G * c;
+    o.weights = o.gm2 + G * c;
+    k[0] = (T *)(o.weights + 2 * G);
+    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + p.wide;
+    o.p = &p;
+    o.x = x;
     o.gamma = gamma;
     o.beta = beta;
     o.eps = eps;
@@ -370,36 +576,21 @@ dn_status FN(dn_batchnorm_forward_train)(
     o.running_var = running_var;
     o.save_mean = save_mean;
     o.save_invstd = save_invstd;
+    o.k = k;
+    dn_group_weights(&p, o.weights);
 
-    G = p.groups;
-    /* groups x channels moments, per-thread scratch, then the
-     * four per-channel constants of the elementwise pass */
-    gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
-                             + sizeof(T) * (size_t)(6 * p.wide * p.threads + 4 * p.wide));
-    if (gmean == NULL) return DN_ERR_OUT_OF_MEMORY;
-    gm2 = gmean + G * c;
-    weights = gm2 + G * c;
-    scratch = (T *)(weights + 2 * G);
-    k[0] = scratch + 6 * p.wide * p.threads;
-    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + p.wide;
-
-    DN_OMP(parallel for num_threads(p.threads) schedule(static))
-    for (int64_t g = 0; g < G; g++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        if (p.nsc)
-            FN(nsc_group_moments)(&p, x, g, gmean + g * c, gm2 + g * c,
-                                  scratch + 6 * p.wide * tid);
-        else
-            FN(ncs_group_moments)(&p, x, g, gmean, gm2, (double *)(scratch + 6 * p.wide * tid));
-    }
-    dn_group_weights(&p, weights);
-    DN_OMP(parallel for num_threads(dn_threads_for(c * G * 64)) schedule(static))
-    for (int64_t ch = 0; ch < c; ch++) FN(train_channel)(&p, ch, gmean, gm2, weights, &o, k);
-    FN(apply_all)(&p, FN(apply_train), x, NULL, k, y);
-    free(gmean);
+    ps.reduce = FN(train_reduce);
+    ps.finish = FN(train_channels);
+    ps.ctx = &o;
+    ps.scratch = (char *)(k[3] + p.wide);
+    ps.scratch_bytes = scratch_bytes;
+    ps.apply = FN(apply_train);
+    ps.a = x;
+    ps.b = NULL;
+    ps.k = k;
+    ps.out = y;
+    FN(run_pass)(&p, &ps);
+    free(o.gmean);
     return DN_OK;
 }
 
@@ -497,66 +688,89 @@ static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const 
     }
 }
 
-/* Channel ch's three sums from the group sums in work, in group order. */
-static void FN(grad_channel_sums)(const dn_plan *p, const double *work, int64_t ch,
-                                  double *sums)
+/* The backward passes: gradient sums in, the constants and the per-channel
+ * outputs out. */
+typedef struct FN(grad_ctx) {
+    const dn_plan *p;
+    const T *dy, *x, *h; /* h: the shift of x in the sums */
+    double *work;        /* 3 sums per (channel, group) */
+    const T *save_invstd, *gamma;
+    const T *running_var; /* frozen statistics (backward_infer) */
+    double eps;
+    T *dgamma, *dbeta;
+    T *const *k;
+} FN(grad_ctx);
+
+static void FN(grad_reduce)(const void *ctx, int64_t g, void *scratch)
 {
-    sums[0] = sums[1] = sums[2] = 0.0;
-    for (int64_t g = 0; g < p->groups; g++) {
-        const double *w = work + 3 * (p->nsc ? g * p->c + ch : ch * p->groups + g);
-        sums[0] += w[0];
-        sums[1] += w[1];
-        sums[2] += w[2];
+    const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
+    if (o->p->nsc)
+        FN(nsc_grad_group)(o->p, o->dy, o->x, o->h, g, o->work + 3 * o->p->c * g, (T *)scratch);
+    else
+        FN(ncs_grad_group)(o->p, o->dy, o->x, o->h, g, o->work);
+}
+
+/* Training backward, channels [c0, c1): dx = k0*dy + k1*(x - k2) + k3,
+ * dgamma and dbeta. */
+static void FN(backward_channels)(const void *ctx, int64_t c0, int64_t c1)
+{
+    const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
+    const double m = (double)o->p->m;
+    T *const *k = o->k;
+    double sums[3 * DN_FINISH_CHANNELS];
+    FN(add_grad_groups)(o->p, o->work, c0, c1, sums);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double *su = sums + 3 * (ch - c0);
+        const double istd = (double)o->save_invstd[ch];
+        const double g = o->gamma ? (double)o->gamma[ch] : 1.0;
+        const double sdy = su[0];
+        /* the saved mean is a shift: the exact mean of x is h + off */
+        const double off = su[1] / m;
+        const double dg = (su[2] - off * sdy) * istd;
+        const double A = g * istd, B = -g * istd * istd * dg / m;
+        k[0][ch] = (T)A;
+        k[1][ch] = (T)B;
+        k[2][ch] = o->h[ch];
+        k[3][ch] = (T)(-A * sdy / m - B * off);
+        if (o->dgamma) o->dgamma[ch] = (T)dg;
+        if (o->dbeta) o->dbeta[ch] = (T)sdy;
     }
 }
 
-/* All group sums into work (3*c*groups doubles), in parallel; scratch
- * holds 4*p->wide values of T per thread (NSC). */
-static void FN(grad_groups)(const dn_plan *p, const T *dy, const T *x, const T *h, double *work,
-                            T *scratch)
+/* Frozen statistics, channels [c0, c1): dgamma and dbeta (dx = k2*dy needs
+ * no sums). */
+static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 {
-    const int64_t C = p->c, G = p->groups;
-    if (p->nsc) {
-        DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t g = 0; g < G; g++) {
-            int tid = 0;
-#ifdef _OPENMP
-            tid = omp_get_thread_num();
-#endif
-            FN(nsc_grad_group)(p, dy, x, h, g, work + 3 * C * g, scratch + 4 * p->wide * tid);
-        }
-    } else {
-        DN_OMP(parallel for num_threads(p->threads) schedule(static))
-        for (int64_t g = 0; g < G; g++) FN(ncs_grad_group)(p, dy, x, h, g, work);
+    const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
+    double sums[3 * DN_FINISH_CHANNELS];
+    FN(add_grad_groups)(o->p, o->work, c0, c1, sums);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double istd = 1.0 / sqrt((double)o->running_var[ch] + o->eps);
+        if (o->dgamma) o->dgamma[ch] = (T)(sums[3 * (ch - c0) + 2] * istd);
+        if (o->dbeta) o->dbeta[ch] = (T)sums[3 * (ch - c0)];
     }
 }
 
-/* Bytes of the workspace of the backward kernels: group sums, per-thread
- * scratch, and `consts` per-channel constants. */
-static size_t FN(grad_workspace)(const dn_plan *p, int consts)
+/* Allocates the backward workspace (group sums, `consts` per-channel
+ * constants into k, per-thread scratch) and fills what ps and o share. */
+static double *FN(grad_setup)(const dn_plan *p, int consts, T **k, FN(grad_ctx) *o,
+                              FN(pass) *ps)
 {
-    return sizeof(double) * (size_t)(3 * p->c * p->groups)
-         + sizeof(T) * (size_t)(4 * p->wide * p->threads + consts * p->wide);
-}
-
-/* Training backward constants of channel ch: dx = k0*dy + k1*(x - k2) + k3. */
-static void FN(backward_channel)(const dn_plan *p, int64_t ch, const double *sums,
-                                 const T *save_mean, const T *save_invstd, const T *gamma,
-                                 T *dgamma, T *dbeta, T *const *k)
-{
-    const double m = (double)p->m, istd = (double)save_invstd[ch];
-    const double g = gamma ? (double)gamma[ch] : 1.0;
-    const double sdy = sums[0];
-    /* save_mean is a shift: the exact mean of x is save_mean + off */
-    const double off = sums[1] / m;
-    const double dg = (sums[2] - off * sdy) * istd;
-    const double A = g * istd, B = -g * istd * istd * dg / m;
-    k[0][ch] = (T)A;
-    k[1][ch] = (T)B;
-    k[2][ch] = save_mean[ch];
-    k[3][ch] = (T)(-A * sdy / m - B * off);
-    if (dgamma) dgamma[ch] = (T)dg;
-    if (dbeta) dbeta[ch] = (T)sdy;
+    /* per thread: NSC 4 wide rows of T */
+    const size_t scratch_bytes = sizeof(T) * (size_t)(4 * p->wide);
+    double *work = (double *)malloc(sizeof(double) * (size_t)(3 * p->c * p->groups)
+                                    + sizeof(T) * (size_t)(consts * p->wide)
+                                    + scratch_bytes * (size_t)p->threads);
+    if (work == NULL) return NULL;
+    k[0] = (T *)(work + 3 * p->c * p->groups);
+    for (int q = 1; q < consts; q++) k[q] = k[q - 1] + p->wide;
+    o->p = p;
+    o->work = work;
+    ps->reduce = FN(grad_reduce);
+    ps->ctx = o;
+    ps->scratch = (char *)(k[0] + consts * p->wide);
+    ps->scratch_bytes = scratch_bytes;
+    return work;
 }
 
 dn_status FN(dn_batchnorm_backward)(
@@ -568,24 +782,31 @@ dn_status FN(dn_batchnorm_backward)(
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
     double *work;
-    T *scratch, *k[4];
+    T *k[4];
+    FN(grad_ctx) o;
+    FN(pass) ps;
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
-    work = (double *)malloc(FN(grad_workspace)(&p, 4));
+    work = FN(grad_setup)(&p, 4, k, &o, &ps);
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
-    scratch = (T *)(work + 3 * c * p.groups);
-    k[0] = scratch + 4 * p.wide * p.threads;
-    for (int q = 1; q < 4; q++) k[q] = k[q - 1] + p.wide;
-
-    FN(grad_groups)(&p, dy, x, save_mean, work, scratch);
-    DN_OMP(parallel for num_threads(dn_threads_for(c * p.groups * 64)) schedule(static))
-    for (int64_t ch = 0; ch < c; ch++) {
-        double sums[3];
-        FN(grad_channel_sums)(&p, work, ch, sums);
-        FN(backward_channel)(&p, ch, sums, save_mean, save_invstd, gamma, dgamma, dbeta, k);
-    }
-    FN(apply_all)(&p, FN(apply_backward), dy, x, k, dx);
+    o.dy = dy;
+    o.x = x;
+    o.h = save_mean;
+    o.save_invstd = save_invstd;
+    o.gamma = gamma;
+    o.running_var = NULL;
+    o.eps = 0.0;
+    o.dgamma = dgamma;
+    o.dbeta = dbeta;
+    o.k = k;
+    ps.finish = FN(backward_channels);
+    ps.apply = FN(apply_backward);
+    ps.a = dy;
+    ps.b = x;
+    ps.k = k;
+    ps.out = dx;
+    FN(run_pass)(&p, &ps);
     free(work);
     return DN_OK;
 }
@@ -599,38 +820,49 @@ dn_status FN(dn_batchnorm_backward_infer)(
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
     double *work;
-    T *scratch, *k[4];
+    T *k[4] = {NULL, NULL, NULL, NULL};
+    FN(grad_ctx) o;
+    FN(pass) ps;
     if (st != DN_OK) return st;
     if (dy == NULL || running_mean == NULL || running_var == NULL) return DN_ERR_NULL_POINTER;
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    work = (double *)malloc(FN(grad_workspace)(&p, 2));
+    /* dx = k2*dy + k3, with k3 = 0 */
+    work = FN(grad_setup)(&p, 2, k + 2, &o, &ps);
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
-    scratch = (T *)(work + 3 * c * p.groups);
-    k[0] = k[1] = NULL;
-    k[2] = scratch + 4 * p.wide * p.threads;
-    k[3] = k[2] + p.wide;
-
-    if (dgamma != NULL || dbeta != NULL)
-        /* without dgamma only sum(dy) is used, and x may be absent */
-        FN(grad_groups)(&p, dy, x ? x : dy, running_mean, work, scratch);
     for (int64_t ch = 0; ch < c; ch++) {
-        const double istd = 1.0 / sqrt((double)running_var[ch] + eps);
-        double sums[3];
-        k[2][ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * istd);
+        k[2][ch] = (T)((gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps));
         k[3][ch] = (T)0;
-        if (dgamma != NULL || dbeta != NULL) {
-            FN(grad_channel_sums)(&p, work, ch, sums);
-            if (dgamma) dgamma[ch] = (T)(sums[2] * istd);
-            if (dbeta) dbeta[ch] = (T)sums[0];
-        }
     }
-    if (dx) FN(apply_all)(&p, FN(apply_affine), dy, NULL, k, dx);
+    if (dgamma != NULL || dbeta != NULL) {
+        /* without dgamma only sum(dy) is used, and x may be absent */
+        o.dy = dy;
+        o.x = x ? x : dy;
+        o.h = running_mean;
+        o.save_invstd = NULL;
+        o.gamma = gamma;
+        o.running_var = running_var;
+        o.eps = eps;
+        o.dgamma = dgamma;
+        o.dbeta = dbeta;
+        o.k = k;
+        ps.finish = FN(backward_infer_channels);
+        ps.apply = dx ? FN(apply_affine) : NULL;
+        ps.a = dy;
+        ps.b = NULL;
+        ps.k = k;
+        ps.out = dx;
+        FN(run_pass)(&p, &ps);
+    } else if (dx != NULL) {
+        FN(apply_all)(&p, FN(apply_affine), dy, NULL, k, dx);
+    }
     free(work);
     return DN_OK;
 }
 
 #undef DN_LANES
+#undef DN_VLEN
+#undef DN_VEC_FOLD
 #undef DN_NCS_GROUP_PIECES
 #undef DN_LANE_SUM
 #undef DN_INNER

@@ -6,6 +6,16 @@
  * bits; the vector width only changes how fast. */
 #include "common.h"
 
+/* The reductions sweep once for several sums with GCC/Clang vector types
+ * (DN_VECTOR_SUMS) or run one plain loop per sum; both add the same values
+ * in the same lanes and order. On x86-64 the portable variant keeps the
+ * plain loops, so the test that the portable and AVX2 variants give the
+ * same bits also checks the two forms against each other (the plain one is
+ * what MSVC builds). */
+#if defined(__GNUC__) && (defined(DN_VARIANT_SIMD) || !(defined(__x86_64__) || defined(__i386__)))
+#  define DN_VECTOR_SUMS 1
+#endif
+
 #define DN_CAT3(a, b, c) a##b##c
 #define DN_XCAT3(a, b, c) DN_CAT3(a, b, c)
 
