@@ -58,28 +58,28 @@ dn_keep_window_fn dn_select_keep_window(const char **name)
     }
 }
 
-dn_drop_window_fn_f32 dn_select_drop_window_f32(void)
+dn_drop_windows_fn_f32 dn_select_drop_windows_f32(void)
 {
     const char *name = "portable";
     dn_select_keep_window(&name);
 #if defined(DN_HAVE_AVX512)
-    if (strcmp(name, "avx512") == 0) return dn_drop_window_avx512_f32;
+    if (strcmp(name, "avx512") == 0) return dn_drop_windows_avx512_f32;
 #endif
 #if defined(DN_HAVE_AVX2)
-    if (strcmp(name, "avx2") == 0) return dn_drop_window_avx2_f32;
+    if (strcmp(name, "avx2") == 0) return dn_drop_windows_avx2_f32;
 #endif
     return NULL;
 }
 
-dn_drop_window_fn_f64 dn_select_drop_window_f64(void)
+dn_drop_windows_fn_f64 dn_select_drop_windows_f64(void)
 {
     const char *name = "portable";
     dn_select_keep_window(&name);
 #if defined(DN_HAVE_AVX512)
-    if (strcmp(name, "avx512") == 0) return dn_drop_window_avx512_f64;
+    if (strcmp(name, "avx512") == 0) return dn_drop_windows_avx512_f64;
 #endif
 #if defined(DN_HAVE_AVX2)
-    if (strcmp(name, "avx2") == 0) return dn_drop_window_avx2_f64;
+    if (strcmp(name, "avx2") == 0) return dn_drop_windows_avx2_f64;
 #endif
     return NULL;
 }

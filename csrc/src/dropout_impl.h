@@ -79,22 +79,27 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
 {
     const int64_t total = dp->t.total;
     const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
-    /* the SIMD variants generate and apply a whole window in registers */
-    const FN(dn_drop_window_fn) fused = src->mask == NULL ? FN(dn_select_drop_window)() : NULL;
+    /* the SIMD variants generate and apply whole windows in registers */
+    const FN(dn_drop_windows_fn) fused = src->mask == NULL ? FN(dn_select_drop_windows)() : NULL;
     DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t i0 = blk * DN_APPLY_BLOCK;
         const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, total);
+        int64_t base = i0;
         uint32_t keep[DN_WIN];
-        for (int64_t base = i0; base < i1; base += DN_WIN) {
+        if (fused != NULL) {
+            /* i0 is a multiple of DN_WIN (DN_APPLY_BLOCK is) */
+            const int64_t windows = (i1 - i0) / DN_WIN;
+            uint64_t bits[DN_APPLY_BLOCK / DN_WIN];
+            fused(&src->ps, (uint64_t)i0 >> 2, windows, x + i0, y + i0, scale, mul,
+                  mask_out ? bits : NULL);
+            if (mask_out)
+                for (int64_t w = 0; w < windows; w++)
+                    dn_store_bits(bits[w], DN_WIN, mask_out + (i0 + w * DN_WIN) / 8);
+            base += windows * DN_WIN;
+        }
+        for (; base < i1; base += DN_WIN) {
             const int len = (int)dn_min64(DN_WIN, i1 - base);
-            if (fused != NULL && len == DN_WIN) {
-                uint64_t bits;
-                fused(&src->ps, (uint64_t)base >> 2, x + base, y + base, scale, mul,
-                      mask_out ? &bits : NULL);
-                if (mask_out) dn_store_bits(bits, DN_WIN, mask_out + base / 8);
-                continue;
-            }
             dn_window_keep(src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
             FN(dn_sel)(x + base, y + base, keep, len, scale, mul);
         }

@@ -51,33 +51,36 @@ static inline void dn_keep_window_portable(const dn_philox_stream *ps, uint64_t 
     }
 }
 
-/* Dropout of one whole window, fused with its keep decisions (SIMD
- * variants only): y[i] = keep ? x[i]*scale : +0 (x[i] when !mul) for the
- * DN_WIN elements; x may be y. bits as for dn_keep_window_fn. */
-typedef void (*dn_drop_window_fn_f32)(const dn_philox_stream *ps, uint64_t block0,
-                                      const float *x, float *y, float scale, int mul,
-                                      uint64_t *bits);
-typedef void (*dn_drop_window_fn_f64)(const dn_philox_stream *ps, uint64_t block0,
-                                      const double *x, double *y, double scale, int mul,
-                                      uint64_t *bits);
+/* Dropout of `windows` consecutive whole windows from block0, fused with
+ * their keep decisions (SIMD variants only): y[i] = keep ? x[i]*scale : +0
+ * (x[i] when !mul) for the windows' elements; x may be y. bits, if not
+ * NULL, gets one word per window, as dn_keep_window_fn's. One call for
+ * many windows lets a variant overlap their Philox rounds. */
+typedef void (*dn_drop_windows_fn_f32)(const dn_philox_stream *ps, uint64_t block0,
+                                       int64_t windows, const float *x, float *y, float scale,
+                                       int mul, uint64_t *bits);
+typedef void (*dn_drop_windows_fn_f64)(const dn_philox_stream *ps, uint64_t block0,
+                                       int64_t windows, const double *x, double *y,
+                                       double scale, int mul, uint64_t *bits);
 
 #if defined(DN_HAVE_AVX2)
-void dn_drop_window_avx2_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
-                             float *y, float scale, int mul, uint64_t *bits);
-void dn_drop_window_avx2_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
-                             double *y, double scale, int mul, uint64_t *bits);
+void dn_drop_windows_avx2_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const float *x, float *y, float scale, int mul, uint64_t *bits);
+void dn_drop_windows_avx2_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const double *x, double *y, double scale, int mul, uint64_t *bits);
 #endif
 #if defined(DN_HAVE_AVX512)
-void dn_drop_window_avx512_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
-                               float *y, float scale, int mul, uint64_t *bits);
-void dn_drop_window_avx512_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
-                               double *y, double scale, int mul, uint64_t *bits);
+void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                const float *x, float *y, float scale, int mul, uint64_t *bits);
+void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                const double *x, double *y, double scale, int mul,
+                                uint64_t *bits);
 #endif
 
-/* The fused window of the variant dn_select_keep_window chooses, or NULL
+/* The fused windows of the variant dn_select_keep_window chooses, or NULL
  * for the portable one (which applies keep[] with plain loops instead). */
-dn_drop_window_fn_f32 dn_select_drop_window_f32(void);
-dn_drop_window_fn_f64 dn_select_drop_window_f64(void);
+dn_drop_windows_fn_f32 dn_select_drop_windows_f32(void);
+dn_drop_windows_fn_f64 dn_select_drop_windows_f64(void);
 
 #if defined(DN_HAVE_AVX2)
 void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,

@@ -15,13 +15,16 @@ static inline void dn_mulhilo_avx2(__m256i a, __m256i m, __m256i *hi, __m256i *l
 }
 
 /* The Philox words of the window's 64 elements, in element order: w[v]
- * holds elements 8v .. 8v+7. */
+ * holds elements 8v .. 8v+7. The two halves' rounds run side by side: one
+ * half is a chain of dependent instructions. */
 static inline void dn_window_words_avx2(const dn_philox_stream *ps, uint64_t block0,
                                         __m256i w[8])
 {
     const __m256i m0 = _mm256_set1_epi32((int)DN_PHILOX_M0);
     const __m256i m1 = _mm256_set1_epi32((int)DN_PHILOX_M1);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i x[2][4];
+    uint32_t k0 = ps->k0, k1 = ps->k1;
     for (int half = 0; half < 2; half++) {
         const uint64_t b = block0 + (uint64_t)(8 * half);
         /* counter word 0 = lo32(b + j), word 1 = hi32(b + j); the low word
@@ -30,33 +33,38 @@ static inline void dn_window_words_avx2(const dn_philox_stream *ps, uint64_t blo
         const __m256i wrapped = _mm256_cmpgt_epi32(
             _mm256_xor_si256(_mm256_set1_epi32((int)(uint32_t)b), _mm256_set1_epi32(INT32_MIN)),
             _mm256_xor_si256(lo, _mm256_set1_epi32(INT32_MIN)));
-        __m256i x0 = lo;
-        __m256i x1 = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(b >> 32)), wrapped);
-        __m256i x2 = _mm256_set1_epi32((int)ps->s0);
-        __m256i x3 = _mm256_set1_epi32((int)ps->s1);
-        uint32_t k0 = ps->k0, k1 = ps->k1;
-        for (int r = 0; r < 10; r++) {
+        x[half][0] = lo;
+        x[half][1] = _mm256_sub_epi32(_mm256_set1_epi32((int)(uint32_t)(b >> 32)), wrapped);
+        x[half][2] = _mm256_set1_epi32((int)ps->s0);
+        x[half][3] = _mm256_set1_epi32((int)ps->s1);
+    }
+    for (int r = 0; r < 10; r++) {
+        const __m256i key0 = _mm256_set1_epi32((int)k0), key1 = _mm256_set1_epi32((int)k1);
+        for (int half = 0; half < 2; half++) {
             __m256i h0, l0, h1, l1;
-            dn_mulhilo_avx2(x0, m0, &h0, &l0);
-            dn_mulhilo_avx2(x2, m1, &h1, &l1);
-            x0 = _mm256_xor_si256(_mm256_xor_si256(h1, x1), _mm256_set1_epi32((int)k0));
-            x1 = l1;
-            x2 = _mm256_xor_si256(_mm256_xor_si256(h0, x3), _mm256_set1_epi32((int)k1));
-            x3 = l0;
-            k0 += DN_PHILOX_W0;
-            k1 += DN_PHILOX_W1;
+            dn_mulhilo_avx2(x[half][0], m0, &h0, &l0);
+            dn_mulhilo_avx2(x[half][2], m1, &h1, &l1);
+            x[half][0] = _mm256_xor_si256(_mm256_xor_si256(h1, x[half][1]), key0);
+            x[half][1] = l1;
+            x[half][2] = _mm256_xor_si256(_mm256_xor_si256(h0, x[half][3]), key1);
+            x[half][3] = l0;
         }
-        {
-            /* x_k holds word k of blocks 0..7; element 4j + k is word k of block j */
-            const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
-            const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
-            const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-            const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-            w[4 * half + 0] = _mm256_permute2x128_si256(u0, u1, 0x20);
-            w[4 * half + 1] = _mm256_permute2x128_si256(u2, u3, 0x20);
-            w[4 * half + 2] = _mm256_permute2x128_si256(u0, u1, 0x31);
-            w[4 * half + 3] = _mm256_permute2x128_si256(u2, u3, 0x31);
-        }
+        k0 += DN_PHILOX_W0;
+        k1 += DN_PHILOX_W1;
+    }
+    for (int half = 0; half < 2; half++) {
+        /* x_k holds word k of blocks 0..7; element 4j + k is word k of block j */
+        const __m256i *xh = x[half];
+        const __m256i t0 = _mm256_unpacklo_epi32(xh[0], xh[1]);
+        const __m256i t1 = _mm256_unpackhi_epi32(xh[0], xh[1]);
+        const __m256i t2 = _mm256_unpacklo_epi32(xh[2], xh[3]);
+        const __m256i t3 = _mm256_unpackhi_epi32(xh[2], xh[3]);
+        const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        w[4 * half + 0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+        w[4 * half + 1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+        w[4 * half + 2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+        w[4 * half + 3] = _mm256_permute2x128_si256(u2, u3, 0x31);
     }
 }
 
@@ -88,39 +96,44 @@ void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
     if (bits != NULL) *bits = dn_bits_avx2(kept);
 }
 
-void dn_drop_window_avx2_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
-                             float *y, float scale, int mul, uint64_t *bits)
+void dn_drop_windows_avx2_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const float *x, float *y, float scale, int mul, uint64_t *bits)
 {
     const __m256i thr = _mm256_set1_epi32((int)ps->thr);
     const __m256 s = _mm256_set1_ps(scale);
-    __m256i w[8], kept[8];
-    dn_window_words_avx2(ps, block0, w);
-    for (int v = 0; v < 8; v++) {
-        __m256 val = _mm256_loadu_ps(x + 8 * v);
-        kept[v] = dn_kept_avx2(w[v], thr);
-        if (mul) val = _mm256_mul_ps(val, s);
-        _mm256_storeu_ps(y + 8 * v, _mm256_and_ps(_mm256_castsi256_ps(kept[v]), val));
+    for (int64_t w = 0; w < windows; w++, x += DN_WIN, y += DN_WIN) {
+        __m256i words[8], kept[8];
+        dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
+        for (int v = 0; v < 8; v++) {
+            __m256 val = _mm256_loadu_ps(x + 8 * v);
+            kept[v] = dn_kept_avx2(words[v], thr);
+            if (mul) val = _mm256_mul_ps(val, s);
+            _mm256_storeu_ps(y + 8 * v, _mm256_and_ps(_mm256_castsi256_ps(kept[v]), val));
+        }
+        if (bits != NULL) bits[w] = dn_bits_avx2(kept);
     }
-    if (bits != NULL) *bits = dn_bits_avx2(kept);
 }
 
-void dn_drop_window_avx2_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
-                             double *y, double scale, int mul, uint64_t *bits)
+void dn_drop_windows_avx2_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const double *x, double *y, double scale, int mul, uint64_t *bits)
 {
     const __m256i thr = _mm256_set1_epi32((int)ps->thr);
     const __m256d s = _mm256_set1_pd(scale);
-    __m256i w[8], kept[8];
-    dn_window_words_avx2(ps, block0, w);
-    for (int v = 0; v < 8; v++) {
-        kept[v] = dn_kept_avx2(w[v], thr);
-        for (int h = 0; h < 2; h++) {
-            /* 32-bit lanes 4h .. 4h+3, sign-extended to 64-bit masks */
-            const __m256i k64 = _mm256_cvtepi32_epi64(
-                h == 0 ? _mm256_castsi256_si128(kept[v]) : _mm256_extracti128_si256(kept[v], 1));
-            __m256d val = _mm256_loadu_pd(x + 8 * v + 4 * h);
-            if (mul) val = _mm256_mul_pd(val, s);
-            _mm256_storeu_pd(y + 8 * v + 4 * h, _mm256_and_pd(_mm256_castsi256_pd(k64), val));
+    for (int64_t w = 0; w < windows; w++, x += DN_WIN, y += DN_WIN) {
+        __m256i words[8], kept[8];
+        dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
+        for (int v = 0; v < 8; v++) {
+            kept[v] = dn_kept_avx2(words[v], thr);
+            for (int h = 0; h < 2; h++) {
+                /* 32-bit lanes 4h .. 4h+3, sign-extended to 64-bit masks */
+                const __m256i k64 = _mm256_cvtepi32_epi64(
+                    h == 0 ? _mm256_castsi256_si128(kept[v])
+                           : _mm256_extracti128_si256(kept[v], 1));
+                __m256d val = _mm256_loadu_pd(x + 8 * v + 4 * h);
+                if (mul) val = _mm256_mul_pd(val, s);
+                _mm256_storeu_pd(y + 8 * v + 4 * h, _mm256_and_pd(_mm256_castsi256_pd(k64), val));
+            }
         }
+        if (bits != NULL) bits[w] = dn_bits_avx2(kept);
     }
-    if (bits != NULL) *bits = dn_bits_avx2(kept);
 }

@@ -13,54 +13,76 @@ static inline void dn_mulhilo_avx512(__m512i a, __m512i m, __m512i *hi, __m512i 
     *lo = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-/* The keep masks of the window's 64 elements, in element order: q[v] holds
- * elements 16v .. 16v+15. */
-static inline void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
-                                          __mmask16 q[4])
+/* One Philox4x32-10 round on 16 blocks at once: word k of block j in lane
+ * j of x[k]. */
+static inline void dn_philox_round_avx512(__m512i x[4], __m512i m0, __m512i m1, __m512i key0,
+                                          __m512i key1)
 {
-    const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
-    const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
-    const __m512i thr = _mm512_set1_epi32((int)ps->thr);
-    const __m512i one = _mm512_set1_epi32(1);
+    __m512i h0, l0, h1, l1;
+    dn_mulhilo_avx512(x[0], m0, &h0, &l0);
+    dn_mulhilo_avx512(x[2], m1, &h1, &l1);
+    x[0] = _mm512_xor_si512(_mm512_xor_si512(h1, x[1]), key0);
+    x[1] = l1;
+    x[2] = _mm512_xor_si512(_mm512_xor_si512(h0, x[3]), key1);
+    x[3] = l0;
+}
+
+/* The counter of blocks block0 .. block0 + 15, the stream in words 2, 3. */
+static inline void dn_counters_avx512(const dn_philox_stream *ps, uint64_t block0, __m512i x[4])
+{
     const __m512i base = _mm512_set1_epi32((int)(uint32_t)block0);
+    const __m512i hi = _mm512_set1_epi32((int)(uint32_t)(block0 >> 32));
     const __m512i lo = _mm512_add_epi32(
         base, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     /* lanes whose low counter word wrapped past 2^32 carry into word 1 */
     const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo, base);
-    __m512i x0 = lo;
-    __m512i x1 = _mm512_mask_add_epi32(_mm512_set1_epi32((int)(uint32_t)(block0 >> 32)),
-                                       wrapped, _mm512_set1_epi32((int)(uint32_t)(block0 >> 32)),
-                                       one);
-    __m512i x2 = _mm512_set1_epi32((int)ps->s0);
-    __m512i x3 = _mm512_set1_epi32((int)ps->s1);
+    x[0] = lo;
+    x[1] = _mm512_mask_add_epi32(hi, wrapped, hi, _mm512_set1_epi32(1));
+    x[2] = _mm512_set1_epi32((int)ps->s0);
+    x[3] = _mm512_set1_epi32((int)ps->s1);
+}
+
+/* The keep masks of a window's 64 elements from its 16 blocks' words, in
+ * element order: q[v] holds elements 16v .. 16v+15. */
+static inline void dn_masks_avx512(const __m512i x[4], __m512i thr, __mmask16 q[4])
+{
+    /* in each 128-bit lane q: u_j = block 4q + j's four words */
+    const __m512i t0 = _mm512_unpacklo_epi32(x[0], x[1]), t1 = _mm512_unpackhi_epi32(x[0], x[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(x[2], x[3]), t3 = _mm512_unpackhi_epi32(x[2], x[3]);
+    const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
+    const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
+    /* u0 = [b0 b4 b8 b12], u1 = [b1 b5 ...], u2 = [b2 ...], u3 = [b3 ...] */
+    const __m512i s0 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0)); /* b0 b4 b1 b5 */
+    const __m512i s1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0)); /* b2 b6 b3 b7 */
+    const __m512i s2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2)); /* b8 b12 b9 b13 */
+    const __m512i s3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
+    q[0] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+    q[1] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+    q[2] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)), thr);
+    q[3] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)), thr);
+}
+
+/* The keep masks of `count` (1 .. DN_AVX512_WINDOWS) consecutive windows
+ * from block0: q[4w + v] holds elements 16v .. 16v+15 of window w. */
+#define DN_AVX512_WINDOWS 4
+static inline void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
+                                          int count, __mmask16 *q)
+{
+    const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
+    const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
+    const __m512i thr = _mm512_set1_epi32((int)ps->thr);
+    __m512i x[DN_AVX512_WINDOWS][4];
     uint32_t k0 = ps->k0, k1 = ps->k1;
+    for (int c = 0; c < count; c++)
+        dn_counters_avx512(ps, block0 + (uint64_t)(c * DN_WIN_BLOCKS), x[c]);
     for (int r = 0; r < 10; r++) {
-        __m512i h0, l0, h1, l1;
-        dn_mulhilo_avx512(x0, m0, &h0, &l0);
-        dn_mulhilo_avx512(x2, m1, &h1, &l1);
-        x0 = _mm512_xor_si512(_mm512_xor_si512(h1, x1), _mm512_set1_epi32((int)k0));
-        x1 = l1;
-        x2 = _mm512_xor_si512(_mm512_xor_si512(h0, x3), _mm512_set1_epi32((int)k1));
-        x3 = l0;
+        const __m512i key0 = _mm512_set1_epi32((int)k0), key1 = _mm512_set1_epi32((int)k1);
+        /* the windows side by side: each is a chain of dependent rounds */
+        for (int c = 0; c < count; c++) dn_philox_round_avx512(x[c], m0, m1, key0, key1);
         k0 += DN_PHILOX_W0;
         k1 += DN_PHILOX_W1;
     }
-    {
-        /* in each 128-bit lane q: u_j = block 4q + j's four words */
-        const __m512i t0 = _mm512_unpacklo_epi32(x0, x1), t1 = _mm512_unpackhi_epi32(x0, x1);
-        const __m512i t2 = _mm512_unpacklo_epi32(x2, x3), t3 = _mm512_unpackhi_epi32(x2, x3);
-        const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);
-        const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);
-        /* u0 = [b0 b4 b8 b12], u1 = [b1 b5 ...], u2 = [b2 ...], u3 = [b3 ...] */
-        const __m512i s0 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0)); /* b0 b4 b1 b5 */
-        const __m512i s1 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0)); /* b2 b6 b3 b7 */
-        const __m512i s2 = _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2)); /* b8 b12 b9 b13 */
-        const __m512i s3 = _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
-        q[0] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(2, 0, 2, 0)), thr);
-        q[1] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s0, s1, _MM_SHUFFLE(3, 1, 3, 1)), thr);
-        q[2] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(2, 0, 2, 0)), thr);
-        q[3] = _mm512_cmpge_epu32_mask(_mm512_shuffle_i32x4(s2, s3, _MM_SHUFFLE(3, 1, 3, 1)), thr);
-    }
+    for (int c = 0; c < count; c++) dn_masks_avx512(x[c], thr, q + 4 * c);
 }
 
 static inline uint64_t dn_bits_avx512(const __mmask16 q[4])
@@ -74,38 +96,49 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
 {
     const __m512i one = _mm512_set1_epi32(1);
     __mmask16 q[4];
-    dn_window_masks_avx512(ps, block0, q);
+    dn_window_masks_avx512(ps, block0, 1, q);
     for (int v = 0; v < 4; v++)
         _mm512_storeu_si512((void *)(keep + 16 * v), _mm512_maskz_mov_epi32(q[v], one));
     if (bits != NULL) *bits = dn_bits_avx512(q);
 }
 
-void dn_drop_window_avx512_f32(const dn_philox_stream *ps, uint64_t block0, const float *x,
-                               float *y, float scale, int mul, uint64_t *bits)
+void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                const float *x, float *y, float scale, int mul, uint64_t *bits)
 {
     const __m512 s = _mm512_set1_ps(scale);
-    __mmask16 q[4];
-    dn_window_masks_avx512(ps, block0, q);
-    for (int v = 0; v < 4; v++) {
-        const __m512 val = _mm512_loadu_ps(x + 16 * v);
-        /* zero-masking: a dropped element is +0 whatever x holds */
-        _mm512_storeu_ps(y + 16 * v, mul ? _mm512_maskz_mul_ps(q[v], val, s)
+    for (int64_t w = 0; w < windows; w += DN_AVX512_WINDOWS) {
+        const int count = (int)(windows - w >= DN_AVX512_WINDOWS ? DN_AVX512_WINDOWS : windows - w);
+        __mmask16 q[4 * DN_AVX512_WINDOWS];
+        dn_window_masks_avx512(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), count, q);
+        for (int v = 0; v < 4 * count; v++) {
+            const int64_t at = w * DN_WIN + 16 * v;
+            const __m512 val = _mm512_loadu_ps(x + at);
+            /* zero-masking: a dropped element is +0 whatever x holds */
+            _mm512_storeu_ps(y + at, mul ? _mm512_maskz_mul_ps(q[v], val, s)
                                          : _mm512_maskz_mov_ps(q[v], val));
+        }
+        if (bits != NULL)
+            for (int c = 0; c < count; c++) bits[w + c] = dn_bits_avx512(q + 4 * c);
     }
-    if (bits != NULL) *bits = dn_bits_avx512(q);
 }
 
-void dn_drop_window_avx512_f64(const dn_philox_stream *ps, uint64_t block0, const double *x,
-                               double *y, double scale, int mul, uint64_t *bits)
+void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                const double *x, double *y, double scale, int mul,
+                                uint64_t *bits)
 {
     const __m512d s = _mm512_set1_pd(scale);
-    __mmask16 q[4];
-    dn_window_masks_avx512(ps, block0, q);
-    for (int v = 0; v < 8; v++) {
-        const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));
-        const __m512d val = _mm512_loadu_pd(x + 8 * v);
-        _mm512_storeu_pd(y + 8 * v, mul ? _mm512_maskz_mul_pd(k, val, s)
-                                        : _mm512_maskz_mov_pd(k, val));
+    for (int64_t w = 0; w < windows; w += DN_AVX512_WINDOWS) {
+        const int count = (int)(windows - w >= DN_AVX512_WINDOWS ? DN_AVX512_WINDOWS : windows - w);
+        __mmask16 q[4 * DN_AVX512_WINDOWS];
+        dn_window_masks_avx512(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), count, q);
+        for (int v = 0; v < 8 * count; v++) {
+            const int64_t at = w * DN_WIN + 8 * v;
+            const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));
+            const __m512d val = _mm512_loadu_pd(x + at);
+            _mm512_storeu_pd(y + at, mul ? _mm512_maskz_mul_pd(k, val, s)
+                                         : _mm512_maskz_mov_pd(k, val));
+        }
+        if (bits != NULL)
+            for (int c = 0; c < count; c++) bits[w + c] = dn_bits_avx512(q + 4 * c);
     }
-    if (bits != NULL) *bits = dn_bits_avx512(q);
 }

@@ -129,8 +129,12 @@ def measure(case, threads, repeats):
         parallel_copy(dst, src, threads)
 
     runs = [copy, case.run, case.run_alloc] + ([case.torch_run] if case.torch_run else [])
-    for fn in runs:  # warm up: page faults, thread pools
-        fn()
+    # warm up: page faults, thread pools, and the kernel's first huge pages
+    # for fresh outputs (the first few large allocations of a process can
+    # take ten times longer while it compacts memory)
+    for _ in range(3):
+        for fn in runs:
+            fn()
     times = [[] for _ in runs]
     for _ in range(repeats):
         for i, fn in enumerate(runs):

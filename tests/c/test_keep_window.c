@@ -39,28 +39,35 @@ static void compare(dn_keep_window_fn fn, const char *name)
 }
 
 /* The fused windows: y = keep ? x*scale : +0, the bits as the keep window's,
- * NaN and inf dropped to +0, in place too. */
-static void compare_fused(dn_drop_window_fn_f32 f32, dn_drop_window_fn_f64 f64,
+ * NaN and inf dropped to +0, in place too; three windows, so that a pair
+ * and a single one both run, the first across the counter carry at 2^32. */
+#define NW 3
+static void compare_fused(dn_drop_windows_fn_f32 f32, dn_drop_windows_fn_f64 f64,
                           const char *name)
 {
     dn_philox_stream ps = {0xdeadbeefu, 3u, 11u, 0u, 0x66666666u};
-    uint32_t keep[DN_WIN];
-    uint64_t want_bits, bits32, bits64;
-    float xf[DN_WIN], yf[DN_WIN];
-    double xd[DN_WIN], yd[DN_WIN];
+    const uint64_t block0 = 0xFFFFFFF9ULL;
+    uint32_t keep[NW * DN_WIN];
+    uint64_t want_bits[NW], bits32[NW], bits64[NW];
+    float xf[NW * DN_WIN], yf[NW * DN_WIN];
+    double xd[NW * DN_WIN], yd[NW * DN_WIN];
     int bad = 0;
-    for (int i = 0; i < DN_WIN; i++) {
+    for (int i = 0; i < NW * DN_WIN; i++) {
         xf[i] = (float)(i - 20) * 0.37f;
         xd[i] = (double)(i - 20) * 0.37;
     }
     xf[5] = NAN;
     xd[6] = INFINITY;
-    dn_keep_window_portable(&ps, 0xFFFFFFF9ULL, keep, &want_bits);
+    xf[DN_WIN + 7] = -INFINITY;
+    for (int w = 0; w < NW; w++)
+        dn_keep_window_portable(&ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), keep + w * DN_WIN,
+                                &want_bits[w]);
     for (int mul = 0; mul < 2; mul++) {
-        f32(&ps, 0xFFFFFFF9ULL, xf, yf, 1.25f, mul, &bits32);
-        f64(&ps, 0xFFFFFFF9ULL, xd, yd, 1.25, mul, &bits64);
-        bad += bits32 != want_bits || bits64 != want_bits;
-        for (int i = 0; i < DN_WIN; i++) {
+        f32(&ps, block0, NW, xf, yf, 1.25f, mul, bits32);
+        f64(&ps, block0, NW, xd, yd, 1.25, mul, bits64);
+        for (int w = 0; w < NW; w++)
+            bad += bits32[w] != want_bits[w] || bits64[w] != want_bits[w];
+        for (int i = 0; i < NW * DN_WIN; i++) {
             const float ef = keep[i] ? (mul ? xf[i] * 1.25f : xf[i]) : 0.0f;
             const double ed = keep[i] ? (mul ? xd[i] * 1.25 : xd[i]) : 0.0;
             bad += memcmp(&yf[i], &ef, sizeof ef) != 0 && !(isnan(yf[i]) && isnan(ef));
@@ -68,8 +75,8 @@ static void compare_fused(dn_drop_window_fn_f32 f32, dn_drop_window_fn_f64 f64,
         }
     }
     memcpy(yf, xf, sizeof xf);
-    f32(&ps, 0xFFFFFFF9ULL, yf, yf, 2.0f, 1, NULL); /* in place */
-    for (int i = 0; i < DN_WIN; i++) {
+    f32(&ps, block0, NW, yf, yf, 2.0f, 1, NULL); /* in place */
+    for (int i = 0; i < NW * DN_WIN; i++) {
         const float ef = keep[i] ? xf[i] * 2.0f : 0.0f;
         bad += memcmp(&yf[i], &ef, sizeof ef) != 0 && !(isnan(yf[i]) && isnan(ef));
     }
@@ -89,16 +96,16 @@ int main(void)
 #if defined(DN_HAVE_AVX2)
     if (CPU_HAS("avx2")) {
         compare(dn_keep_window_avx2, "avx2");
-        compare_fused(dn_drop_window_avx2_f32, dn_drop_window_avx2_f64, "avx2");
+        compare_fused(dn_drop_windows_avx2_f32, dn_drop_windows_avx2_f64, "avx2");
     }
 #endif
 #if defined(DN_HAVE_AVX512)
     if (CPU_HAS("avx512f")) {
         compare(dn_keep_window_avx512, "avx512");
-        compare_fused(dn_drop_window_avx512_f32, dn_drop_window_avx512_f64, "avx512");
+        compare_fused(dn_drop_windows_avx512_f32, dn_drop_windows_avx512_f64, "avx512");
     }
 #endif
-    CHECK((dn_select_drop_window_f32() == NULL) == (strcmp(name, "portable") == 0));
+    CHECK((dn_select_drop_windows_f32() == NULL) == (strcmp(name, "portable") == 0));
     /* known answer: block 0 of key 0, stream 0 is 6627e8d5 e169c58d bc57ac4c 9b00dbd8;
      * against threshold 2^31, words 0..3 give keep 0, 1, 1, 1 */
     best(&ps, 0, keep, NULL);
