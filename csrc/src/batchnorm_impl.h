@@ -293,16 +293,26 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
     });
 }
 
+/* NSC: v[ch] += v[k*c + ch] for k = 1 .. per-1, in k order (the sums of
+ * a wide row's positions into its channels; channels inner, so that it
+ * vectorises). */
+static void FN(fold_wide)(T *DN_RESTRICT v, int64_t c, int64_t per)
+{
+    for (int64_t k = 1; k < per; k++) {
+        const T *DN_RESTRICT part = v + k * c;
+        for (int64_t ch = 0; ch < c; ch++) v[ch] += part[ch];
+    }
+}
+
 /* NSC: per-channel mean and squared deviations of the rows of group g,
  * from two-pass chunks of rows merged in order (as ncs_group_moments, but
  * vectorised across a wide row: p->wide / c rows side by side, folded into
- * channels after each pass). w: scratch of 6*p->wide values. */
+ * channels after each pass). w: scratch of 3*p->wide values. */
 static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
                                   double *gmean, double *gm2, T *DN_RESTRICT w)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
     T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
-    T *DN_RESTRICT s1c = w + 3 * W, *DN_RESTRICT s2c = w + 4 * W;
     int64_t lo, hi;
     double cnt = 0.0;
     dn_group_range(p, g, &lo, &hi);
@@ -310,39 +320,42 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const int64_t full = (r1 - r0) / per; /* whole wide rows */
         const double rows = (double)(r1 - r0), nt = cnt + rows;
+        /* a multiply per channel, not a divide: wide rows make chunks short */
+        const double inv_rows = 1.0 / rows;
         for (int64_t j = 0; j < W; j++) sum[j] = 0;
-        {
-            /* four wide rows per sweep: a quarter of the accumulator traffic */
+        /* a tile of the row at a time (the accumulators stay in L1), four
+         * wide rows per sweep: a quarter of the accumulator traffic */
+        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
             int64_t q = 0;
             for (; q + 4 <= full; q += 4) {
                 const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
                 const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
                 const T *DN_RESTRICT r3w = r0w + 3 * W;
-                for (int64_t j = 0; j < W; j++) sum[j] += (r0w[j] + r1w[j]) + (r2w[j] + r3w[j]);
+                for (int64_t j = j0; j < j1; j++)
+                    sum[j] += (r0w[j] + r1w[j]) + (r2w[j] + r3w[j]);
             }
             for (; q < full; q++) {
                 const T *DN_RESTRICT row = x + (r0 + q * per) * C;
-                for (int64_t j = 0; j < W; j++) sum[j] += row[j];
+                for (int64_t j = j0; j < j1; j++) sum[j] += row[j];
             }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
             for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
         }
-        for (int64_t ch = 0; ch < C; ch++) {
-            T t = sum[ch];
-            for (int64_t k = 1; k < per; k++) t += sum[k * C + ch];
-            centre[ch] = (T)((double)t / rows);
-        }
+        FN(fold_wide)(sum, C, per);
+        for (int64_t ch = 0; ch < C; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
         FN(widen)(p, centre);
         for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
-        {
+        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
             int64_t q = 0;
             for (; q + 4 <= full; q += 4) {
                 const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
                 const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
                 const T *DN_RESTRICT r3w = r0w + 3 * W;
-                for (int64_t j = 0; j < W; j++) {
+                for (int64_t j = j0; j < j1; j++) {
                     const T d0 = r0w[j] - centre[j], d1 = r1w[j] - centre[j];
                     const T d2 = r2w[j] - centre[j], d3 = r3w[j] - centre[j];
                     sum[j] += (d0 + d1) + (d2 + d3);
@@ -351,7 +364,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
             }
             for (; q < full; q++) {
                 const T *DN_RESTRICT row = x + (r0 + q * per) * C;
-                for (int64_t j = 0; j < W; j++) {
+                for (int64_t j = j0; j < j1; j++) {
                     const T d = row[j] - centre[j];
                     sum[j] += d;
                     dev[j] += d * d;
@@ -366,20 +379,13 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
                 dev[ch] += d * d;
             }
         }
-        for (int64_t ch = 0; ch < C; ch++) {
-            T t1 = sum[ch], t2 = dev[ch];
-            for (int64_t k = 1; k < per; k++) {
-                t1 += sum[k * C + ch];
-                t2 += dev[k * C + ch];
-            }
-            s1c[ch] = t1;
-            s2c[ch] = t2;
-        }
+        FN(fold_wide)(sum, C, per);
+        FN(fold_wide)(dev, C, per);
         /* dn_merge_moments, vectorised over channels */
         for (int64_t ch = 0; ch < C; ch++) {
-            const double s1 = (double)s1c[ch];
-            const double cm = (double)centre[ch] + s1 / rows;
-            const double cq = (double)s2c[ch] - s1 * s1 / rows;
+            const double s1 = (double)sum[ch];
+            const double cm = (double)centre[ch] + s1 * inv_rows;
+            const double cq = (double)dev[ch] - s1 * s1 * inv_rows;
             const double prev_m = cnt > 0.0 ? gmean[ch] : 0.0;
             const double prev_q = cnt > 0.0 ? gm2[ch] : 0.0;
             const double delta = cm - prev_m;
@@ -554,8 +560,8 @@ dn_status FN(dn_batchnorm_forward_train)(
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
     G = p.groups;
-    /* per thread: NSC 6 wide rows of T, NCS c doubles (wide == c) */
-    scratch_bytes = sizeof(T) * (size_t)(6 * p.wide);
+    /* per thread: NSC 3 wide rows of T, NCS c doubles (wide == c) */
+    scratch_bytes = sizeof(T) * (size_t)(3 * p.wide);
     /* groups x channels moments, merge weights, the four per-channel
      * constants of the elementwise pass, per-thread scratch */
     o.gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
@@ -654,14 +660,18 @@ static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const 
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const int64_t full = (r1 - r0) / per;
         for (int64_t j = 0; j < W; j++) a0[j] = a1[j] = a2[j] = 0;
-        for (int64_t q = 0; q < full; q++) {
-            const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
-            const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
-            for (int64_t j = 0; j < W; j++) {
-                const T d = xr[j] - hw[j];
-                a0[j] += gr[j];
-                a1[j] += d;
-                a2[j] += gr[j] * d;
+        /* a tile of the row at a time: the accumulators stay in L1 */
+        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+            for (int64_t q = 0; q < full; q++) {
+                const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
+                const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
+                for (int64_t j = j0; j < j1; j++) {
+                    const T d = xr[j] - hw[j];
+                    a0[j] += gr[j];
+                    a1[j] += d;
+                    a2[j] += gr[j] * d;
+                }
             }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
@@ -674,16 +684,13 @@ static void FN(nsc_grad_group)(const dn_plan *p, const T *dy, const T *x, const 
                 a2[ch] += gr[ch] * d;
             }
         }
+        FN(fold_wide)(a0, C, per);
+        FN(fold_wide)(a1, C, per);
+        FN(fold_wide)(a2, C, per);
         for (int64_t ch = 0; ch < C; ch++) {
-            T t0 = a0[ch], t1 = a1[ch], t2 = a2[ch];
-            for (int64_t k = 1; k < per; k++) {
-                t0 += a0[k * C + ch];
-                t1 += a1[k * C + ch];
-                t2 += a2[k * C + ch];
-            }
-            w[3 * ch] += (double)t0;
-            w[3 * ch + 1] += (double)t1;
-            w[3 * ch + 2] += (double)t2;
+            w[3 * ch] += (double)a0[ch];
+            w[3 * ch + 1] += (double)a1[ch];
+            w[3 * ch + 2] += (double)a2[ch];
         }
     }
 }

@@ -46,6 +46,9 @@
 /* Channels last with few channels: rows are taken DN_WIDE / c at a time
  * ("wide rows"), so that inner loops run over about DN_WIDE values. */
 #define DN_WIDE 256
+/* Channels last with many channels: a row is reduced this many values at
+ * a time, so that the per-position accumulators stay in L1. */
+#define DN_ROW_TILE 512
 /* Elements one reduction group aims at. */
 #define DN_GROUP_ELEMS 32768
 /* Upper bound on the groups of one channel (bounds the workspace). */
