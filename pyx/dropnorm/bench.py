@@ -4,10 +4,11 @@ The kernels are memory-bound, so the yardstick is a memcpy of the input
 tensor (one read + one write) split over the same threads, timed in the same
 process and interleaved with the kernel. For each kernel x shape x layout x
 dtype the table gives the median time, the effective bandwidth (the least
-traffic the kernel must move, divided by its time), the ratio to the memcpy,
-the ratio to the kernel's least traffic (in memcpys), and, when PyTorch is
-installed, PyTorch's time with the same thread count and dropnorm's speedup
-(both called without ``out=``).
+traffic the kernel must move, divided by its time), the ratio to the memcpy
+(the median, over the repeats, of the kernel's time over the memcpy timed just
+before it), the ratio to the kernel's least traffic (in memcpys), and, when
+PyTorch is installed, PyTorch's time with the same thread count and dropnorm's
+speedup (both called without ``out=``, paired the same way).
 
     python -m dropnorm.bench            # the full table
     python -m dropnorm.bench --quick    # float32, fewer shapes and repeats (< 1 min)
@@ -121,7 +122,11 @@ def _time(fn):
 
 
 def measure(case, threads, repeats):
-    """Median seconds of memcpy, kernel (out=), kernel (allocating), torch."""
+    """Median seconds of memcpy, kernel (out=), kernel (allocating), torch,
+    and the medians of the ratios within a repeat (kernel / the memcpy just
+    before it, torch / allocating kernel just before it): the machine's
+    load changes over seconds, and a ratio of two runs a few milliseconds
+    apart sees the same load."""
     src = case.x.reshape(-1).view(np.uint8)
     dst = case.out.reshape(-1).view(np.uint8)
 
@@ -145,6 +150,9 @@ def measure(case, threads, repeats):
         "time_s": med[1],
         "alloc_time_s": med[2],
         "torch_s": med[3] if case.torch_run else None,
+        "x_memcpy": statistics.median(k / c for k, c in zip(times[1], times[0])),
+        "speedup": (statistics.median(t / a for t, a in zip(times[3], times[2]))
+                    if case.torch_run else None),
     }
 
 
@@ -192,7 +200,7 @@ def run(quick=False, repeats=None, torch_threads=True, progress=True):
         case = _Case(kernel, shape, layout, dtype, torch)
         m = measure(case, threads, repeats)
         least = LEAST_TRAFFIC[kernel]
-        ratio = m["time_s"] / m["memcpy_s"]
+        ratio = m["x_memcpy"]
         row = {
             "kernel": kernel,
             "layout": layout,
@@ -207,7 +215,7 @@ def run(quick=False, repeats=None, torch_threads=True, progress=True):
             "x_least": ratio / least,
             "alloc_time_ms": m["alloc_time_s"] * 1e3,
             "torch_ms": None if m["torch_s"] is None else m["torch_s"] * 1e3,
-            "speedup_vs_torch": None if m["torch_s"] is None else m["torch_s"] / m["alloc_time_s"],
+            "speedup_vs_torch": m["speedup"],
         }
         rows.append(row)
         del case
@@ -271,9 +279,10 @@ def main(argv=None):
         f"{k}={v}" for k, v in machine.items() if k != "version"))
     rows = run(quick=args.quick, repeats=args.repeats)
     print(format_table(rows))
-    print("ms: median time with out=; x memcpy: that / a memcpy of x's bytes on the same "
-          "threads; x least: that / the kernel's least traffic in memcpys; torch ms and "
-          "speedup: PyTorch vs dropnorm, both allocating their outputs.")
+    print("ms: median time with out=; x memcpy: median of (time / a memcpy of x's bytes "
+          "on the same threads, timed just before); x least: that / the kernel's least "
+          "traffic in memcpys; torch ms and speedup: PyTorch vs dropnorm, both allocating "
+          "their outputs.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "rows": rows}, f, indent=1)
