@@ -138,29 +138,23 @@ static inline void dn_drop_some_avx512_f64(const dn_philox_stream *ps, uint64_t 
         for (int c = 0; c < count; c++) bits[c] = dn_bits_avx512(q + 4 * c);
 }
 
-void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
-                                const float *x, float *y, float scale, int mul, uint64_t *bits)
-{
-    const __m512 s = _mm512_set1_ps(scale);
-    int64_t w = 0;
-    for (; w + DN_AVX512_WINDOWS <= windows; w += DN_AVX512_WINDOWS)
-        dn_drop_some_avx512_f32(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), DN_AVX512_WINDOWS,
-                                x + w * DN_WIN, y + w * DN_WIN, s, mul, bits ? bits + w : NULL);
-    for (; w < windows; w++)
-        dn_drop_some_avx512_f32(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), 1, x + w * DN_WIN,
-                                y + w * DN_WIN, s, mul, bits ? bits + w : NULL);
-}
+/* The public windows functions: pairs of windows, then the odd one. */
+#define DN_DEFINE_DROP_WINDOWS(SFX, T, VEC, SET1)                                               \
+    void dn_drop_windows_avx512_##SFX(const dn_philox_stream *ps, uint64_t block0,              \
+                                      int64_t windows, const T *x, T *y, T scale,               \
+                                      int mul, uint64_t *bits)                                  \
+    {                                                                                           \
+        const VEC s = SET1(scale);                                                              \
+        int64_t w = 0;                                                                          \
+        for (; w + DN_AVX512_WINDOWS <= windows; w += DN_AVX512_WINDOWS)                        \
+            dn_drop_some_avx512_##SFX(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS),               \
+                                      DN_AVX512_WINDOWS, x + w * DN_WIN, y + w * DN_WIN,        \
+                                      s, mul, bits ? bits + w : NULL);                          \
+        for (; w < windows; w++)                                                                \
+            dn_drop_some_avx512_##SFX(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), 1,            \
+                                      x + w * DN_WIN, y + w * DN_WIN, s, mul,                   \
+                                      bits ? bits + w : NULL);                                  \
+    }
 
-void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
-                                const double *x, double *y, double scale, int mul,
-                                uint64_t *bits)
-{
-    const __m512d s = _mm512_set1_pd(scale);
-    int64_t w = 0;
-    for (; w + DN_AVX512_WINDOWS <= windows; w += DN_AVX512_WINDOWS)
-        dn_drop_some_avx512_f64(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), DN_AVX512_WINDOWS,
-                                x + w * DN_WIN, y + w * DN_WIN, s, mul, bits ? bits + w : NULL);
-    for (; w < windows; w++)
-        dn_drop_some_avx512_f64(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), 1, x + w * DN_WIN,
-                                y + w * DN_WIN, s, mul, bits ? bits + w : NULL);
-}
+DN_DEFINE_DROP_WINDOWS(f32, float, __m512, _mm512_set1_ps)
+DN_DEFINE_DROP_WINDOWS(f64, double, __m512d, _mm512_set1_pd)
