@@ -556,8 +556,9 @@ dn_status FN(dn_batchnorm_forward_train)(
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
     G = p.groups;
-    /* per thread: NSC 3 wide rows of T, NCS c doubles (wide == c) */
-    scratch_bytes = sizeof(T) * (size_t)(3 * p.wide);
+    /* per thread: NSC 3 wide rows of T, NCS c doubles (wide == c); a whole
+     * number of cache lines, so that every thread's doubles stay aligned */
+    scratch_bytes = dn_round_up(sizeof(T) * (size_t)(3 * p.wide), DN_CACHE_LINE);
     /* groups x channels moments, merge weights, the four per-channel
      * constants of the elementwise pass, per-thread scratch */
     o.gmean = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
@@ -759,8 +760,8 @@ static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 static double *FN(grad_setup)(const dn_plan *p, int consts, T **k, FN(grad_ctx) *o,
                               FN(pass) *ps)
 {
-    /* per thread: NSC 4 wide rows of T */
-    const size_t scratch_bytes = sizeof(T) * (size_t)(4 * p->wide);
+    /* per thread: NSC 4 wide rows of T, a whole number of cache lines */
+    const size_t scratch_bytes = dn_round_up(sizeof(T) * (size_t)(4 * p->wide), DN_CACHE_LINE);
     double *work = (double *)malloc(sizeof(double) * (size_t)(3 * p->c * p->groups)
                                     + sizeof(T) * (size_t)(consts * p->wide)
                                     + scratch_bytes * (size_t)p->threads);

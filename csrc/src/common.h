@@ -75,6 +75,10 @@
  * 2 AVX-512 (the CPU's best, capped by DROPNORM_SIMD; dispatch.c). */
 int dn_simd_level(void);
 
+/* Bytes of a cache line: per-thread scratch is a whole number of them. */
+#define DN_CACHE_LINE 64
+
+static inline size_t dn_round_up(size_t n, size_t unit) { return (n + unit - 1) / unit * unit; }
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
