@@ -58,6 +58,8 @@
 #define DN_WHOLE_IMAGE_GROUPS 16
 /* Channels finished together (their group merges vectorise across them). */
 #define DN_FINISH_CHANNELS 256
+/* Bytes of a cache line: per-thread scratch is a whole number of them. */
+#define DN_CACHE_LINE 64
 /* Elements of one elementwise block handed to a thread. */
 #define DN_APPLY_BLOCK 16384
 /* Below this many elements per thread, extra threads cost more than they save. */
@@ -74,9 +76,6 @@
 /* The instruction-set variant the kernels use now: 0 portable, 1 AVX2,
  * 2 AVX-512 (the CPU's best, capped by DROPNORM_SIMD; dispatch.c). */
 int dn_simd_level(void);
-
-/* Bytes of a cache line: per-thread scratch is a whole number of them. */
-#define DN_CACHE_LINE 64
 
 static inline size_t dn_round_up(size_t n, size_t unit) { return (n + unit - 1) / unit * unit; }
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }

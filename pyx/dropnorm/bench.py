@@ -167,17 +167,19 @@ def _cases(quick):
                     yield kernel, shape, layout, dtype
 
 
-def _settle_allocator(shape, rounds=8):
-    """Allocates, touches and frees arrays of the main shape a few times.
+def _settle_allocator(shape, rounds=3, live=8):
+    """Allocates and touches `live` float64 arrays of the main shape at once,
+    frees them, a few times.
 
-    NumPy asks for huge pages for large arrays; the first few that a process
+    NumPy asks for huge pages for large arrays; the first ones that a process
     touches can wait for the kernel to compact memory (ten times the usual
     page-fault time here), later ones reuse what was freed. Settling that
-    once, up front, keeps it out of whichever case happens to run first; a
-    long-running program is in the settled state."""
+    once, up front, for as much memory as a case holds, keeps it out of
+    whichever case happens to run first; a long-running program is in the
+    settled state."""
     for _ in range(rounds):
-        np.ones(shape, np.float32)
-        np.ones(shape, np.float64)
+        arrays = [np.ones(shape, np.float64) for _ in range(live)]
+        del arrays
 
 
 def run(quick=False, repeats=None, torch_threads=True, progress=True):
