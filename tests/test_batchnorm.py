@@ -158,6 +158,24 @@ def test_float32_accuracy_when_mean_dominates(loc, scale, axis):
     assert err <= 1e-5, err
 
 
+@pytest.mark.parametrize("offset", [1e2, 1e4])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_float32_accuracy_when_images_differ(offset, axis):
+    # each image has its own per-channel offset, far above the spread within
+    # it; channels last, the chunks of rows after a group's first centre on
+    # the previous chunk's mean (here often another image's), which must not
+    # cost accuracy. (64, 64, 32, 32) gives groups of two chunks.
+    rng = np.random.default_rng(6)
+    x64 = offset * rng.standard_normal((64, 64, 1, 1)) + 1e-2 * rng.standard_normal(
+        (64, 64, 32, 32))
+    x = np.ascontiguousarray(np.moveaxis(x64, 1, -1) if axis == -1 else x64, np.float32)
+    y, mean, invstd = dropnorm.batch_norm_train(x, eps=0.0, axis=axis)
+    y_ref, mean_ref, invstd_ref = oracle.bn_train(x, eps=0.0, axis=axis)
+    assert np.max(np.abs(y.astype(np.float64) - y_ref)) <= 1e-5
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-6)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=offset * 1e-7)
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_float32_backward_accuracy_when_mean_dominates(axis):
     # save_mean is rounded to float32 (an error of ~1e-3 here); the backward
