@@ -403,11 +403,12 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
 }
 
 /* ---- The two-pass schedule of training and backward. -------------------
- * One parallel region: every group reduced (group g always on the same
- * thread), then every channel finished (its elementwise constants, from
- * the group reductions merged in group order), then the elementwise pass.
- * The bits do not depend on the threads: each group's reduction and each
- * channel's merge runs in the same order whatever the team. */
+ * One parallel region (three fork/joins measured slower on small tensors):
+ * every group reduced, then every channel finished (its elementwise
+ * constants, from the group reductions merged in group order), then the
+ * elementwise pass. The bits do not depend on the threads: each group's
+ * reduction and each channel's merge runs in the same order whatever the
+ * team. */
 typedef struct FN(pass) {
     /* group g's reduction; scratch is the calling thread's */
     void (*reduce)(const void *ctx, int64_t g, void *scratch);
