@@ -1,5 +1,13 @@
 /* Status text, version and thread control. */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#  define _POSIX_C_SOURCE 200809L /* pthread_atfork under -std=c99 */
+#endif
 #include "common.h"
+
+#if defined(_OPENMP) && !defined(_WIN32)
+#  include <pthread.h>
+#  define DN_FORK_GUARD 1
+#endif
 
 const char *dn_status_str(dn_status status)
 {
@@ -45,14 +53,45 @@ int dn_openmp_enabled(void)
 #endif
 }
 
-int dn_get_max_threads(void)
+/* ---- Fork safety. ---------------------------------------------------------
+ * libgomp's thread pool does not survive fork(): the child inherits the
+ * pool's bookkeeping but not its threads, and its first parallel region
+ * waits forever for them. As PyTorch does, a child of fork() runs every
+ * kernel on one thread (a team of one never touches the pool). Each copy
+ * of the library (the Python extension modules each link one) registers
+ * its handler when it is loaded, so a child is known as one whichever copy
+ * started the parent's threads. */
+#if defined(DN_FORK_GUARD)
+static int dn_in_forked_child; /* set only in a child, before it runs anything */
+
+static void dn_mark_forked_child(void) { dn_in_forked_child = 1; }
+
+static void dn_register_fork_handler(void) { pthread_atfork(NULL, NULL, dn_mark_forked_child); }
+
+static pthread_once_t dn_fork_handler_once = PTHREAD_ONCE_INIT;
+
+#  if defined(__GNUC__)
+__attribute__((constructor)) static void dn_fork_guard_at_load(void)
+{
+    pthread_once(&dn_fork_handler_once, dn_register_fork_handler);
+}
+#  endif
+#endif
+
+int dn_max_threads(void)
 {
 #ifdef _OPENMP
+#  if defined(DN_FORK_GUARD)
+    pthread_once(&dn_fork_handler_once, dn_register_fork_handler);
+    if (dn_in_forked_child) return 1;
+#  endif
     return omp_get_max_threads();
 #else
     return 1;
 #endif
 }
+
+int dn_get_max_threads(void) { return dn_max_threads(); }
 
 dn_status dn_set_num_threads(int n)
 {

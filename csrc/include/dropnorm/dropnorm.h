@@ -18,7 +18,11 @@
  * Threads: when built with OpenMP the kernels use omp_get_max_threads()
  * threads (OMP_NUM_THREADS, or dn_set_num_threads). Results are bitwise
  * identical for every thread count: reductions run over fixed blocks that
- * depend only on the shape, combined in a fixed order.
+ * depend only on the shape, combined in a fixed order. A process made by
+ * fork() runs the kernels on one thread: OpenMP's thread pool (libgomp's)
+ * does not survive fork, and a threaded kernel in the child would wait for
+ * it forever. Start worker processes with spawn (or fork and exec) to
+ * give them threads.
  *
  * In-place use: an output may be the very same array as an input of the same
  * size (y == x, dx == dy); partial overlap is not allowed.
@@ -99,7 +103,8 @@ DN_API int dn_version_number(void);
 DN_API int dn_openmp_enabled(void);
 
 /*! dn_get_max_threads() :
- * @return the number of threads a kernel may use (1 without OpenMP). */
+ * @return the number of threads a kernel may use (1 without OpenMP, and 1
+ *         in a child of fork()). */
 DN_API int dn_get_max_threads(void);
 
 /*! dn_set_num_threads() :
