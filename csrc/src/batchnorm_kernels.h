@@ -1,32 +1,561 @@
-/* The batch-norm kernels of one instruction-set variant, f32 and f64, named
- * dn_batchnorm_*_f32_<DN_VARIANT>: batchnorm_portable.c and batchnorm_avx2.c
- * include this file, each compiled for its ISA, and batchnorm.c calls the
- * one the CPU runs. The arithmetic is the same in each
- * (explicit lanes, no contraction, no reassociation), so they give the same
- * bits; the vector width only changes how fast. */
-#include "common.h"
+/* The batch-norm inner loops for one element type and one instruction-set
+ * variant: the reductions over a group and the elementwise passes. The
+ * variant files (batchnorm_portable.c, batchnorm_avx2.c) include this
+ * template once per element type, each compiled for its ISA, with
+ *   T          the element type (float, double)
+ *   DN_TSFX    its suffix (f32, f64)
+ *   DN_VARIANT the variant (portable, avx2)
+ * and every function here is named name_<DN_TSFX>_<DN_VARIANT> (FN; zfp's
+ * way: macros only paste names), e.g. group_moments_f32_avx2. The table
+ * dn_bn_kernels_<DN_TSFX>_<DN_VARIANT> at the end is what dispatch.c
+ * chooses from.
+ *
+ * Sums run in T over blocks of at most DN_INNER values (so that they
+ * vectorise at the element type's width) and in double between blocks; the
+ * arithmetic is the same in every variant (explicit lanes, no contraction,
+ * no reassociation), so they give the same bits; the vector width only
+ * changes how fast. */
+#include "kernels.h"
 
-/* The reductions sweep once for several sums with GCC/Clang vector types
- * (DN_VECTOR_SUMS) or run one plain loop per sum; both add the same values
- * in the same lanes and order. On x86-64 the portable variant keeps the
- * plain loops, so the test that the portable and AVX2 variants give the
- * same bits also checks the two forms against each other (the plain one is
- * what MSVC builds). */
-#if defined(__GNUC__) && (defined(DN_VARIANT_SIMD) || !(defined(__x86_64__) || defined(__i386__)))
-#  define DN_VECTOR_SUMS 1
+#ifndef DN_BATCHNORM_KERNELS_ONCE
+#  define DN_BATCHNORM_KERNELS_ONCE
+#  define DN_PASTE3(a, b, c) a##_##b##_##c
+#  define DN_NAME3(a, b, c) DN_PASTE3(a, b, c)
+/* The lanes live in GCC/Clang vector types, or in plain arrays; both add
+ * the same values in the same lanes and order. On x86-64 the portable
+ * variant keeps the arrays, so the test that the portable and AVX2 variants
+ * give the same bits also checks the two forms against each other (the
+ * array form is what MSVC builds). */
+#  if defined(__GNUC__) && (defined(DN_VARIANT_SIMD) || !(defined(__x86_64__) || defined(__i386__)))
+#    define DN_VECTOR_SUMS 1
+#  endif
+/* Values summed in T before the sum moves to double. */
+#  define DN_INNER 1024
 #endif
 
-#define DN_CAT3(a, b, c) a##b##c
-#define DN_XCAT3(a, b, c) DN_CAT3(a, b, c)
+#define FN(name) DN_NAME3(name, DN_TSFX, DN_VARIANT)
+/* 64 bytes of independent lanes (two AVX2 registers, so that the adds'
+ * latency overlaps), combined in a fixed order. */
+#define DN_LANES (64 / (int)sizeof(T))
 
-#define T float
-#define FN(name) DN_XCAT3(name, _f32_, DN_VARIANT)
-#include "batchnorm_impl.h"
-#undef T
-#undef FN
+/* ---- Lanes: DN_LANES partial sums of T. --------------------------------- */
 
-#define T double
-#define FN(name) DN_XCAT3(name, _f64_, DN_VARIANT)
-#include "batchnorm_impl.h"
-#undef T
+#if defined(DN_VECTOR_SUMS)
+typedef T FN(vec) __attribute__((vector_size(32), aligned(sizeof(T))));
+typedef struct FN(lanes) {
+    FN(vec) lo, hi;
+} FN(lanes);
+
+static inline FN(lanes) FN(lanes_splat)(T v)
+{
+    FN(lanes) r;
+    r.lo = (FN(vec)){0} + v;
+    r.hi = r.lo;
+    return r;
+}
+
+static inline FN(lanes) FN(lanes_load)(const T *q)
+{
+    FN(lanes) r;
+    r.lo = *(const FN(vec) *)q;
+    r.hi = *(const FN(vec) *)(q + 32 / sizeof(T));
+    return r;
+}
+
+static inline FN(lanes) FN(lanes_add)(FN(lanes) a, FN(lanes) b)
+{
+    a.lo += b.lo;
+    a.hi += b.hi;
+    return a;
+}
+
+static inline FN(lanes) FN(lanes_sub)(FN(lanes) a, FN(lanes) b)
+{
+    a.lo -= b.lo;
+    a.hi -= b.hi;
+    return a;
+}
+
+static inline FN(lanes) FN(lanes_mul)(FN(lanes) a, FN(lanes) b)
+{
+    a.lo *= b.lo;
+    a.hi *= b.hi;
+    return a;
+}
+
+static inline void FN(lanes_store)(T *out, FN(lanes) a)
+{
+    memcpy(out, &a.lo, sizeof a.lo);
+    memcpy(out + 32 / sizeof(T), &a.hi, sizeof a.hi);
+}
+#else
+typedef struct FN(lanes) {
+    T v[DN_LANES];
+} FN(lanes);
+
+static inline FN(lanes) FN(lanes_splat)(T v)
+{
+    FN(lanes) r;
+    for (int j = 0; j < DN_LANES; j++) r.v[j] = v;
+    return r;
+}
+
+static inline FN(lanes) FN(lanes_load)(const T *q)
+{
+    FN(lanes) r;
+    for (int j = 0; j < DN_LANES; j++) r.v[j] = q[j];
+    return r;
+}
+
+static inline FN(lanes) FN(lanes_add)(FN(lanes) a, FN(lanes) b)
+{
+    for (int j = 0; j < DN_LANES; j++) a.v[j] += b.v[j];
+    return a;
+}
+
+static inline FN(lanes) FN(lanes_sub)(FN(lanes) a, FN(lanes) b)
+{
+    for (int j = 0; j < DN_LANES; j++) a.v[j] -= b.v[j];
+    return a;
+}
+
+static inline FN(lanes) FN(lanes_mul)(FN(lanes) a, FN(lanes) b)
+{
+    for (int j = 0; j < DN_LANES; j++) a.v[j] *= b.v[j];
+    return a;
+}
+
+static inline void FN(lanes_store)(T *out, FN(lanes) a) { memcpy(out, a.v, sizeof a.v); }
+#endif
+
+/* The lanes' sum, halving (a fixed tree, whatever the vector width), plus
+ * the tail that did not fill the lanes. */
+static inline double FN(lanes_total)(FN(lanes) a, T tail)
+{
+    T lanes[DN_LANES];
+    double t[DN_LANES];
+    FN(lanes_store)(lanes, a);
+    for (int j = 0; j < DN_LANES; j++) t[j] = (double)lanes[j];
+    for (int w = DN_LANES / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) t[j] += t[j + w];
+    return t[0] + (double)tail;
+}
+
+/* ---- Reductions over one contiguous run. -------------------------------- */
+
+/* sum(x) over [0, len) */
+static double FN(run_sum)(const T *x, int64_t len)
+{
+    double total = 0.0;
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *q = x + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        FN(lanes) s = FN(lanes_splat)(0);
+        T tail = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load)(q + i));
+        for (; i < n; i++) tail += q[i];
+        total += FN(lanes_total)(s, tail);
+    }
+    return total;
+}
+
+/* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
+static void FN(run_deviations)(const T *x, int64_t len, T c, double *sums)
+{
+    const FN(lanes) cv = FN(lanes_splat)(c);
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *q = x + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0;
+        T t0 = 0, t1 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES) {
+            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), cv);
+            s0 = FN(lanes_add)(s0, d);
+            s1 = FN(lanes_add)(s1, FN(lanes_mul)(d, d));
+        }
+        for (; i < n; i++) {
+            t0 += q[i] - c;
+            t1 += (q[i] - c) * (q[i] - c);
+        }
+        sums[0] += FN(lanes_total)(s0, t0);
+        sums[1] += FN(lanes_total)(s1, t1);
+    }
+}
+
+/* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)) */
+static void FN(run_grad_sums)(const T *dy, const T *x, int64_t len, T h, double *sums)
+{
+    const FN(lanes) hv = FN(lanes_splat)(h);
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+        const T *g = dy + b, *q = x + b;
+        const int64_t n = dn_min64(DN_INNER, len - b);
+        FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0, s2 = s0;
+        T t0 = 0, t1 = 0, t2 = 0;
+        int64_t i = 0;
+        for (; i + DN_LANES <= n; i += DN_LANES) {
+            const FN(lanes) gi = FN(lanes_load)(g + i);
+            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), hv);
+            s0 = FN(lanes_add)(s0, gi);
+            s1 = FN(lanes_add)(s1, d);
+            s2 = FN(lanes_add)(s2, FN(lanes_mul)(gi, d));
+        }
+        for (; i < n; i++) {
+            t0 += g[i];
+            t1 += q[i] - h;
+            t2 += g[i] * (q[i] - h);
+        }
+        sums[0] += FN(lanes_total)(s0, t0);
+        sums[1] += FN(lanes_total)(s1, t1);
+        sums[2] += FN(lanes_total)(s2, t2);
+    }
+}
+
+/* ---- Statistics of one group. ------------------------------------------- */
+
+/* Channels first: for group g, every channel's mean and squared deviations,
+ * from a two-pass over each piece (in L1), merged in order into
+ * gmean/gm2[ch*groups + g]. The second pass centres on the first pass's
+ * mean rounded to T and also sums the deviations, which corrects that
+ * rounding (the corrected two-pass algorithm). count: scratch of p->c. */
+static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, double *gmean,
+                                  double *gm2, double *DN_RESTRICT count)
+{
+    const int64_t G = p->groups;
+    dn_ncs_pieces it;
+    dn_ncs_piece pc;
+    for (int64_t ch = 0; ch < p->c; ch++) count[ch] = 0.0;
+    for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);) {
+        const T *run = x + pc.off;
+        const int64_t at = pc.ch * G + g;
+        const double rows = (double)pc.len;
+        const T centre = (T)(FN(run_sum)(run, pc.len) / rows);
+        double dev[2] = {0.0, 0.0};
+        FN(run_deviations)(run, pc.len, centre, dev);
+        if (count[pc.ch] == 0.0) gmean[at] = gm2[at] = 0.0;
+        dn_merge_moments(&count[pc.ch], &gmean[at], &gm2[at], rows,
+                         (double)centre + dev[0] / rows, dev[1] - dev[0] * dev[0] / rows);
+    }
+}
+
+/* Channels last: v[ch] += v[k*c + ch] for k = 1 .. per-1, in k order (the
+ * sums of a wide row's positions into its channels; channels inner, so
+ * that it vectorises). */
+static void FN(fold_wide)(T *DN_RESTRICT v, int64_t c, int64_t per)
+{
+    for (int64_t k = 1; k < per; k++) {
+        const T *DN_RESTRICT part = v + k * c;
+        for (int64_t ch = 0; ch < c; ch++) v[ch] += part[ch];
+    }
+}
+
+/* Repeats the c values of v to fill p->wide (channels last, wide rows). */
+static void FN(widen)(const dn_plan *p, T *v)
+{
+    for (int64_t j = p->c; j < p->wide; j++) v[j] = v[j - p->c];
+}
+
+/* Channels last: per-channel mean and squared deviations of the rows of
+ * group g, from chunks of rows merged in order (as ncs_group_moments, but
+ * vectorised across a wide row: p->wide / c rows side by side, folded into
+ * channels after each pass). Each chunk sums its deviations from a centre
+ * and corrects for the centre's offset (the corrected two-pass algorithm);
+ * the group's first chunk takes its own mean as the centre (a first pass),
+ * the others the previous chunk's mean, so that they read memory once.
+ * That costs no accuracy against the result: the correction cancels (mean
+ * - centre)^2 within the chunk, which, when large, is between-chunk
+ * variance that the merged variance holds too. w: scratch of 3*p->wide
+ * values. gmean/gm2: group g's c values. */
+static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
+                                  double *gmean, double *gm2, T *DN_RESTRICT w)
+{
+    const int64_t C = p->c, W = p->wide, per = W / C;
+    T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
+    int64_t lo, hi;
+    double cnt = 0.0;
+    dn_group_range(p, g, &lo, &hi);
+    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
+        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        const int64_t full = (r1 - r0) / per; /* whole wide rows */
+        const double rows = (double)(r1 - r0), nt = cnt + rows;
+        /* a multiply per channel, not a divide: wide rows make chunks short */
+        const double inv_rows = 1.0 / rows;
+        if (r0 == lo) {
+            for (int64_t j = 0; j < W; j++) sum[j] = 0;
+            /* a tile of the row at a time (the accumulators stay in L1) */
+            for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+                const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+                for (int64_t q = 0; q < full; q++) {
+                    const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+                    for (int64_t j = j0; j < j1; j++) sum[j] += row[j];
+                }
+            }
+            for (int64_t r = r0 + full * per; r < r1; r++) {
+                const T *DN_RESTRICT row = x + r * C;
+                for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
+            }
+            FN(fold_wide)(sum, C, per);
+            for (int64_t ch = 0; ch < C; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
+        }
+        FN(widen)(p, centre);
+        for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
+        /* From the cache (a first chunk) four wide rows per sweep, a quarter
+         * of the accumulator traffic; from memory one, since one sequential
+         * stream is what the prefetchers follow best (four measured 25%
+         * slower over the whole kernel). */
+        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+            int64_t q = 0;
+            if (r0 == lo) {
+                for (; q + 4 <= full; q += 4) {
+                    const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
+                    const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
+                    const T *DN_RESTRICT r3w = r0w + 3 * W;
+                    for (int64_t j = j0; j < j1; j++) {
+                        const T d0 = r0w[j] - centre[j], d1 = r1w[j] - centre[j];
+                        const T d2 = r2w[j] - centre[j], d3 = r3w[j] - centre[j];
+                        sum[j] += (d0 + d1) + (d2 + d3);
+                        dev[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                    }
+                }
+            }
+            for (; q < full; q++) {
+                const T *DN_RESTRICT row = x + (r0 + q * per) * C;
+                for (int64_t j = j0; j < j1; j++) {
+                    const T d = row[j] - centre[j];
+                    sum[j] += d;
+                    dev[j] += d * d;
+                }
+            }
+        }
+        for (int64_t r = r0 + full * per; r < r1; r++) {
+            const T *DN_RESTRICT row = x + r * C;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const T d = row[ch] - centre[ch];
+                sum[ch] += d;
+                dev[ch] += d * d;
+            }
+        }
+        FN(fold_wide)(sum, C, per);
+        FN(fold_wide)(dev, C, per);
+        /* dn_merge_moments, vectorised over channels */
+        for (int64_t ch = 0; ch < C; ch++) {
+            const double s1 = (double)sum[ch];
+            const double cm = (double)centre[ch] + s1 * inv_rows;
+            const double cq = (double)dev[ch] - s1 * s1 * inv_rows;
+            const double prev_m = cnt > 0.0 ? gmean[ch] : 0.0;
+            const double prev_q = cnt > 0.0 ? gm2[ch] : 0.0;
+            const double delta = cm - prev_m;
+            gmean[ch] = prev_m + delta * (rows / nt);
+            gm2[ch] = prev_q + cq + delta * delta * (cnt * (rows / nt));
+            centre[ch] = (T)cm; /* the next chunk's */
+        }
+        cnt = nt;
+    }
+}
+
+static void FN(group_moments)(const dn_plan *p, const void *x, int64_t g, double *gmean,
+                              double *gm2, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_group_moments)(p, (const T *)x, g, gmean + g * p->c, gm2 + g * p->c,
+                              (T *)scratch);
+    else
+        FN(ncs_group_moments)(p, (const T *)x, g, gmean, gm2, (double *)scratch);
+}
+
+/* ---- Gradient sums of one group. ---------------------------------------- */
+
+/* Channels first: per (channel, group), as run_grad_sums over its pieces. */
+static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
+                              int64_t g, double *sums)
+{
+    const int64_t G = p->groups;
+    dn_ncs_pieces it;
+    dn_ncs_piece pc;
+    for (int64_t ch = 0; ch < p->c; ch++) {
+        double *w = sums + 3 * (ch * G + g);
+        w[0] = w[1] = w[2] = 0.0;
+    }
+    for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);)
+        FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch], sums + 3 * (pc.ch * G + g));
+}
+
+/* Channels last: per channel, rows summed in T over wide rows (as
+ * nsc_group_moments) in blocks of p->chunk rows, each block then added to
+ * w in double. acc: scratch of 4*p->wide values. */
+static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
+                              int64_t g, double *DN_RESTRICT w, T *DN_RESTRICT acc)
+{
+    const int64_t C = p->c, W = p->wide, per = W / C;
+    T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
+    T *DN_RESTRICT hw = acc + 3 * W;
+    int64_t lo, hi;
+    dn_group_range(p, g, &lo, &hi);
+    for (int64_t ch = 0; ch < C; ch++) hw[ch] = h[ch];
+    FN(widen)(p, hw);
+    for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
+    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
+        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        const int64_t full = (r1 - r0) / per;
+        for (int64_t j = 0; j < W; j++) a0[j] = a1[j] = a2[j] = 0;
+        /* a tile of the row at a time: the accumulators stay in L1 */
+        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+            for (int64_t q = 0; q < full; q++) {
+                const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
+                const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
+                for (int64_t j = j0; j < j1; j++) {
+                    const T d = xr[j] - hw[j];
+                    a0[j] += gr[j];
+                    a1[j] += d;
+                    a2[j] += gr[j] * d;
+                }
+            }
+        }
+        for (int64_t r = r0 + full * per; r < r1; r++) {
+            const T *DN_RESTRICT gr = dy + r * C;
+            const T *DN_RESTRICT xr = x + r * C;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const T d = xr[ch] - hw[ch];
+                a0[ch] += gr[ch];
+                a1[ch] += d;
+                a2[ch] += gr[ch] * d;
+            }
+        }
+        FN(fold_wide)(a0, C, per);
+        FN(fold_wide)(a1, C, per);
+        FN(fold_wide)(a2, C, per);
+        for (int64_t ch = 0; ch < C; ch++) {
+            w[3 * ch] += (double)a0[ch];
+            w[3 * ch + 1] += (double)a1[ch];
+            w[3 * ch + 2] += (double)a2[ch];
+        }
+    }
+}
+
+static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
+                                const void *shift, int64_t g, double *sums, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, g,
+                          sums + 3 * p->c * g, (T *)scratch);
+    else
+        FN(ncs_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, g, sums);
+}
+
+/* ---- Elementwise passes. -------------------------------------------------
+ * One run of each pass: with the terms of a wide row, one per element
+ * (channels last, *_wide), or one term for the run (channels first). The
+ * output may be an input (in place): iteration i reads and writes index i
+ * only, so the loops are DN_IVDEP rather than restrict. */
+
+static void FN(train_wide)(const T *x, const T *mh, const T *ml, const T *scale,
+                           const T *shift, int64_t len, T *y)
+{
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh[i]) - ml[i]) * scale[i] + shift[i];
+}
+
+static void FN(train_run)(const T *x, T mh, T ml, T scale, T shift, int64_t len, T *y)
+{
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh) - ml) * scale + shift;
+}
+
+static void FN(affine_wide)(const T *x, const T *scale, const T *shift, int64_t len, T *y)
+{
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) y[i] = x[i] * scale[i] + shift[i];
+}
+
+static void FN(affine_run)(const T *x, T scale, T shift, int64_t len, T *y)
+{
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) y[i] = x[i] * scale + shift;
+}
+
+static void FN(backward_wide)(const T *dy, const T *x, const dn_backward_terms *t, int64_t at,
+                              int64_t len, T *dx)
+{
+    const T *a = (const T *)t->dy_scale + at, *b = (const T *)t->x_scale + at;
+    const T *h = (const T *)t->centre + at, *k = (const T *)t->offset + at;
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) dx[i] = a[i] * dy[i] + b[i] * (x[i] - h[i]) + k[i];
+}
+
+static void FN(backward_run)(const T *dy, const T *x, const dn_backward_terms *t, int64_t ch,
+                             int64_t len, T *dx)
+{
+    const T a = ((const T *)t->dy_scale)[ch], b = ((const T *)t->x_scale)[ch];
+    const T h = ((const T *)t->centre)[ch], k = ((const T *)t->offset)[ch];
+    DN_IVDEP
+    for (int64_t i = 0; i < len; i++) dx[i] = a * dy[i] + b * (x[i] - h) + k;
+}
+
+/* op over flat elements [i0, i1) into out[0 .. i1 - i0), run by run. */
+static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
+                                  int64_t i1, T *out)
+{
+    const T *in = (const T *)op->in, *x = (const T *)op->x;
+    const dn_train_terms *tr = &op->train;
+    const dn_affine_terms *af = &op->affine;
+    for (int64_t i = i0, at; i < i1;) {
+        const int64_t len = dn_run_at(p, i, i1, &at);
+        T *dst = out + (i - i0);
+        switch (op->kind) {
+        case DN_ELEMENTWISE_TRAIN:
+            if (p->nsc)
+                FN(train_wide)(in + i, (const T *)tr->mean_hi + at, (const T *)tr->mean_lo + at,
+                               (const T *)tr->scale + at, (const T *)tr->shift + at, len, dst);
+            else
+                FN(train_run)(in + i, ((const T *)tr->mean_hi)[at], ((const T *)tr->mean_lo)[at],
+                              ((const T *)tr->scale)[at], ((const T *)tr->shift)[at], len, dst);
+            break;
+        case DN_ELEMENTWISE_AFFINE:
+            if (p->nsc)
+                FN(affine_wide)(in + i, (const T *)af->scale + at, (const T *)af->shift + at, len,
+                                dst);
+            else
+                FN(affine_run)(in + i, ((const T *)af->scale)[at], ((const T *)af->shift)[at], len,
+                               dst);
+            break;
+        case DN_ELEMENTWISE_BACKWARD:
+            if (p->nsc) FN(backward_wide)(in + i, x + i, &op->backward, at, len, dst);
+            else FN(backward_run)(in + i, x + i, &op->backward, at, len, dst);
+            break;
+        }
+        i += len;
+    }
+}
+
+/* The table's elementwise entry: directly into out, or (stream) through a
+ * small buffer with streaming stores, which skip reading the destination
+ * lines first (for outputs larger than the caches). */
+static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
+                            void *out, int stream)
+{
+    T *y = (T *)out;
+    if (stream) {
+        T buf[DN_STREAM_TILE];
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            FN(elementwise_range)(p, op, t0, t1, buf);
+            dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(T));
+        }
+    } else {
+        FN(elementwise_range)(p, op, i0, i1, y + i0);
+    }
+}
+
+const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
+    FN(group_moments),
+    FN(group_grad_sums),
+    FN(elementwise),
+};
+
+#undef DN_LANES
 #undef FN
+#undef T
+#undef DN_TSFX

@@ -1,3 +1,8 @@
-/* Batch-norm kernels, portable variant (see batchnorm_kernels.h). */
+/* Batch-norm inner loops, portable build (batchnorm_kernels.h). */
 #define DN_VARIANT portable
+#define T float
+#define DN_TSFX f32
+#include "batchnorm_kernels.h"
+#define T double
+#define DN_TSFX f64
 #include "batchnorm_kernels.h"

@@ -31,6 +31,18 @@
 #  define DN_OMP(directive)
 #endif
 
+/* An elementwise loop whose iteration i reads only index i of its inputs
+ * and writes index i of its output: it has no loop-carried dependence even
+ * when the output is an input (in place), so the compiler may vectorise it
+ * without restrict, which would make in-place calls undefined. */
+#if defined(__clang__)
+#  define DN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#  define DN_IVDEP _Pragma("GCC ivdep")
+#else
+#  define DN_IVDEP
+#endif
+
 /* ---- Blocking and threading: every decision lives here. -----------------
  *
  * Reductions (batch-norm statistics, gradient sums) are split into at most
@@ -72,10 +84,6 @@
 #endif
 /* Elements computed into an L1 buffer before they are streamed out. */
 #define DN_STREAM_TILE 1024
-
-/* The instruction-set variant the kernels use now: 0 portable, 1 AVX2,
- * 2 AVX-512 (the CPU's best, capped by DROPNORM_SIMD; dispatch.c). */
-int dn_simd_level(void);
 
 static inline size_t dn_round_up(size_t n, size_t unit) { return (n + unit - 1) / unit * unit; }
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -244,6 +252,64 @@ static inline void dn_group_range(const dn_plan *p, int64_t g, int64_t *lo, int6
         *lo += img * p->s;
         *hi += img * p->s;
     }
+}
+
+/* The run of flat elements that starts at i, ends by i1 and shares its
+ * per-channel terms' layout: channels first, a stretch of one channel's row
+ * (*at = the channel, the same term for the whole run); channels last, a
+ * stretch of one wide row (*at = the position in it, one term per element).
+ * Returns its length. */
+static inline int64_t dn_run_at(const dn_plan *p, int64_t i, int64_t i1, int64_t *at)
+{
+    if (p->nsc) {
+        *at = i % p->wide;
+        return dn_min64(p->wide - *at, i1 - i);
+    }
+    *at = (i / p->s) % p->c;
+    return dn_min64(p->s - i % p->s, i1 - i);
+}
+
+/* Channels first: the pieces of group g in memory order (image, then
+ * channel, then at most p->chunk values of that channel's row), each a
+ * contiguous run of one channel: a sequential sweep of memory.
+ *   for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);) */
+typedef struct dn_ncs_piece {
+    int64_t ch, off, len; /* channel, first element, length */
+} dn_ncs_piece;
+
+typedef struct dn_ncs_pieces {
+    int64_t hi, img, s0, s1, ch, j; /* group end; position of the next piece */
+} dn_ncs_pieces;
+
+static inline void dn_ncs_pieces_start(const dn_plan *p, int64_t g, dn_ncs_pieces *it)
+{
+    int64_t lo;
+    dn_group_range(p, g, &lo, &it->hi);
+    it->img = lo / p->s;
+    it->s0 = lo - it->img * p->s;
+    it->s1 = dn_min64(it->hi - it->img * p->s, p->s);
+    it->ch = 0;
+    it->j = it->s0;
+}
+
+static inline int dn_ncs_pieces_next(const dn_plan *p, dn_ncs_pieces *it, dn_ncs_piece *pc)
+{
+    if (it->j >= it->s1) { /* this channel's row is done: the next channel, or image */
+        it->j = it->s0;
+        if (++it->ch == p->c) {
+            it->ch = 0;
+            it->img++;
+            if (it->img * p->s >= it->hi) return 0;
+            it->s0 = 0;
+            it->s1 = dn_min64(it->hi - it->img * p->s, p->s);
+            it->j = 0;
+        }
+    }
+    pc->ch = it->ch;
+    pc->off = (it->img * p->c + it->ch) * p->s + it->j;
+    pc->len = dn_min64(p->chunk, it->s1 - it->j);
+    it->j += pc->len;
+    return 1;
 }
 
 /* The weights that merge the groups' moments in order (dn_merge_moments

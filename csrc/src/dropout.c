@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "common.h"
-#include "keep_window.h"
+#include "kernels.h"
 
 /* Channel dropout, channels last: channels of one task (its decisions are
  * kept on the stack), and the fewest rows a task applies them to. */
@@ -65,7 +65,7 @@ static void dn_src_generate(dn_keep_src *src, int64_t nbits, double p, uint64_t 
     src->ps.s0 = (uint32_t)stream;
     src->ps.s1 = (uint32_t)(stream >> 32);
     src->ps.thr = dn_threshold(p);
-    src->gen = dn_select_keep_window(NULL);
+    src->gen = dn_kernels()->keep_window;
 }
 
 static void dn_src_mask(dn_keep_src *src, int64_t nbits, const uint8_t *mask)

@@ -4,52 +4,50 @@
  *   U        the unsigned integer type of its width (uint32_t, uint64_t)
  *   FN(name) the name with its type suffix (name##_f32)
  *
- * In-place use (y == x) is allowed, so the public definitions take x
- * without restrict; the inner loops have one in-place and one out-of-place
- * copy, each with restrict pointers, so both vectorise. */
+ * In-place use (y == x) is allowed, so x and y are not restrict; the
+ * elementwise loops read and write index i only in iteration i (DN_IVDEP). */
 
 /* ---- Runs: the branch-free select over contiguous memory. --------------- */
 
-/* y[i] = keep[i] ? x[i]*scale : 0 (x[i] without the multiply if !mul), for
- * i < len, where keep[i] is KEEP(i), 0 or 1. The select is a bitwise AND of
- * the value's bits with an all-ones or all-zeros mask: no control flow at
- * all, so it vectorises to a blend (a ternary lets GCC sink the multiply
- * into a branch it then cannot if-convert), and a dropped place is exactly
- * +0 whatever x holds (NaN, inf). */
-#define DN_SEL_LOOP(EXPR, KEEP)                                                \
-    for (int64_t i = 0; i < len; i++) {                                        \
-        const T v = (EXPR);                                                    \
-        U bits;                                                                \
-        memcpy(&bits, &v, sizeof bits);                                        \
-        bits &= (U)0 - (U)(KEEP);                                              \
-        memcpy(&yy[i], &bits, sizeof bits);                                    \
-    }
-#define DN_SEL(KEEP)                                                           \
-    if (x == y) {                                                              \
-        T *DN_RESTRICT yy = y;                                                 \
-        if (mul) DN_SEL_LOOP(yy[i] * scale, KEEP)                              \
-        else DN_SEL_LOOP(yy[i], KEEP)                                          \
-    } else {                                                                   \
-        const T *DN_RESTRICT xx = x;                                           \
-        T *DN_RESTRICT yy = y;                                                 \
-        if (mul) DN_SEL_LOOP(xx[i] * scale, KEEP)                              \
-        else DN_SEL_LOOP(xx[i], KEEP)                                          \
-    }
+/* v if keep is 1, +0 if it is 0. The select is a bitwise AND of the
+ * value's bits with an all-ones or all-zeros mask: no control flow at all,
+ * so it vectorises to a blend (a ternary lets GCC sink the multiply into a
+ * branch it then cannot if-convert), and a dropped place is exactly +0
+ * whatever x holds (NaN, inf). */
+static inline T FN(dn_kept)(T v, uint32_t keep)
+{
+    U bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= (U)0 - (U)keep;
+    memcpy(&v, &bits, sizeof bits);
+    return v;
+}
 
-/* One decision per element: keep[i]. */
+/* y[i] = keep[i] ? x[i]*scale : +0 for i < len (x[i] without the multiply
+ * if !mul); keep[i] is 0 or 1. */
 static inline void FN(dn_sel)(const T *x, T *y, const uint32_t *DN_RESTRICT keep,
                               int64_t len, T scale, int mul)
 {
-    DN_SEL(keep[i])
+    if (mul) {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i] * scale, keep[i]);
+    } else {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i], keep[i]);
+    }
 }
 
-/* One decision for the whole run (channel dropout): keep. */
+/* The same with one decision for the whole run (channel dropout). */
 static inline void FN(dn_run)(const T *x, T *y, uint32_t keep, int64_t len, T scale, int mul)
 {
-    DN_SEL(keep)
+    if (mul) {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i] * scale, keep);
+    } else {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i], keep);
+    }
 }
-#undef DN_SEL
-#undef DN_SEL_LOOP
 
 /* ---- Whole-tensor passes. ----------------------------------------------- */
 
@@ -80,7 +78,7 @@ static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, con
     const int64_t total = dp->t.total;
     const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
     /* the SIMD variants generate and apply whole windows in registers */
-    const FN(dn_drop_windows_fn) fused = src->mask == NULL ? FN(dn_select_drop_windows)() : NULL;
+    const FN(dn_drop_windows_fn) fused = src->mask == NULL ? dn_kernels()->FN(drop_windows) : NULL;
     DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t i0 = blk * DN_APPLY_BLOCK;

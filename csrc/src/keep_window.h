@@ -77,11 +77,6 @@ void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int
                                 uint64_t *bits);
 #endif
 
-/* The fused windows of the variant dn_select_keep_window chooses, or NULL
- * for the portable one (which applies keep[] with plain loops instead). */
-dn_drop_windows_fn_f32 dn_select_drop_windows_f32(void);
-dn_drop_windows_fn_f64 dn_select_drop_windows_f64(void);
-
 #if defined(DN_HAVE_AVX2)
 void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
                          uint32_t *DN_RESTRICT keep, uint64_t *bits);
@@ -91,9 +86,5 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
                            uint32_t *DN_RESTRICT keep, uint64_t *bits);
 #endif
 
-/* The fastest variant this CPU runs, unless the environment variable
- * DROPNORM_SIMD names a slower one ("portable", "avx2", "avx512"); its
- * name goes to *name when name is not NULL. */
-dn_keep_window_fn dn_select_keep_window(const char **name);
 
 #endif

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keep_window.h"
+#include "kernels.h"
 #include "check.h"
 
 #if defined(__GNUC__) && (defined(DN_HAVE_AVX2) || defined(DN_HAVE_AVX512))
@@ -86,8 +86,9 @@ static void compare_fused(dn_drop_windows_fn_f32 f32, dn_drop_windows_fn_f64 f64
 
 int main(void)
 {
-    const char *name = NULL;
-    dn_keep_window_fn best = dn_select_keep_window(&name);
+    const dn_kernel_table *table = dn_kernels();
+    const char *name = table->dropout_variant;
+    dn_keep_window_fn best = table->keep_window;
     uint32_t keep[DN_WIN];
     dn_philox_stream ps = {0, 0, 0, 0, 0x80000000u};
     int kept = 0;
@@ -105,7 +106,13 @@ int main(void)
         compare_fused(dn_drop_windows_avx512_f32, dn_drop_windows_avx512_f64, "avx512");
     }
 #endif
-    CHECK((dn_select_drop_windows_f32() == NULL) == (strcmp(name, "portable") == 0));
+    CHECK((table->drop_windows_f32 == NULL) == (strcmp(name, "portable") == 0));
+    CHECK((table->drop_windows_f64 == NULL) == (strcmp(name, "portable") == 0));
+    /* one table for the process: later calls return the same */
+    CHECK(dn_kernels() == table);
+    CHECK(strcmp(dn_kernel_variant(), table->level) == 0);
+    CHECK(strcmp(dn_dropout_kernel_variant(), name) == 0);
+    CHECK(strcmp(dn_batchnorm_kernel_variant(), table->batchnorm_variant) == 0);
     /* known answer: block 0 of key 0, stream 0 is 6627e8d5 e169c58d bc57ac4c 9b00dbd8;
      * against threshold 2^31, words 0..3 give keep 0, 1, 1, 1 */
     best(&ps, 0, keep, NULL);

@@ -24,8 +24,12 @@
  * it forever. Start worker processes with spawn (or fork and exec) to
  * give them threads.
  *
- * In-place use: an output may be the very same array as an input of the same
- * size (y == x, dx == dy); partial overlap is not allowed.
+ * In-place use: a tensor output may be the very same array as a tensor
+ * input of the same size (y == x; dx == dy or dx == x), which is why those
+ * inputs are not declared restrict. Any other overlap between an output and
+ * an input, or between two outputs, is not allowed: every array declared
+ * DN_RESTRICT (per-channel vectors, packed masks) must not share a byte
+ * with any array the call writes.
  */
 #ifndef DROPNORM_H
 #define DROPNORM_H
@@ -118,12 +122,22 @@ DN_API dn_status dn_set_num_threads(int n);
 DN_API const char *dn_compiler(void);
 
 /*! dn_kernel_variant() :
- * @return the instruction-set variant the kernels use on this CPU now:
- *         "avx512", "avx2" or "portable" (the batch-norm kernels run their
- *         AVX2 build under "avx512" too). The environment variable
- *         DROPNORM_SIMD=portable|avx2 caps it (for testing); every variant
- *         gives the same bits. */
+ * @return the instruction-set level chosen for this process: "avx512",
+ *         "avx2" or "portable", the best this CPU runs unless the
+ *         environment variable DROPNORM_SIMD=portable|avx2 caps it (for
+ *         testing). The choice is made once, on the first kernel call, and
+ *         every variant gives the same bits. */
 DN_API const char *dn_kernel_variant(void);
+
+/*! dn_batchnorm_kernel_variant() :
+ * @return the build of the batch-norm kernels that runs at that level:
+ *         "avx2" (also under "avx512") or "portable". */
+DN_API const char *dn_batchnorm_kernel_variant(void);
+
+/*! dn_dropout_kernel_variant() :
+ * @return the build of the dropout (Philox) kernels that runs at that
+ *         level: "avx512", "avx2" or "portable". */
+DN_API const char *dn_dropout_kernel_variant(void);
 
 /* ------------------------------------------------------------------------ */
 /* Tensor layout. */
@@ -164,13 +178,13 @@ typedef enum dn_layout {
  *         DN_ERR_OUT_OF_MEMORY. Nothing is written unless DN_OK. */
 DN_API dn_status dn_batchnorm_forward_train_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const float *DN_RESTRICT x, const float *DN_RESTRICT gamma,
+    const float *x, const float *DN_RESTRICT gamma,
     const float *DN_RESTRICT beta, double eps, double momentum,
     float *running_mean, float *running_var,
     float *y, float *save_mean, float *save_invstd);
 DN_API dn_status dn_batchnorm_forward_train_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const double *DN_RESTRICT x, const double *DN_RESTRICT gamma,
+    const double *x, const double *DN_RESTRICT gamma,
     const double *DN_RESTRICT beta, double eps, double momentum,
     double *running_mean, double *running_var,
     double *y, double *save_mean, double *save_invstd);
@@ -183,12 +197,12 @@ DN_API dn_status dn_batchnorm_forward_train_f64(
  * @return DN_OK or an error status; nothing is written unless DN_OK. */
 DN_API dn_status dn_batchnorm_forward_infer_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const float *DN_RESTRICT x, const float *DN_RESTRICT running_mean,
+    const float *x, const float *DN_RESTRICT running_mean,
     const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
     const float *DN_RESTRICT beta, double eps, float *y);
 DN_API dn_status dn_batchnorm_forward_infer_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const double *DN_RESTRICT x, const double *DN_RESTRICT running_mean,
+    const double *x, const double *DN_RESTRICT running_mean,
     const double *DN_RESTRICT running_var, const double *DN_RESTRICT gamma,
     const double *DN_RESTRICT beta, double eps, double *y);
 
@@ -202,17 +216,17 @@ DN_API dn_status dn_batchnorm_forward_infer_f64(
  *                save_mean is used as a shift only: the exact batch mean is
  *                recovered from x, so rounding save_mean to the element type
  *                costs no accuracy.
- *   dx           output, n*c*s values; may be dy itself
+ *   dx           output, n*c*s values; may be dy or x itself
  *   dgamma, dbeta  outputs, c values each; each may be NULL
  * @return DN_OK or an error status; nothing is written unless DN_OK. */
 DN_API dn_status dn_batchnorm_backward_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const float *DN_RESTRICT dy, const float *DN_RESTRICT x,
+    const float *dy, const float *x,
     const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
     const float *DN_RESTRICT gamma, float *dx, float *dgamma, float *dbeta);
 DN_API dn_status dn_batchnorm_backward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const double *DN_RESTRICT dy, const double *DN_RESTRICT x,
+    const double *dy, const double *x,
     const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
     const double *DN_RESTRICT gamma, double *dx, double *dgamma, double *dbeta);
 
@@ -228,13 +242,13 @@ DN_API dn_status dn_batchnorm_backward_f64(
  * @return DN_OK or an error status; nothing is written unless DN_OK. */
 DN_API dn_status dn_batchnorm_backward_infer_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const float *DN_RESTRICT dy, const float *DN_RESTRICT x,
+    const float *dy, const float *x,
     const float *DN_RESTRICT running_mean, const float *DN_RESTRICT running_var,
     const float *DN_RESTRICT gamma, double eps,
     float *dx, float *dgamma, float *dbeta);
 DN_API dn_status dn_batchnorm_backward_infer_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const double *DN_RESTRICT dy, const double *DN_RESTRICT x,
+    const double *dy, const double *x,
     const double *DN_RESTRICT running_mean, const double *DN_RESTRICT running_var,
     const double *DN_RESTRICT gamma, double eps,
     double *dx, double *dgamma, double *dbeta);
@@ -312,11 +326,11 @@ DN_API dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t st
  *         DN_ERR_BAD_LAYOUT. Nothing is written unless DN_OK. */
 DN_API dn_status dn_dropout_forward_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const float *DN_RESTRICT x, double p, uint64_t seed, uint64_t stream,
+    const float *x, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, int training, float *y, uint8_t *mask);
 DN_API dn_status dn_dropout_forward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const double *DN_RESTRICT x, double p, uint64_t seed, uint64_t stream,
+    const double *x, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, int training, double *y, uint8_t *mask);
 
 /*! dn_dropout_apply_mask_f32() / _f64() :
@@ -330,11 +344,11 @@ DN_API dn_status dn_dropout_forward_f64(
  *         dn_dropout_forward_*(). Nothing is written unless DN_OK. */
 DN_API dn_status dn_dropout_apply_mask_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const float *DN_RESTRICT x, const uint8_t *DN_RESTRICT mask, double p,
+    const float *x, const uint8_t *DN_RESTRICT mask, double p,
     dn_dropout_mode mode, float *y);
 DN_API dn_status dn_dropout_apply_mask_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const double *DN_RESTRICT x, const uint8_t *DN_RESTRICT mask, double p,
+    const double *x, const uint8_t *DN_RESTRICT mask, double p,
     dn_dropout_mode mode, double *y);
 
 /*! dn_dropout_backward_f32() / _f64() :
@@ -350,11 +364,11 @@ DN_API dn_status dn_dropout_apply_mask_f64(
  *         dn_dropout_forward_*(). Nothing is written unless DN_OK. */
 DN_API dn_status dn_dropout_backward_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const float *DN_RESTRICT dy, double p, uint64_t seed, uint64_t stream,
+    const float *dy, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, float *dx);
 DN_API dn_status dn_dropout_backward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
-    const double *DN_RESTRICT dy, double p, uint64_t seed, uint64_t stream,
+    const double *dy, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
 
 #ifdef __cplusplus

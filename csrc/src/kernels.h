@@ -1,0 +1,93 @@
+/* The kernels that exist in several instruction-set variants, and the one
+ * table of them that dispatch.c fills once per process. The drivers
+ * (batchnorm.c, dropout.c: validation, workspace, threads, per-channel
+ * arithmetic) are compiled once; only these inner loops are compiled per
+ * instruction set. Every variant gives the same bits. Not installed. */
+#ifndef DROPNORM_KERNELS_H
+#define DROPNORM_KERNELS_H
+
+#include "common.h"
+#include "keep_window.h"
+
+/* Per-channel terms of the batch-norm elementwise passes: p->wide values
+ * each (in channels last, the c values repeated over a wide row), of the
+ * element type (void pointers, so that one table type serves float and
+ * double). */
+
+/* Training forward: y = ((x - mean_hi) - mean_lo)*scale + shift. The mean
+ * is carried as two values so that x - mean keeps full precision when
+ * |mean| >> std (x - mean_hi is exact there, by Sterbenz's lemma). */
+typedef struct dn_train_terms {
+    const void *mean_hi, *mean_lo, *scale, *shift;
+} dn_train_terms;
+
+/* Inference forward, and backward through frozen statistics (shift 0):
+ * y = scale*x + shift (PyTorch's alpha and beta). */
+typedef struct dn_affine_terms {
+    const void *scale, *shift;
+} dn_affine_terms;
+
+/* Training backward: dx = dy_scale*dy + x_scale*(x - centre) + offset,
+ * where centre is the saved mean (used as a shift; batchnorm_impl.h). */
+typedef struct dn_backward_terms {
+    const void *dy_scale, *x_scale, *centre, *offset;
+} dn_backward_terms;
+
+typedef enum dn_elementwise_kind {
+    DN_ELEMENTWISE_TRAIN,
+    DN_ELEMENTWISE_AFFINE,
+    DN_ELEMENTWISE_BACKWARD
+} dn_elementwise_kind;
+
+/* One elementwise pass: out = f(in[, x]) with the kind's terms. */
+typedef struct dn_elementwise {
+    dn_elementwise_kind kind;
+    const void *in; /* x (forward passes), dy (backward) */
+    const void *x;  /* backward: the forward input */
+    dn_train_terms train;
+    dn_affine_terms affine;
+    dn_backward_terms backward;
+} dn_elementwise;
+
+/* The batch-norm kernels of one element type: tensor pointers point to
+ * that type; the group layout is dn_group_range's (common.h). */
+typedef struct dn_bn_kernels {
+    /* Group g's per-channel count-weighted mean and sum of squared
+     * deviations, at gmean/gm2[ch*groups + g] (channels first) or
+     * [g*c + ch] (channels last). scratch: the calling thread's. */
+    void (*group_moments)(const dn_plan *p, const void *x, int64_t g, double *gmean,
+                          double *gm2, void *scratch);
+    /* Group g's per-channel sums of dy, x - shift[ch] and dy*(x - shift[ch]),
+     * three doubles at sums + 3*(ch*groups + g) (channels first) or
+     * 3*(g*c + ch) (channels last). */
+    void (*group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
+                            const void *shift, int64_t g, double *sums, void *scratch);
+    /* The pass over flat elements [i0, i1) into out (which may be op->in or
+     * op->x itself); with stream, through an L1 tile and streaming stores
+     * (the caller fences). */
+    void (*elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
+                        void *out, int stream);
+} dn_bn_kernels;
+
+extern const dn_bn_kernels dn_bn_kernels_f32_portable, dn_bn_kernels_f64_portable;
+#if defined(DN_HAVE_AVX2)
+extern const dn_bn_kernels dn_bn_kernels_f32_avx2, dn_bn_kernels_f64_avx2;
+#endif
+
+/* Everything that depends on the instruction set, chosen together. */
+typedef struct dn_kernel_table {
+    const dn_bn_kernels *bn_f32, *bn_f64;
+    dn_keep_window_fn keep_window;
+    /* NULL in the portable variant, which applies keep[] with plain loops */
+    dn_drop_windows_fn_f32 drop_windows_f32;
+    dn_drop_windows_fn_f64 drop_windows_f64;
+    const char *level;             /* the level chosen: "avx512", "avx2", "portable" */
+    const char *batchnorm_variant; /* the build each family runs at that level */
+    const char *dropout_variant;
+} dn_kernel_table;
+
+/* The table for this CPU, capped by the environment variable DROPNORM_SIMD
+ * ("portable", "avx2"), both read on the first call only. Thread-safe. */
+const dn_kernel_table *dn_kernels(void);
+
+#endif

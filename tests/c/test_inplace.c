@@ -1,0 +1,38 @@
+/* In-place calls (y == x, dx == dy, dx == x) give the bits of out-of-place
+ * ones. The tensor inputs an output may alias are not restrict in the API
+ * and the kernels, so an optimiser (this test runs in CI's -O3 builds with
+ * gcc and clang) may not reorder their loads past the stores. Shapes reach
+ * each schedule: short and long rows, wide rows, row tiles, and outputs
+ * large enough for streaming stores. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dropnorm/dropnorm.h"
+#include "check.h"
+
+#define T float
+#define FN(name) name##_f32
+#include "test_inplace_impl.h"
+#undef T
+#undef FN
+
+#define T double
+#define FN(name) name##_f64
+#include "test_inplace_impl.h"
+#undef T
+#undef FN
+
+int main(void)
+{
+    static const int64_t shapes[][3] = {
+        {2, 3, 5}, {16, 512, 49}, {3, 5, 1023}, {40, 17, 9}, {128, 300, 1},
+        {2, 700, 33}, {1, 7, 70001}, {8, 64, 96 * 96}, /* 18.9 MB in float: streaming */
+    };
+    dn_set_num_threads(2);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        check_inplace_f32(shapes[i][0], shapes[i][1], shapes[i][2]);
+        check_inplace_f64(shapes[i][0], shapes[i][1], shapes[i][2]);
+    }
+    return check_report("test_inplace");
+}
