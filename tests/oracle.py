@@ -1,7 +1,7 @@
 """The NumPy oracle: plain float64 reference implementations.
 
 Short and obviously right; the kernels are compared with it, never with
-themselves. Tensors are reduced to the (N, C, S) model of DESIGN.md.
+themselves. Tensors are reduced to the (N, C, S) model of docs/ARCHITECTURE.md.
 """
 
 import numpy as np
@@ -96,7 +96,7 @@ def bn_infer_backward(dy, x, running_mean, running_var, weight=None, eps=1e-5, a
 
 # ---- Dropout -------------------------------------------------------------------
 #
-# Philox4x32-10 and the mask rule of DESIGN.md, vectorised over uint64 arrays
+# Philox4x32-10 and the mask rule of docs/ARCHITECTURE.md, vectorised over uint64 arrays
 # that hold 32-bit words (every product of two words fits in 64 bits). Dropout
 # outputs are computed in x's own dtype, since they are compared exactly:
 # y = where(keep, x*scale, 0) with the scale rounded once to that dtype.

@@ -357,3 +357,50 @@ def test_dropout_layer_errors_and_pickle():
     assert repr(d) == "Dropout(p=0.25, mode='inverted', seed=5, axis=1)"
     a, b = dropnorm.Dropout(0.5), dropnorm.Dropout(0.5)
     assert a.seed != b.seed
+
+
+# ---- Argument checks shared with the functions (more in test_checks.py) ---------
+
+def test_layers_reject_what_the_functions_reject():
+    # the values of the issue: each was accepted by the layer, rejected by the function
+    x = np.ones((4, 6), np.float32)
+    for layer_call, function_call in [
+        (lambda: dropnorm.Dropout(p=True), lambda: dropnorm.dropout(x, p=True)),
+        (lambda: dropnorm.Dropout(seed=1.5), lambda: dropnorm.dropout(x, seed=1.5)),
+        (lambda: dropnorm.Dropout(seed="7"), lambda: dropnorm.dropout(x, seed="7")),
+    ]:
+        with pytest.raises(TypeError) as from_layer:
+            layer_call()
+        with pytest.raises(TypeError) as from_function:
+            function_call()
+        assert str(from_layer.value) == str(from_function.value)
+    with pytest.raises(TypeError, match="^num_features: expected an integer, got float"):
+        dropnorm.BatchNorm1d(2.7)
+
+
+def test_calibrate_with_a_bad_batch_changes_nothing():
+    bn = dropnorm.BatchNorm1d(3, dtype=np.float64)
+    bn(batch((8, 3), np.float64, 1, 0))
+    before = bn.state_dict()
+    good = [batch((8, 3), np.float64, 1, s) for s in (1, 2)]
+    with pytest.raises(ValueError, match="^x: expected 3 channels"):
+        bn.calibrate(good + [np.zeros((8, 4))])
+    with pytest.raises(TypeError, match="^batches: expected an iterable"):
+        bn.calibrate(None)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    # and a good calibration still gives the cumulative average
+    bn.calibrate(iter(good))
+    assert bn.num_batches_tracked == 2
+    means = np.mean([oracle.bn_stats(b)[0] for b in good], axis=0)
+    np.testing.assert_allclose(bn.running_mean, means, rtol=1e-12, atol=1e-15)
+
+
+def test_fold_into_checks_its_arguments():
+    bn = dropnorm.BatchNorm1d(3, dtype=np.float64).eval()
+    w = np.ones((3, 2))
+    with pytest.raises(TypeError, match="^axis: expected an integer, got bool"):
+        bn.fold_into(w, axis=False)
+    with pytest.raises(TypeError, match="^bias: expected real numbers"):
+        bn.fold_into(w, bias=np.array(["a", "b", "c"]))
+    np.testing.assert_array_equal(bn.fold_into(w, axis=np.int64(0))[0], w / np.sqrt(1 + bn.eps))

@@ -40,14 +40,9 @@ def _train(const floating[::1] x, const floating[::1] weight, const floating[::1
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_batchnorm_forward_train_f32(
-                n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
-                _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
-        else:
-            st = dn_batchnorm_forward_train_f64(
-                n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
-                _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
+        st = dn_batchnorm_forward_train(
+            n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
+            _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_train")
 
@@ -59,14 +54,9 @@ def _infer(const floating[::1] x, const floating[::1] running_mean,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_batchnorm_forward_infer_f32(
-                n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
-                _in(weight), _in(bias), eps, &y[0])
-        else:
-            st = dn_batchnorm_forward_infer_f64(
-                n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
-                _in(weight), _in(bias), eps, &y[0])
+        st = dn_batchnorm_forward_infer(
+            n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
+            _in(weight), _in(bias), eps, &y[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_infer")
 
@@ -78,14 +68,9 @@ def _backward(const floating[::1] dy, const floating[::1] x,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_batchnorm_backward_f32(
-                n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
-                _in(weight), &dx[0], &dweight[0], &dbias[0])
-        else:
-            st = dn_batchnorm_backward_f64(
-                n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
-                _in(weight), &dx[0], &dweight[0], &dbias[0])
+        st = dn_batchnorm_backward(
+            n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
+            _in(weight), &dx[0], &dweight[0], &dbias[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_backward")
 
@@ -98,14 +83,9 @@ def _backward_infer(const floating[::1] dy, const floating[::1] x,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_batchnorm_backward_infer_f32(
-                n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
-                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
-        else:
-            st = dn_batchnorm_backward_infer_f64(
-                n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
-                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
+        st = dn_batchnorm_backward_infer(
+            n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
+            _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_infer_backward")
 
@@ -129,8 +109,13 @@ def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=N
     momentum=1/k.
 
     out: an array like x to write y into; it may be x itself (in place).
-    Non-contiguous read-only inputs are copied; arrays written in place must
-    be C-contiguous.
+    Non-contiguous or byte-swapped (e.g. ``>f4``) read-only inputs are
+    copied; arrays written in place must be C-contiguous and of native byte
+    order.
+
+    eps (finite, >= 0) and momentum (in [0, 1]) are real numbers: int,
+    float or a NumPy integer/floating scalar; bool, str, None and complex
+    raise TypeError.
 
     Returns (y, save_mean, save_invstd), all of x's dtype, for
     batch_norm_backward.

@@ -3,25 +3,52 @@
 Every check runs before any kernel, so bad input raises and changes nothing.
 Errors name the argument and say what was expected.
 
-Policy for memory order: read-only inputs that are not C-contiguous are
-copied (as NumPy would); arrays that dropnorm writes into (``out=``, running
-statistics) must already be C-contiguous, writeable and of the right dtype,
-and are rejected otherwise, since a copy would silently not be updated.
+Policy for memory order: read-only inputs that are not C-contiguous, or
+whose byte order is not the machine's (``>f4`` on a little-endian machine),
+are copied to native, C-contiguous arrays (as NumPy would); arrays that
+dropnorm writes into (``out=``, running statistics) must already be
+C-contiguous, writeable, of the right dtype and of native byte order, and are
+rejected otherwise, since a copy would silently not be updated.
+
+Policy for scalars: real-valued arguments (p, eps, momentum) take a real
+number: a Python int or float, a NumPy integer or floating scalar (or 0-d
+array), or another ``numbers.Real``; bool, str, None, complex and sequences
+raise TypeError. Integer arguments (seed, stream, counts, axis,
+num_features) take anything with ``__index__`` except bool. Flags
+(training, channelwise, ...) take only bool or numpy.bool_. The same
+functions check the functional API and the layer classes, so both accept
+and reject the same values with the same messages.
 """
 
 import math
+import numbers
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_tensor(name, value):
-    """The input tensor as a C-contiguous float32/float64 array, ndim >= 2."""
-    arr = np.asarray(value)
+def _native(arr):
+    """arr itself, or a copy in native byte order if its floats are swapped."""
+    if not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def as_float_array(name, value):
+    """A read-only input as a float32/float64 array of native byte order
+    (not yet made contiguous)."""
+    arr = _native(np.asarray(value))
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    return arr
+
+
+def as_tensor(name, value):
+    """The input tensor as a C-contiguous float32/float64 array, ndim >= 2."""
+    arr = as_float_array(name, value)
     if arr.ndim < 2:
         raise ValueError(
             f"{name}: expected at least 2 dimensions (N, C, *spatial), got shape {arr.shape}"
@@ -35,25 +62,34 @@ def tensor_extents(x, axis):
     """(n, c, s, channels_last) for x with its channel axis at ``axis``.
 
     axis=1 is channels first, (N, C, *spatial); axis=-1 (or ndim-1) is
-    channels last, (N, *spatial, C)."""
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis: expected an integer, got {type(axis).__name__}") from None
+    channels last, (N, *spatial, C). Errors report the axis as given."""
+    axis = as_int("axis", axis)
     ndim = x.ndim
-    if axis < 0:
-        axis += ndim
-    if axis == 1:
+    k = axis + ndim if axis < 0 else axis
+    if k == 1:
         return x.shape[0], x.shape[1], math.prod(x.shape[2:]), False
-    if axis == ndim - 1:
+    if k == ndim - 1:
         return x.shape[0], x.shape[-1], math.prod(x.shape[1:-1]), True
     raise ValueError(
         f"axis: expected 1 (channels first) or -1 (channels last) for a {ndim}-d input, got {axis}"
     )
 
 
+def as_layer_axis(axis):
+    """A layer's channel axis: exactly 1 (channels first) or -1 (channels last)."""
+    axis = as_int("axis", axis)
+    if axis not in (1, -1):
+        raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
+    return axis
+
+
 def check_dtype(name, arr, dtype):
+    """TypeError unless arr has exactly ``dtype`` (native byte order included)."""
     if arr.dtype != dtype:
+        if arr.dtype.newbyteorder("=") == dtype:
+            raise TypeError(f"{name}: dtype {arr.dtype.str} is not in the machine's byte order; "
+                            f"dropnorm writes this array in place, so it must be {dtype} of "
+                            f"native byte order ({dtype.str})")
         raise TypeError(f"{name}: dtype {arr.dtype} does not match the input's dtype {dtype}")
 
 
@@ -63,7 +99,7 @@ def as_vector(name, value, c, dtype, optional=True):
         if optional:
             return None
         raise TypeError(f"{name}: expected an array of {c} values, got None")
-    arr = np.asarray(value)
+    arr = _native(np.asarray(value))
     check_dtype(name, arr, dtype)
     if arr.shape != (c,):
         raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {arr.shape}")
@@ -85,6 +121,7 @@ def writable_vector(name, value, c, dtype):
 
 
 def check_writable(name, arr):
+    """ValueError unless arr can be written in place (writeable, C-contiguous)."""
     if not arr.flags.writeable:
         raise ValueError(f"{name}: the array is read-only")
     if not arr.flags.c_contiguous:
@@ -93,9 +130,7 @@ def check_writable(name, arr):
 
 def same_tensor(name, value, x):
     """A second input of x's shape and dtype (dy beside x)."""
-    arr = np.asarray(value)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    arr = as_float_array(name, value)
     check_dtype(name, arr, x.dtype)
     if arr.shape != x.shape:
         raise ValueError(f"{name}: shape {arr.shape} does not match x's shape {x.shape}")
@@ -125,15 +160,94 @@ def output_like(name, out, x, inputs=()):
     return out
 
 
+def as_real(name, value, what="a real number"):
+    """A real number as a Python float.
+
+    Accepted: int, float, NumPy integer and floating scalars, 0-d arrays of
+    those, and any other ``numbers.Real``. Rejected with a TypeError that
+    names the argument: bool (also numpy.bool_), str, bytes, None, complex,
+    sequences and arrays of other shapes. ``what`` is the expectation the
+    message states. An int too large for a float becomes +-inf (and fails the
+    caller's range check)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def as_int(name, value):
+    """An integer as a Python int: anything with ``__index__`` (int, NumPy
+    integer scalars) except bool and numpy.bool_; TypeError naming the
+    argument otherwise (float, str, None, ...)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+
+
+def as_flag(name, value):
+    """A flag: True or False (bool or numpy.bool_) as a Python bool.
+
+    Anything else, 0 and 1 and strings like 'False' included, raises a
+    TypeError naming the argument: a truthiness test would silently read
+    'False' or 'no' as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}")
+    return bool(value)
+
+
+def as_positive_int(name, value):
+    """An integer >= 1 (num_features), as a Python int; bool is rejected."""
+    value = as_int(name, value)
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return value
+
+
+def as_float_dtype(name, dtype):
+    """A layer's dtype: float32 or float64 (either byte order given, native
+    returned), as a numpy dtype."""
+    if dtype is None:
+        raise TypeError(f"{name}: expected float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+    dt = dt.newbyteorder("=") if not dt.isnative else dt
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def as_mapping(name, value):
+    """A mapping (dict, OrderedDict, ...) such as a state dict."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a mapping of names to arrays (a dict), "
+                        f"got {type(value).__name__}")
+    return value
+
+
 def as_eps(eps):
-    eps = float(eps)
+    """eps: a finite real number >= 0, as a float."""
+    eps = as_real("eps", eps)
     if not (math.isfinite(eps) and eps >= 0.0):
         raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
     return eps
 
 
-def as_momentum(momentum):
-    momentum = float(momentum)
+def as_momentum(momentum, allow_none=False):
+    """momentum: a real number in [0, 1], as a float; None too (returned as
+    None) with allow_none, for layers, where it means a cumulative average."""
+    if momentum is None and allow_none:
+        return None
+    what = "a real number or None" if allow_none else "a real number"
+    momentum = as_real("momentum", momentum, what)
     if not (0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
     return momentum
@@ -147,9 +261,7 @@ DROPOUT_MODES = {"inverted": 0, "classic": 1}
 def as_array(name, value, min_ndim=1):
     """A C-contiguous float32/float64 array with at least ``min_ndim``
     dimensions; empty arrays are allowed (the caller handles them)."""
-    arr = np.asarray(value)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    arr = as_float_array(name, value)
     if arr.ndim < min_ndim:
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimension(s), got shape {arr.shape}")
@@ -158,13 +270,7 @@ def as_array(name, value, min_ndim=1):
 
 def as_probability(name, p):
     """A drop probability: a real number in [0, 1] (not NaN)."""
-    if isinstance(p, (bool, np.bool_, str, bytes)):
-        raise TypeError(f"{name}: expected a real number in [0, 1], got {type(p).__name__}")
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real number in [0, 1], "
-                        f"got {type(p).__name__}") from None
+    p = as_real(name, p, "a real number in [0, 1]")
     if not (0.0 <= p <= 1.0):
         raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
     return p
@@ -172,12 +278,7 @@ def as_probability(name, p):
 
 def as_uint(name, value, bits):
     """A Python int in [0, 2**bits) (seed, stream, Philox words)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    value = as_int(name, value)
     if not (0 <= value < (1 << bits)):
         raise ValueError(f"{name}: expected an integer in [0, 2**{bits}), got {value}")
     return value
@@ -206,12 +307,7 @@ def as_dropout_mode(mode):
 
 def as_count(name, n):
     """A non-negative integer count."""
-    if isinstance(n, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected an integer, got bool")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name}: expected an integer, got {type(n).__name__}") from None
+    n = as_int(name, n)
     if n < 0:
         raise ValueError(f"{name}: expected a count >= 0, got {n}")
     return n

@@ -23,6 +23,8 @@ from dropnorm._checks import (
     as_array,
     as_count,
     as_dropout_mode,
+    as_flag,
+    as_int,
     as_mask,
     as_probability,
     as_uint,
@@ -51,12 +53,8 @@ def _forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_dropout_forward_f32(n, c, s, layout, channelwise, &x[0], p, seed, stream,
-                                        <dn_dropout_mode>mode, training, &y[0], _mask_out(mask))
-        else:
-            st = dn_dropout_forward_f64(n, c, s, layout, channelwise, &x[0], p, seed, stream,
-                                        <dn_dropout_mode>mode, training, &y[0], _mask_out(mask))
+        st = dn_dropout_forward(n, c, s, layout, channelwise, &x[0], p, seed, stream,
+                                <dn_dropout_mode>mode, training, &y[0], _mask_out(mask))
     if st != DN_OK:
         raise_status(st, "dropout")
 
@@ -67,12 +65,8 @@ def _apply_mask(const floating[::1] x, const uint8_t[::1] mask, floating[::1] y,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_dropout_apply_mask_f32(n, c, s, layout, channelwise, &x[0], &mask[0], p,
-                                           <dn_dropout_mode>mode, &y[0])
-        else:
-            st = dn_dropout_apply_mask_f64(n, c, s, layout, channelwise, &x[0], &mask[0], p,
-                                           <dn_dropout_mode>mode, &y[0])
+        st = dn_dropout_apply_mask(n, c, s, layout, channelwise, &x[0], &mask[0], p,
+                                   <dn_dropout_mode>mode, &y[0])
     if st != DN_OK:
         raise_status(st, "dropout_apply_mask")
 
@@ -83,19 +77,20 @@ def _backward(const floating[::1] dy, const uint8_t[::1] mask, floating[::1] dx,
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
     with nogil:
-        if floating is float:
-            st = dn_dropout_backward_f32(n, c, s, layout, channelwise, &dy[0], p, seed, stream,
-                                         <dn_dropout_mode>mode, _mask_in(mask), &dx[0])
-        else:
-            st = dn_dropout_backward_f64(n, c, s, layout, channelwise, &dy[0], p, seed, stream,
-                                         <dn_dropout_mode>mode, _mask_in(mask), &dx[0])
+        st = dn_dropout_backward(n, c, s, layout, channelwise, &dy[0], p, seed, stream,
+                                 <dn_dropout_mode>mode, _mask_in(mask), &dx[0])
     if st != DN_OK:
         raise_status(st, "dropout_backward")
 
 
 def _geometry(name, x, channelwise, axis):
-    """(n, c, s, channels_last, bits) of a dropout call on x."""
+    """(n, c, s, channels_last, bits) of a dropout call on x.
+
+    channelwise must already be a checked bool. axis must be an integer
+    always; its value matters (and is checked against x) only when
+    channelwise."""
     if not channelwise:
+        as_int("axis", axis)
         return x.size, 1, 1, False, x.size
     if x.ndim < 2:
         raise ValueError(f"{name}: channelwise dropout needs at least 2 dimensions "
@@ -180,8 +175,12 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
       with axis=-1 and needs ndim >= 2. axis is used only when channelwise.
 
     out: an array like x to write y into; it may be x itself (in place).
-    Non-contiguous inputs are copied; out must be C-contiguous. An empty x
-    gives an empty y (and an empty mask).
+    Non-contiguous or byte-swapped (e.g. ``>f4``) inputs are copied; out must
+    be C-contiguous and of native byte order. An empty x gives an empty y
+    (and an empty mask).
+
+    training, channelwise and return_mask are flags: bool or numpy.bool_
+    only (a string such as 'False' raises TypeError).
 
     return_mask: also return the packed keep mask (uint8, (bits + 7)//8
       bytes, bits = x.size, or N*C with channelwise); in inference it is all
@@ -194,13 +193,15 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
     seed = as_uint("seed", seed, 64)
     stream = as_uint("stream", stream, 64)
     mode_c = as_dropout_mode(mode)
-    training = bool(training)
+    training = as_flag("training", training)
+    channelwise = as_flag("channelwise", channelwise)
+    return_mask = as_flag("return_mask", return_mask)
     n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
     y = output_like("out", out, x, (x,))
     mask = np.empty((bits + 7) // 8, np.uint8) if return_mask else None
     if x.size:
         _forward(x.reshape(-1), y.reshape(-1), mask, n, c, s, channels_last,
-                 bool(channelwise), p, seed, stream, mode_c, training)
+                 channelwise, p, seed, stream, mode_c, training)
     return (y, mask) if return_mask else y
 
 
@@ -217,12 +218,13 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     x = as_array("x", x, 1)
     p = as_probability("p", p)
     mode_c = as_dropout_mode(mode)
+    channelwise = as_flag("channelwise", channelwise)
     n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
     mask = as_mask("mask", mask, bits)
     y = output_like("out", out, x, (x,))
     if x.size:
         _apply_mask(x.reshape(-1), mask, y.reshape(-1), n, c, s, channels_last,
-                    bool(channelwise), p, mode_c)
+                    channelwise, p, mode_c)
     return y
 
 
@@ -245,11 +247,12 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
     seed = as_uint("seed", seed, 64)
     stream = as_uint("stream", stream, 64)
     mode_c = as_dropout_mode(mode)
+    channelwise = as_flag("channelwise", channelwise)
     n, c, s, channels_last, bits = _geometry("dy", dy, channelwise, axis)
     if mask is not None:
         mask = as_mask("mask", mask, bits)
     dx = output_like("out", out, dy, (dy,))
     if dy.size:
         _backward(dy.reshape(-1), mask, dx.reshape(-1), n, c, s, channels_last,
-                  bool(channelwise), p, seed, stream, mode_c)
+                  channelwise, p, seed, stream, mode_c)
     return dx

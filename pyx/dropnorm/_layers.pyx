@@ -12,15 +12,27 @@ from dropnorm._batchnorm import (
     batch_norm_infer_backward,
     batch_norm_train,
 )
-from dropnorm._checks import FLOAT_DTYPES, as_tensor, tensor_extents
+from dropnorm._checks import (
+    as_dropout_mode,
+    as_eps,
+    as_flag,
+    as_float_dtype,
+    as_int,
+    as_layer_axis,
+    as_mapping,
+    as_momentum,
+    as_positive_int,
+    as_probability,
+    as_tensor,
+    as_uint,
+    tensor_extents,
+)
 from dropnorm._dropout import dropout, dropout_backward
 
-
-def _layer_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    return dt
+# Every argument of a constructor, a setter, forward or backward is checked
+# by the functions of dropnorm._checks that the functional API uses, so a
+# layer and a function accept and reject the same values with the same
+# messages, and a rejected value changes nothing.
 
 
 cdef class _BatchNorm:
@@ -30,16 +42,23 @@ cdef class _BatchNorm:
     running statistics; eval mode uses the running statistics. With
     ``momentum=None`` the running statistics are the cumulative average over
     the batches seen (the population statistics of the paper's Algorithm 2).
+
+    num_features: an integer >= 1 (not bool); eps: a finite real number
+    >= 0; momentum: a real number in [0, 1] or None; affine and
+    track_running_stats: bool; axis: 1 or -1; dtype: float32 or float64.
+    num_features, affine, track_running_stats and dtype are fixed at
+    construction; eps, momentum, axis and training may be set later and are
+    checked as in the constructor.
     """
 
-    cdef public int num_features
-    cdef public double eps
-    cdef public object momentum
-    cdef public bint affine
-    cdef public bint track_running_stats
-    cdef public int axis
-    cdef public object dtype
-    cdef public bint training
+    cdef readonly object num_features
+    cdef double _eps
+    cdef object _momentum
+    cdef readonly bint affine
+    cdef readonly bint track_running_stats
+    cdef int _axis
+    cdef readonly object dtype
+    cdef bint _training
     cdef public object weight
     cdef public object bias
     cdef public object grad_weight
@@ -57,22 +76,22 @@ cdef class _BatchNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, axis=1, dtype=np.float32):
-        if int(num_features) < 1:
-            raise ValueError(f"num_features: expected a positive integer, got {num_features}")
-        if axis not in (1, -1):
-            raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
-        if momentum is not None and not (0.0 <= float(momentum) <= 1.0):
-            raise ValueError(f"momentum: expected None or a value in [0, 1], got {momentum}")
-        if not (float(eps) >= 0.0 and np.isfinite(float(eps))):
-            raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
-        self.num_features = int(num_features)
-        self.eps = float(eps)
-        self.momentum = None if momentum is None else float(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.axis = int(axis)
-        self.dtype = _layer_dtype(dtype)
-        self.training = True
+        # every check first: a bad argument raises before anything is set
+        num_features = as_positive_int("num_features", num_features)
+        eps = as_eps(eps)
+        momentum = as_momentum(momentum, allow_none=True)
+        affine = as_flag("affine", affine)
+        track_running_stats = as_flag("track_running_stats", track_running_stats)
+        axis = as_layer_axis(axis)
+        dtype = as_float_dtype("dtype", dtype)
+        self.num_features = num_features
+        self._eps = eps
+        self._momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self._axis = axis
+        self.dtype = dtype
+        self._training = True
         self.weight = np.ones(self.num_features, self.dtype) if self.affine else None
         self.bias = np.zeros(self.num_features, self.dtype) if self.affine else None
         self.grad_weight = None
@@ -87,10 +106,49 @@ cdef class _BatchNorm:
             self.num_batches_tracked = None
         self._x = None
 
+    # ---- checked attributes ---------------------------------------------------
+    @property
+    def eps(self):
+        """Added to the variance before the square root: a finite real >= 0."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value):
+        self._eps = as_eps(value)
+
+    @property
+    def momentum(self):
+        """Weight of the new batch in the running statistics, in [0, 1], or
+        None for the cumulative average over the batches seen."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        self._momentum = as_momentum(value, allow_none=True)
+
+    @property
+    def axis(self):
+        """The channel axis: 1 (channels first) or -1 (channels last)."""
+        return self._axis
+
+    @axis.setter
+    def axis(self, value):
+        self._axis = as_layer_axis(value)
+
+    @property
+    def training(self):
+        """True in training mode (batch statistics), False in eval mode."""
+        return self._training
+
+    @training.setter
+    def training(self, value):
+        self._training = as_flag("training", value)
+
     # ---- mode -------------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (batch statistics) or, with mode=False, eval mode."""
-        self.training = bool(mode)
+        """Training mode (batch statistics) or, with mode=False, eval mode.
+        mode must be a bool."""
+        self._training = as_flag("mode", mode)
         return self
 
     def eval(self):
@@ -187,13 +245,23 @@ cdef class _BatchNorm:
         Returns self."""
         if not self.track_running_stats:
             raise ValueError("calibrate: the layer has track_running_stats=False")
-        self.reset_running_stats()
+        try:
+            batches = iter(batches)
+        except TypeError:
+            raise TypeError(f"batches: expected an iterable of inputs, "
+                            f"got {type(batches).__name__}") from None
+        # accumulate into new arrays: a bad batch raises and changes nothing
+        mean = np.zeros(self.num_features, self.dtype)
+        var = np.ones(self.num_features, self.dtype)
+        count = 0
         for batch in batches:
             x = self._check_input(batch)
-            batch_norm_train(x, None, None, self.running_mean, self.running_var,
-                             momentum=1.0 / (self.num_batches_tracked + 1),
+            batch_norm_train(x, None, None, mean, var, momentum=1.0 / (count + 1),
                              eps=self.eps, axis=self.axis)
-            self.num_batches_tracked += 1
+            count += 1
+        self.running_mean[...] = mean
+        self.running_var[...] = var
+        self.num_batches_tracked = count
         return self
 
     # ---- parameters and state ---------------------------------------------------
@@ -216,10 +284,12 @@ cdef class _BatchNorm:
                 state[key] = np.array(getattr(self, key), copy=True)
         return state
 
-    def load_state_dict(self, state):
-        """Load a dict like state_dict()'s (values may be anything with
-        __array__, e.g. CPU tensors). Missing or extra keys and wrong shapes
-        raise ValueError before anything is changed."""
+    def load_state_dict(self, state_dict):
+        """Load a mapping like state_dict()'s (values may be anything with
+        __array__, e.g. CPU tensors). Something that is not a mapping raises
+        TypeError; missing or extra keys and wrong shapes raise ValueError;
+        all before anything is changed."""
+        state = as_mapping("state_dict", state_dict)
         keys = set(self._state_keys())
         given = set(state.keys())
         if given != keys:
@@ -254,6 +324,7 @@ cdef class _BatchNorm:
         gives the output of layer followed by this batch norm."""
         if not self.track_running_stats:
             raise ValueError("fold_into: the layer has no running statistics to fold")
+        axis = as_int("axis", axis)
         w = np.asarray(weight)
         if w.dtype.kind != "f":
             raise TypeError(f"weight: expected a floating-point array, got {w.dtype}")
@@ -263,6 +334,8 @@ cdef class _BatchNorm:
         if not 0 <= ax < w.ndim or w.shape[ax] != self.num_features:
             raise ValueError(f"weight: expected {self.num_features} output features on axis "
                              f"{axis}, got shape {w.shape}")
+        if bias is not None and np.asarray(bias).dtype.kind not in "fiu":
+            raise TypeError(f"bias: expected real numbers, got dtype {np.asarray(bias).dtype}")
         b = np.zeros(self.num_features) if bias is None else np.asarray(bias, np.float64)
         if b.shape != (self.num_features,):
             raise ValueError(f"bias: expected shape ({self.num_features},), got {b.shape}")
@@ -317,7 +390,14 @@ cdef class BatchNorm3d(_BatchNorm):
     _shape_text = "5-d (N, C, D, H, W) input"
 
 
-_MODES = ("inverted", "classic")
+_LAST_STREAM = 2**64 - 1
+
+
+def _as_seed(seed):
+    """A dropout seed: an integer in [0, 2**64), or None for one from the OS."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    return as_uint("seed", seed, 64)
 
 
 cdef class Dropout:
@@ -331,14 +411,19 @@ cdef class Dropout:
     mode="inverted" scales kept values by 1/(1-p) in training and is the
     identity in eval; mode="classic" keeps values unscaled in training and
     scales by (1-p) in eval. seed=None draws a seed from the OS once.
+
+    p: a real number in [0, 1] (not bool); mode: "inverted" or "classic";
+    seed and stream: integers in [0, 2**64) (not bool); axis: 1 or -1 (used
+    by the channel dropouts). They may be set later and are checked as in
+    the constructor and in ``dropout``.
     """
 
-    cdef public double p
-    cdef public str mode
-    cdef public object seed
-    cdef public object stream
-    cdef public bint training
-    cdef public int axis
+    cdef double _p
+    cdef str _mode
+    cdef object _seed
+    cdef object _stream
+    cdef bint _training
+    cdef int _axis
     # the stream and kind of the last forward, for backward
     cdef object _last_stream
     cdef bint _last_training
@@ -349,30 +434,81 @@ cdef class Dropout:
     _shape_text = ""
 
     def __init__(self, p=0.5, mode="inverted", seed=None, axis=1):
-        p = float(p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p: expected a probability in [0, 1], got {p}")
-        if mode not in _MODES:
-            raise ValueError(f"mode: expected 'inverted' or 'classic', got {mode!r}")
-        if axis not in (1, -1):
-            raise ValueError(f"axis: expected 1 (channels first) or -1 (channels last), got {axis}")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
-        seed = int(seed)
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed: expected an integer in [0, 2**64), got {seed}")
-        self.p = p
-        self.mode = mode
-        self.seed = seed
-        self.stream = 0
-        self.training = True
-        self.axis = int(axis)
+        # every check first: a bad argument raises before anything is set
+        p = as_probability("p", p)
+        as_dropout_mode(mode)
+        seed = _as_seed(seed)
+        axis = as_layer_axis(axis)
+        self._p = p
+        self._mode = mode
+        self._seed = seed
+        self._stream = 0
+        self._training = True
+        self._axis = axis
         self._last_stream = None
         self._last_shape = None
 
+    # ---- checked attributes ---------------------------------------------------
+    @property
+    def p(self):
+        """The drop probability, in [0, 1]."""
+        return self._p
+
+    @p.setter
+    def p(self, value):
+        self._p = as_probability("p", value)
+
+    @property
+    def mode(self):
+        """"inverted" (scale in training) or "classic" (scale in eval)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value):
+        as_dropout_mode(value)
+        self._mode = value
+
+    @property
+    def seed(self):
+        """The Philox key of every mask, an integer in [0, 2**64); setting
+        None draws a new one from the OS."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        self._seed = _as_seed(value)
+
+    @property
+    def stream(self):
+        """The stream of the next training forward, an integer in [0, 2**64)."""
+        return self._stream
+
+    @stream.setter
+    def stream(self, value):
+        self._stream = as_uint("stream", value, 64)
+
+    @property
+    def axis(self):
+        """The channel axis: 1 (channels first) or -1 (channels last)."""
+        return self._axis
+
+    @axis.setter
+    def axis(self, value):
+        self._axis = as_layer_axis(value)
+
+    @property
+    def training(self):
+        """True in training mode (masks), False in eval mode."""
+        return self._training
+
+    @training.setter
+    def training(self, value):
+        self._training = as_flag("training", value)
+
     def train(self, mode=True):
-        """Training mode (masks) or, with mode=False, eval mode."""
-        self.training = bool(mode)
+        """Training mode (masks) or, with mode=False, eval mode. mode must be
+        a bool."""
+        self._training = as_flag("mode", mode)
         return self
 
     def eval(self):
@@ -386,11 +522,15 @@ cdef class Dropout:
             if arr.ndim not in self._ndims:
                 raise ValueError(
                     f"x: {type(self).__name__} expects {self._shape_text}, got shape {arr.shape}")
-        stream = self.stream
+        stream = self._stream
+        if self._training and stream == _LAST_STREAM:
+            # the stream after this one would not fit in 64 bits
+            raise ValueError(f"stream: the streams of seed {self._seed} are used up "
+                             f"(stream {stream}); set another seed or stream")
         y = dropout(x, p=self.p, seed=self.seed, stream=stream, mode=self.mode,
                     training=self.training, channelwise=self._channelwise, axis=self.axis)
-        if self.training:
-            self.stream = stream + 1
+        if self._training:
+            self._stream = stream + 1
         self._last_stream = stream
         self._last_training = self.training
         self._last_shape = y.shape

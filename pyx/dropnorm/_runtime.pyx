@@ -12,15 +12,21 @@ def c_version():
 def build_info():
     """How this copy of dropnorm was built and how it runs, as a dict:
     version, compiler, openmp (on/off), max_threads (threads a kernel may use
-    now) and kernel_variant (the instruction set chosen at run time:
-    "avx512", "avx2" or "portable"; DROPNORM_SIMD=portable or avx2 caps it;
-    the batch-norm kernels run their AVX2 build under "avx512" too)."""
+    now: 1 in a child of fork()), kernel_variant (the instruction-set level
+    chosen once per process: "avx512", "avx2" or "portable";
+    DROPNORM_SIMD=portable or avx2 caps it) and kernel_variants (the build
+    each kernel family runs at that level: {"batchnorm": ..., "dropout": ...};
+    batch norm runs its AVX2 build under "avx512")."""
     return {
         "version": dn_version().decode(),
         "compiler": dn_compiler().decode(),
         "openmp": bool(dn_openmp_enabled()),
         "max_threads": dn_get_max_threads(),
         "kernel_variant": dn_kernel_variant().decode(),
+        "kernel_variants": {
+            "batchnorm": dn_batchnorm_kernel_variant().decode(),
+            "dropout": dn_dropout_kernel_variant().decode(),
+        },
     }
 
 

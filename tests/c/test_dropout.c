@@ -17,7 +17,7 @@ static double uniform(void) /* in [-1, 1) */
     return (double)(rng_state >> 11) / 4503599627370496.0 - 1.0;
 }
 
-/* ---- The reference: the rule of DESIGN.md, one decision at a time. ---- */
+/* ---- The reference: the rule of docs/ARCHITECTURE.md, one decision at a time. ---- */
 
 static int ref_keep(int64_t i, double p, uint64_t seed, uint64_t stream)
 {
