@@ -36,11 +36,19 @@ def close(actual, expected, dtype, scale=1.0):
                                rtol=TOL[dtype], atol=TOL[dtype] * scale)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("axis", [1, -1])
-@pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("cls, shape", LAYERS)
+def training_sequence_cases(test):
+    """Every layer class and shape, with and without affine, with momentum
+    0.1 and None (cumulative), in both layouts and both dtypes."""
+    for mark in (pytest.mark.parametrize("dtype", [np.float32, np.float64]),
+                 pytest.mark.parametrize("axis", [1, -1]),
+                 pytest.mark.parametrize("momentum", [0.1, None]),
+                 pytest.mark.parametrize("affine", [True, False]),
+                 pytest.mark.parametrize("cls, shape", LAYERS)):
+        test = mark(test)
+    return test
+
+
+@training_sequence_cases
 def test_batchnorm_training_sequence_matches_oracle(cls, shape, affine, momentum, axis, dtype):
     c = shape[1]
     bn = cls(c, momentum=momentum, affine=affine, axis=axis, dtype=dtype)
@@ -214,11 +222,7 @@ def test_layer_input_errors():
 
 # ---- PyTorch, where installed -------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("axis", [1, -1])
-@pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("cls, shape", LAYERS)
+@training_sequence_cases
 def test_batchnorm_training_sequence_matches_pytorch(cls, shape, affine, momentum, axis, dtype):
     torch = pytest.importorskip("torch")
     c = shape[1]

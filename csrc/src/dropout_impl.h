@@ -211,6 +211,16 @@ static T FN(dn_train_scale)(double p, dn_dropout_mode mode, int *mul)
     return scale;
 }
 
+/* Training dropout with src's decisions, the mask (may be NULL) too. */
+static dn_status FN(dn_drop_train)(const dn_drop_plan *dp, const dn_keep_src *src, double p,
+                                   dn_dropout_mode mode, const T *x, T *y, uint8_t *mask_out)
+{
+    int mul;
+    const T scale = FN(dn_train_scale)(p, mode, &mul);
+    FN(dn_drop_apply)(dp, src, x, y, scale, mul, mask_out);
+    return DN_OK;
+}
+
 /* ---- Public API. -------------------------------------------------------- */
 
 dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
@@ -220,12 +230,9 @@ dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layo
 {
     dn_drop_plan dp;
     dn_keep_src src;
-    T scale;
-    int mul;
     dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
                                      x != NULL && y != NULL, p, mode, &dp);
     if (st != DN_OK) return st;
-
     if (!training) {
         if (mask) dn_mask_fill(dp.nbits, 1, mask);
         if (mode == DN_DROPOUT_INVERTED || p == 0.0 || p == 1.0)
@@ -240,9 +247,7 @@ dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layo
         return DN_OK;
     }
     dn_src_generate(&src, dp.nbits, p, seed, stream);
-    scale = FN(dn_train_scale)(p, mode, &mul);
-    FN(dn_drop_apply)(&dp, &src, x, y, scale, mul, mask);
-    return DN_OK;
+    return FN(dn_drop_train)(&dp, &src, p, mode, x, y, mask);
 }
 
 dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout layout,
@@ -251,8 +256,6 @@ dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout l
 {
     dn_drop_plan dp;
     dn_keep_src src;
-    T scale;
-    int mul;
     dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
                                      x != NULL && y != NULL && mask != NULL, p, mode, &dp);
     if (st != DN_OK) return st;
@@ -261,9 +264,7 @@ dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout l
         return DN_OK;
     }
     dn_src_mask(&src, dp.nbits, mask);
-    scale = FN(dn_train_scale)(p, mode, &mul);
-    FN(dn_drop_apply)(&dp, &src, x, y, scale, mul, NULL);
-    return DN_OK;
+    return FN(dn_drop_train)(&dp, &src, p, mode, x, y, NULL);
 }
 
 dn_status FN(dn_dropout_backward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
@@ -271,20 +272,10 @@ dn_status FN(dn_dropout_backward)(int64_t n, int64_t c, int64_t s, dn_layout lay
                                   uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
                                   T *dx)
 {
-    dn_drop_plan dp;
-    dn_keep_src src;
-    T scale;
-    int mul;
-    dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
-                                     dy != NULL && dx != NULL, p, mode, &dp);
-    if (st != DN_OK) return st;
-    if (p == 1.0 || (p == 0.0 && mask == NULL)) {
-        FN(dn_copy_or_zero)(&dp, dy, dx, p == 0.0);
-        return DN_OK;
-    }
-    if (mask) dn_src_mask(&src, dp.nbits, mask);
-    else dn_src_generate(&src, dp.nbits, p, seed, stream);
-    scale = FN(dn_train_scale)(p, mode, &mul);
-    FN(dn_drop_apply)(&dp, &src, dy, dx, scale, mul, NULL);
-    return DN_OK;
+    /* the training forward's map, applied to dy: with the stored mask, or
+     * with the decisions regenerated from (seed, stream) */
+    if (mask != NULL)
+        return FN(dn_dropout_apply_mask)(n, c, s, layout, channelwise, dy, mask, p, mode, dx);
+    return FN(dn_dropout_forward)(n, c, s, layout, channelwise, dy, p, seed, stream, mode, 1, dx,
+                                  NULL);
 }

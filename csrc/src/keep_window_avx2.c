@@ -100,44 +100,57 @@ void dn_keep_window_avx2(const dn_philox_stream *ps, uint64_t block0,
     if (bits != NULL) *bits = dn_bits_avx2(kept);
 }
 
-void dn_drop_windows_avx2_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
-                              const float *x, float *y, float scale, int mul, uint64_t *bits)
+/* y[0..8) = kept ? x*s : +0 (x when !mul), for float and for double (two
+ * halves of four, the 32-bit masks sign-extended to 64 bits). */
+static inline void dn_drop8_avx2_f32(const float *x, float *y, __m256i kept, __m256 s, int mul)
+{
+    __m256 val = _mm256_loadu_ps(x);
+    if (mul) val = _mm256_mul_ps(val, s);
+    _mm256_storeu_ps(y, _mm256_and_ps(_mm256_castsi256_ps(kept), val));
+}
+
+static inline void dn_drop8_avx2_f64(const double *x, double *y, __m256i kept, __m256d s,
+                                     int mul)
+{
+    for (int h = 0; h < 2; h++) {
+        const __m256i k64 = _mm256_cvtepi32_epi64(h == 0 ? _mm256_castsi256_si128(kept)
+                                                         : _mm256_extracti128_si256(kept, 1));
+        __m256d val = _mm256_loadu_pd(x + 4 * h);
+        if (mul) val = _mm256_mul_pd(val, s);
+        _mm256_storeu_pd(y + 4 * h, _mm256_and_pd(_mm256_castsi256_pd(k64), val));
+    }
+}
+
+/* The windows of either element type (f64: 0 float, 1 double; a constant
+ * where this is inlined into the two public functions below). */
+static inline void dn_drop_windows_avx2(const dn_philox_stream *ps, uint64_t block0,
+                                        int64_t windows, int f64, const void *x, void *y,
+                                        double scale, int mul, uint64_t *bits)
 {
     const __m256i thr = _mm256_set1_epi32((int)ps->thr);
-    const __m256 s = _mm256_set1_ps(scale);
-    for (int64_t w = 0; w < windows; w++, x += DN_WIN, y += DN_WIN) {
+    const __m256 s32 = _mm256_set1_ps((float)scale);
+    const __m256d s64 = _mm256_set1_pd(scale);
+    for (int64_t w = 0; w < windows; w++) {
         __m256i words[8], kept[8];
         dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
         for (int v = 0; v < 8; v++) {
-            __m256 val = _mm256_loadu_ps(x + 8 * v);
+            const int64_t at = w * DN_WIN + 8 * v;
             kept[v] = dn_kept_avx2(words[v], thr);
-            if (mul) val = _mm256_mul_ps(val, s);
-            _mm256_storeu_ps(y + 8 * v, _mm256_and_ps(_mm256_castsi256_ps(kept[v]), val));
+            if (f64) dn_drop8_avx2_f64((const double *)x + at, (double *)y + at, kept[v], s64, mul);
+            else dn_drop8_avx2_f32((const float *)x + at, (float *)y + at, kept[v], s32, mul);
         }
         if (bits != NULL) bits[w] = dn_bits_avx2(kept);
     }
 }
 
+void dn_drop_windows_avx2_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const float *x, float *y, float scale, int mul, uint64_t *bits)
+{
+    dn_drop_windows_avx2(ps, block0, windows, 0, x, y, scale, mul, bits);
+}
+
 void dn_drop_windows_avx2_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
                               const double *x, double *y, double scale, int mul, uint64_t *bits)
 {
-    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
-    const __m256d s = _mm256_set1_pd(scale);
-    for (int64_t w = 0; w < windows; w++, x += DN_WIN, y += DN_WIN) {
-        __m256i words[8], kept[8];
-        dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
-        for (int v = 0; v < 8; v++) {
-            kept[v] = dn_kept_avx2(words[v], thr);
-            for (int h = 0; h < 2; h++) {
-                /* 32-bit lanes 4h .. 4h+3, sign-extended to 64-bit masks */
-                const __m256i k64 = _mm256_cvtepi32_epi64(
-                    h == 0 ? _mm256_castsi256_si128(kept[v])
-                           : _mm256_extracti128_si256(kept[v], 1));
-                __m256d val = _mm256_loadu_pd(x + 8 * v + 4 * h);
-                if (mul) val = _mm256_mul_pd(val, s);
-                _mm256_storeu_pd(y + 8 * v + 4 * h, _mm256_and_pd(_mm256_castsi256_pd(k64), val));
-            }
-        }
-        if (bits != NULL) bits[w] = dn_bits_avx2(kept);
-    }
+    dn_drop_windows_avx2(ps, block0, windows, 1, x, y, scale, mul, bits);
 }

@@ -22,16 +22,19 @@ def version():
     return capi.dn_version().decode()
 
 
+def _outputs(n, c, s, dtype):
+    """An (n, c, s) tensor and two per-channel vectors to write into."""
+    return np.empty((n, c, s), dtype), np.empty(c, dtype), np.empty(c, dtype)
+
+
 def bn_relu_train(const capi.dn_real[:, :, ::1] x, const capi.dn_real[::1] gamma,
                   const capi.dn_real[::1] beta, double eps=1e-5):
     """y = max(0, batch_norm(x)) with batch statistics.
 
     Returns (y, save_mean, save_invstd), the last two for bn_relu_backward."""
     cdef int64_t n = x.shape[0], c = x.shape[1], s = x.shape[2], i, total = n * c * s
-    dtype = np.float32 if capi.dn_real is float else np.float64
-    y_arr = np.empty((n, c, s), dtype)
-    mean_arr = np.empty(c, dtype)
-    invstd_arr = np.empty(c, dtype)
+    y_arr, mean_arr, invstd_arr = _outputs(
+        n, c, s, np.float32 if capi.dn_real is float else np.float64)
     cdef capi.dn_real[:, :, ::1] y = y_arr
     cdef capi.dn_real[::1] mean = mean_arr, invstd = invstd_arr
     cdef capi.dn_real *out = &y[0, 0, 0]
@@ -53,16 +56,14 @@ def bn_relu_backward(const capi.dn_real[:, :, ::1] dy, const capi.dn_real[:, :, 
                      const capi.dn_real[::1] save_invstd, const capi.dn_real[::1] gamma):
     """Gradients of bn_relu_train: (dx, dgamma, dbeta). y is its output."""
     cdef int64_t n = x.shape[0], c = x.shape[1], s = x.shape[2], i, total = n * c * s
-    dtype = np.float32 if capi.dn_real is float else np.float64
-    dx_arr = np.empty((n, c, s), dtype)
-    dgamma_arr = np.empty(c, dtype)
-    dbeta_arr = np.empty(c, dtype)
-    cdef capi.dn_real[:, :, ::1] dx = dx_arr
-    cdef capi.dn_real[::1] dgamma = dgamma_arr, dbeta = dbeta_arr
-    cdef capi.dn_real *g = &dx[0, 0, 0]
     cdef const capi.dn_real *yy = &y[0, 0, 0]
     cdef const capi.dn_real *d = &dy[0, 0, 0]
     cdef int st
+    dx_arr, dgamma_arr, dbeta_arr = _outputs(
+        n, c, s, np.float32 if capi.dn_real is float else np.float64)
+    cdef capi.dn_real[:, :, ::1] dx = dx_arr
+    cdef capi.dn_real[::1] dgamma = dgamma_arr, dbeta = dbeta_arr
+    cdef capi.dn_real *g = &dx[0, 0, 0]
     with nogil:
         for i in range(total):  # back through the ReLU: the gradient where y > 0
             g[i] = d[i] if yy[i] > 0 else 0

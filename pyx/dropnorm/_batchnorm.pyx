@@ -162,6 +162,19 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, eps=1
     return y
 
 
+def _backward_operands(dy, x, axis, statistics, weight, out):
+    """The checked operands of a backward: x, dy, the per-channel statistics
+    (a dict of name: value, required), weight, dx and (n, c, s,
+    channels_last)."""
+    x = as_tensor("x", x)
+    extents = tensor_extents(x, axis)
+    dy = same_tensor("dy", dy, x)
+    stats = [as_vector(name, value, extents[1], x.dtype, optional=False)
+             for name, value in statistics.items()]
+    weight = as_vector("weight", weight, extents[1], x.dtype)
+    return x, dy, stats, weight, output_like("out", out, x, (x, dy)), extents
+
+
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=None):
     """Gradients of batch_norm_train: (dx, dweight, dbias).
 
@@ -172,18 +185,12 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=
     dbias are returned also when weight is None. out: where dx goes; it may
     be dy itself.
     """
-    x = as_tensor("x", x)
-    n, c, s, channels_last = tensor_extents(x, axis)
-    dt = x.dtype
-    dy = same_tensor("dy", dy, x)
-    save_mean = as_vector("save_mean", save_mean, c, dt, optional=False)
-    save_invstd = as_vector("save_invstd", save_invstd, c, dt, optional=False)
-    weight = as_vector("weight", weight, c, dt)
-    dx = output_like("out", out, x, (x, dy))
-    dweight = np.empty(c, dt)
-    dbias = np.empty(c, dt)
+    x, dy, (save_mean, save_invstd), weight, dx, extents = _backward_operands(
+        dy, x, axis, {"save_mean": save_mean, "save_invstd": save_invstd}, weight, out)
+    dweight = np.empty(extents[1], x.dtype)
+    dbias = np.empty(extents[1], x.dtype)
     _backward(dy.reshape(-1), x.reshape(-1), save_mean, save_invstd, weight,
-              dx.reshape(-1), dweight, dbias, n, c, s, channels_last)
+              dx.reshape(-1), dweight, dbias, *extents)
     return dx, dweight, dbias
 
 
@@ -194,17 +201,11 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps
     dx = weight/sqrt(running_var + eps) * dy; dbias = sum(dy);
     dweight = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
     """
-    x = as_tensor("x", x)
-    n, c, s, channels_last = tensor_extents(x, axis)
-    dt = x.dtype
-    dy = same_tensor("dy", dy, x)
-    running_mean = as_vector("running_mean", running_mean, c, dt, optional=False)
-    running_var = as_vector("running_var", running_var, c, dt, optional=False)
-    weight = as_vector("weight", weight, c, dt)
+    x, dy, (running_mean, running_var), weight, dx, extents = _backward_operands(
+        dy, x, axis, {"running_mean": running_mean, "running_var": running_var}, weight, out)
     eps = as_eps(eps)
-    dx = output_like("out", out, x, (x, dy))
-    dweight = np.empty(c, dt)
-    dbias = np.empty(c, dt)
+    dweight = np.empty(extents[1], x.dtype)
+    dbias = np.empty(extents[1], x.dtype)
     _backward_infer(dy.reshape(-1), x.reshape(-1), running_mean, running_var, weight,
-                    dx.reshape(-1), dweight, dbias, n, c, s, channels_last, eps)
+                    dx.reshape(-1), dweight, dbias, *extents, eps)
     return dx, dweight, dbias

@@ -150,6 +150,15 @@ def dropout_mask(n, p, seed=0, stream=0):
     return mask
 
 
+def _dropout_operands(name, x, p, seed, stream, mode, channelwise):
+    """The checked arguments every dropout call with (seed, stream) takes:
+    the array (named name), p, seed, stream, the mode's C value and
+    channelwise."""
+    return (as_array(name, x, 1), as_probability("p", p), as_uint("seed", seed, 64),
+            as_uint("stream", stream, 64), as_dropout_mode(mode),
+            as_flag("channelwise", channelwise))
+
+
 def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
             channelwise=False, axis=1, out=None, return_mask=False):
     """Dropout forward (Hinton et al. 2012; Srivastava et al. 2014).
@@ -188,13 +197,9 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
 
     Returns y, or (y, mask) with return_mask=True.
     """
-    x = as_array("x", x, 1)
-    p = as_probability("p", p)
-    seed = as_uint("seed", seed, 64)
-    stream = as_uint("stream", stream, 64)
-    mode_c = as_dropout_mode(mode)
+    x, p, seed, stream, mode_c, channelwise = _dropout_operands(
+        "x", x, p, seed, stream, mode, channelwise)
     training = as_flag("training", training)
-    channelwise = as_flag("channelwise", channelwise)
     return_mask = as_flag("return_mask", return_mask)
     n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
     y = output_like("out", out, x, (x,))
@@ -242,12 +247,8 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
     dy: float32 or float64, the shape of the forward's x. out: where dx
     goes; it may be dy itself.
     """
-    dy = as_array("dy", dy, 1)
-    p = as_probability("p", p)
-    seed = as_uint("seed", seed, 64)
-    stream = as_uint("stream", stream, 64)
-    mode_c = as_dropout_mode(mode)
-    channelwise = as_flag("channelwise", channelwise)
+    dy, p, seed, stream, mode_c, channelwise = _dropout_operands(
+        "dy", dy, p, seed, stream, mode, channelwise)
     n, c, s, channels_last, bits = _geometry("dy", dy, channelwise, axis)
     if mask is not None:
         mask = as_mask("mask", mask, bits)

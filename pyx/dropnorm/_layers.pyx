@@ -35,7 +35,46 @@ from dropnorm._dropout import dropout, dropout_backward
 # messages, and a rejected value changes nothing.
 
 
-cdef class _BatchNorm:
+cdef class _Layer:
+    """What every layer shares: the channel axis, the training flag, and
+    ``layer(x)`` as ``layer.forward(x)``."""
+
+    cdef int _axis
+    cdef bint _training
+
+    @property
+    def axis(self):
+        """The channel axis: 1 (channels first) or -1 (channels last)."""
+        return self._axis
+
+    @axis.setter
+    def axis(self, value):
+        self._axis = as_layer_axis(value)
+
+    @property
+    def training(self):
+        """True in training mode, False in eval mode."""
+        return self._training
+
+    @training.setter
+    def training(self, value):
+        self._training = as_flag("training", value)
+
+    def train(self, mode=True):
+        """Training mode or, with mode=False, eval mode (mode must be a bool);
+        returns the layer."""
+        self._training = as_flag("mode", mode)
+        return self
+
+    def eval(self):
+        """Eval mode (the same as ``train(False)``); returns the layer."""
+        return self.train(False)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
+cdef class _BatchNorm(_Layer):
     """Batch normalization over the channel axis (Ioffe & Szegedy 2015).
 
     Training mode normalises with the batch's statistics and updates the
@@ -56,9 +95,7 @@ cdef class _BatchNorm:
     cdef object _momentum
     cdef readonly bint affine
     cdef readonly bint track_running_stats
-    cdef int _axis
     cdef readonly object dtype
-    cdef bint _training
     cdef public object weight
     cdef public object bias
     cdef public object grad_weight
@@ -126,35 +163,6 @@ cdef class _BatchNorm:
     def momentum(self, value):
         self._momentum = as_momentum(value, allow_none=True)
 
-    @property
-    def axis(self):
-        """The channel axis: 1 (channels first) or -1 (channels last)."""
-        return self._axis
-
-    @axis.setter
-    def axis(self, value):
-        self._axis = as_layer_axis(value)
-
-    @property
-    def training(self):
-        """True in training mode (batch statistics), False in eval mode."""
-        return self._training
-
-    @training.setter
-    def training(self, value):
-        self._training = as_flag("training", value)
-
-    # ---- mode -------------------------------------------------------------
-    def train(self, mode=True):
-        """Training mode (batch statistics) or, with mode=False, eval mode.
-        mode must be a bool."""
-        self._training = as_flag("mode", mode)
-        return self
-
-    def eval(self):
-        """Eval mode: normalise with the running statistics."""
-        return self.train(False)
-
     # ---- forward / backward -----------------------------------------------
     def _check_input(self, x):
         x = as_tensor("x", x)
@@ -197,9 +205,6 @@ cdef class _BatchNorm:
         self._x = x
         self._used_batch_stats = use_batch
         return y
-
-    def __call__(self, x):
-        return self.forward(x)
 
     def backward(self, dy):
         """Gradient with respect to the last forward's input; accumulates
@@ -400,7 +405,7 @@ def _as_seed(seed):
     return as_uint("seed", seed, 64)
 
 
-cdef class Dropout:
+cdef class Dropout(_Layer):
     """Dropout (Hinton et al. 2012; Srivastava et al. 2014) with
     counter-based masks.
 
@@ -422,8 +427,6 @@ cdef class Dropout:
     cdef str _mode
     cdef object _seed
     cdef object _stream
-    cdef bint _training
-    cdef int _axis
     # the stream and kind of the last forward, for backward
     cdef object _last_stream
     cdef bint _last_training
@@ -487,34 +490,6 @@ cdef class Dropout:
     def stream(self, value):
         self._stream = as_uint("stream", value, 64)
 
-    @property
-    def axis(self):
-        """The channel axis: 1 (channels first) or -1 (channels last)."""
-        return self._axis
-
-    @axis.setter
-    def axis(self, value):
-        self._axis = as_layer_axis(value)
-
-    @property
-    def training(self):
-        """True in training mode (masks), False in eval mode."""
-        return self._training
-
-    @training.setter
-    def training(self, value):
-        self._training = as_flag("training", value)
-
-    def train(self, mode=True):
-        """Training mode (masks) or, with mode=False, eval mode. mode must be
-        a bool."""
-        self._training = as_flag("mode", mode)
-        return self
-
-    def eval(self):
-        """Eval mode: identity (inverted) or scale by 1-p (classic)."""
-        return self.train(False)
-
     def forward(self, x):
         """Apply dropout to x; a training call uses the next stream."""
         if self._ndims is not None:
@@ -535,9 +510,6 @@ cdef class Dropout:
         self._last_training = self.training
         self._last_shape = y.shape
         return y
-
-    def __call__(self, x):
-        return self.forward(x)
 
     def backward(self, dy):
         """Gradient for the last forward, its mask regenerated from (seed, stream)."""
