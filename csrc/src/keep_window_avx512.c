@@ -5,6 +5,11 @@
 
 #include "keep_window.h"
 
+/* Inlined whatever the compiler's size heuristics say: the window count
+ * and element type must be constants in the loops, and the masks must stay
+ * in mask registers (a call spills them: 13% slower here). */
+#define DN_AVX512_INLINE static inline __attribute__((always_inline))
+
 /* The high words of the 32x32 -> 64-bit products from the even and odd
  * lanes' multiplies; the low words from one vpmulld (one instruction where
  * a shift and a blend were two: 9% faster here). */
@@ -70,8 +75,8 @@ static inline void dn_masks_avx512(const __m512i x[4], __m512i thr, __mmask16 q[
  * windows side by side measured faster than one and than four (which
  * runs out of registers). */
 #define DN_AVX512_WINDOWS 2
-static inline void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
-                                          int count, __mmask16 *q)
+DN_AVX512_INLINE void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
+                                             int count, __mmask16 *q)
 {
     const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
     const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
@@ -111,9 +116,9 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
  * constants where this is inlined, so that the loops unroll and the masks
  * stay in mask registers). Zero-masking: a dropped element is +0 whatever
  * x holds. */
-static inline void dn_drop_some_avx512(const dn_philox_stream *ps, uint64_t block0, int count,
-                                       int f64, const void *x, void *y, double scale, int mul,
-                                       uint64_t *bits)
+DN_AVX512_INLINE void dn_drop_some_avx512(const dn_philox_stream *ps, uint64_t block0, int count,
+                                          int f64, const void *x, void *y, double scale, int mul,
+                                          uint64_t *bits)
 {
     __mmask16 q[4 * DN_AVX512_WINDOWS];
     dn_window_masks_avx512(ps, block0, count, q);
@@ -138,9 +143,9 @@ static inline void dn_drop_some_avx512(const dn_philox_stream *ps, uint64_t bloc
 }
 
 /* The windows of either element type: pairs of windows, then the odd one. */
-static inline void dn_drop_windows_avx512(const dn_philox_stream *ps, uint64_t block0,
-                                          int64_t windows, int f64, const void *x, void *y,
-                                          double scale, int mul, uint64_t *bits)
+DN_AVX512_INLINE void dn_drop_windows_avx512(const dn_philox_stream *ps, uint64_t block0,
+                                             int64_t windows, int f64, const void *x, void *y,
+                                             double scale, int mul, uint64_t *bits)
 {
     const int64_t window_bytes = DN_WIN * (f64 ? 8 : 4);
     int64_t w = 0;

@@ -28,6 +28,11 @@ from collections.abc import Mapping
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32, _FLOAT64 = FLOAT_DTYPES
+
+# Each check starts with a fast path for the common, valid case (an exact
+# float, int or bool; a native float32/float64 ndarray): small tensors spend
+# more time here than in the kernels.
 
 
 def _native(arr):
@@ -40,7 +45,10 @@ def _native(arr):
 def as_float_array(name, value):
     """A read-only input as a float32/float64 array of native byte order
     (not yet made contiguous)."""
-    arr = _native(np.asarray(value))
+    arr = value if type(value) is np.ndarray else np.asarray(value)
+    if arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64:
+        return arr
+    arr = _native(arr)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
     return arr
@@ -85,7 +93,7 @@ def as_layer_axis(axis):
 
 def check_dtype(name, arr, dtype):
     """TypeError unless arr has exactly ``dtype`` (native byte order included)."""
-    if arr.dtype != dtype:
+    if arr.dtype is not dtype and arr.dtype != dtype:
         if arr.dtype.newbyteorder("=") == dtype:
             raise TypeError(f"{name}: dtype {arr.dtype.str} is not in the machine's byte order; "
                             f"dropnorm writes this array in place, so it must be {dtype} of "
@@ -169,6 +177,8 @@ def as_real(name, value, what="a real number"):
     sequences and arrays of other shapes. ``what`` is the expectation the
     message states. An int too large for a float becomes +-inf (and fails the
     caller's range check)."""
+    if type(value) is float:
+        return value
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -183,6 +193,8 @@ def as_int(name, value):
     """An integer as a Python int: anything with ``__index__`` (int, NumPy
     integer scalars) except bool and numpy.bool_; TypeError naming the
     argument otherwise (float, str, None, ...)."""
+    if type(value) is int:
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected an integer, got bool")
     try:
@@ -197,6 +209,8 @@ def as_flag(name, value):
     Anything else, 0 and 1 and strings like 'False' included, raises a
     TypeError naming the argument: a truthiness test would silently read
     'False' or 'no' as true."""
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool (True or False), got {type(value).__name__}")
     return bool(value)
