@@ -87,86 +87,25 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
     }
 }
 
-/* Merges the group moments of channels [c0, c1) in group order, vectorised
- * across the channels: mean[j], m2[j] for channel c0 + j. */
-static void FN(merge_groups)(const dn_plan *p, const double *gmean, const double *gm2,
-                             const double *weights, int64_t c0, int64_t c1,
-                             double *DN_RESTRICT mean, double *DN_RESTRICT m2)
-{
-    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
-    for (int64_t j = 0; j < nc; j++) mean[j] = m2[j] = 0.0;
-    for (int64_t g = 0; g < G; g++) {
-        const double w0 = weights[2 * g], w1 = weights[2 * g + 1];
-        for (int64_t j = 0; j < nc; j++) {
-            const int64_t at = p->nsc ? g * C + c0 + j : (c0 + j) * G + g;
-            const double delta = gmean[at] - mean[j];
-            mean[j] += delta * w0;
-            m2[j] += gm2[at] + delta * delta * w1;
-        }
-    }
-}
-
-/* Adds up the three gradient sums of channels [c0, c1) in group order,
- * vectorised across the channels: sums[3*j + q] for channel c0 + j. */
-static void FN(add_grad_groups)(const dn_plan *p, const double *work, int64_t c0, int64_t c1,
-                                double *DN_RESTRICT sums)
-{
-    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
-    for (int64_t j = 0; j < 3 * nc; j++) sums[j] = 0.0;
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t j = 0; j < nc; j++) {
-            const double *w = work + 3 * (p->nsc ? g * C + c0 + j : (c0 + j) * G + g);
-            sums[3 * j] += w[0];
-            sums[3 * j + 1] += w[1];
-            sums[3 * j + 2] += w[2];
-        }
-}
-
 /* ---- Training forward. -------------------------------------------------- */
 
 typedef struct FN(train_ctx) {
     const dn_plan *p;
     const dn_bn_kernels *kern;
     const T *x;
-    double *gmean, *gm2, *weights;
-    const T *gamma, *beta;
-    double eps, momentum;
-    T *running_mean, *running_var, *save_mean, *save_invstd;
-    T *mean_hi, *mean_lo, *scale, *shift; /* the elementwise terms */
+    dn_train_finish finish;
 } FN(train_ctx);
 
 static void FN(train_reduce)(const void *ctx, int64_t g, void *scratch)
 {
     const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
-    o->kern->group_moments(o->p, o->x, g, o->gmean, o->gm2, scratch);
+    o->kern->group_moments(o->p, o->x, g, o->finish.gmean, o->finish.gm2, scratch);
 }
 
-/* Channels [c0, c1): statistics from the group moments (merged in group
- * order), the elementwise terms, the saved and running statistics. */
 static void FN(train_channels)(const void *ctx, int64_t c0, int64_t c1)
 {
     const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
-    const dn_plan *p = o->p;
-    double mean[DN_FINISH_CHANNELS], m2[DN_FINISH_CHANNELS];
-    FN(merge_groups)(p, o->gmean, o->gm2, o->weights, c0, c1, mean, m2);
-    for (int64_t ch = c0; ch < c1; ch++) {
-        const double mu = mean[ch - c0];
-        const double var = m2[ch - c0] / (double)p->m;
-        const double invstd = 1.0 / sqrt(var + o->eps);
-        o->mean_hi[ch] = (T)mu;
-        o->mean_lo[ch] = (T)(mu - (double)o->mean_hi[ch]);
-        o->scale[ch] = (T)((o->gamma ? (double)o->gamma[ch] : 1.0) * invstd);
-        o->shift[ch] = o->beta ? o->beta[ch] : (T)0;
-        if (o->save_mean) o->save_mean[ch] = (T)mu;
-        if (o->save_invstd) o->save_invstd[ch] = (T)invstd;
-        if (o->running_mean)
-            o->running_mean[ch] =
-                (T)((1.0 - o->momentum) * (double)o->running_mean[ch] + o->momentum * mu);
-        if (o->running_var)
-            o->running_var[ch] =
-                (T)((1.0 - o->momentum) * (double)o->running_var[ch]
-                    + o->momentum * var * ((double)p->m / (double)(p->m - 1)));
-    }
+    o->kern->finish_train(o->p, &o->finish, c0, c1);
 }
 
 dn_status FN(dn_batchnorm_forward_train)(
@@ -198,25 +137,29 @@ dn_status FN(dn_batchnorm_forward_train)(
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
     terms = (T *)(work + 2 * G * c + 2 * G);
     {
+        T *const mean_hi = terms, *const mean_lo = terms + p.wide;
+        T *const scale = terms + 2 * p.wide, *const shift = terms + 3 * p.wide;
+        double *const gmean = work, *const gm2 = work + G * c, *const weights = work + 2 * G * c;
         const FN(train_ctx) o = {
             .p = &p, .kern = dn_kernels()->BN_TABLE, .x = x,
-            .gmean = work, .gm2 = work + G * c, .weights = work + 2 * G * c,
-            .gamma = gamma, .beta = beta, .eps = eps, .momentum = momentum,
-            .running_mean = running_mean, .running_var = running_var,
-            .save_mean = save_mean, .save_invstd = save_invstd,
-            .mean_hi = terms, .mean_lo = terms + p.wide,
-            .scale = terms + 2 * p.wide, .shift = terms + 3 * p.wide,
+            .finish = {
+                .gmean = gmean, .gm2 = gm2, .weights = weights,
+                .gamma = gamma, .beta = beta, .eps = eps, .momentum = momentum,
+                .running_mean = running_mean, .running_var = running_var,
+                .save_mean = save_mean, .save_invstd = save_invstd,
+                .mean_hi = mean_hi, .mean_lo = mean_lo, .scale = scale, .shift = shift,
+            },
         };
         const dn_elementwise op = {
             .kind = DN_ELEMENTWISE_TRAIN, .in = x,
-            .train = {o.mean_hi, o.mean_lo, o.scale, o.shift},
+            .train = {mean_hi, mean_lo, scale, shift},
         };
         const FN(pass) ps = {
             .reduce = FN(train_reduce), .finish = FN(train_channels), .ctx = &o,
             .scratch = (char *)(terms + 4 * p.wide), .scratch_bytes = scratch_bytes,
-            .op = &op, .wide_terms = {o.mean_hi, o.mean_lo, o.scale, o.shift}, .out = y,
+            .op = &op, .wide_terms = {mean_hi, mean_lo, scale, shift}, .out = y,
         };
-        dn_group_weights(&p, o.weights);
+        dn_group_weights(&p, weights);
         FN(run_pass)(&p, o.kern, &ps);
     }
     free(work);
@@ -265,59 +208,26 @@ dn_status FN(dn_batchnorm_forward_infer)(
 typedef struct FN(grad_ctx) {
     const dn_plan *p;
     const dn_bn_kernels *kern;
-    const T *dy, *x, *h;  /* h: the shift of x in the sums */
-    double *work;         /* 3 sums per (channel, group) */
-    const T *save_invstd, *gamma;
-    const T *running_var; /* frozen statistics (backward_infer) */
-    double eps;
-    T *dgamma, *dbeta;
-    T *dy_scale, *x_scale, *centre, *offset; /* the training backward's terms */
+    const T *dy, *x;
+    dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
 } FN(grad_ctx);
 
 static void FN(grad_reduce)(const void *ctx, int64_t g, void *scratch)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
-    o->kern->group_grad_sums(o->p, o->dy, o->x, o->h, g, o->work, scratch);
+    o->kern->group_grad_sums(o->p, o->dy, o->x, o->finish.shift, g, o->finish.sums, scratch);
 }
 
-/* Training backward, channels [c0, c1): the terms of
- * dx = dy_scale*dy + x_scale*(x - centre) + offset, dgamma and dbeta. */
 static void FN(backward_channels)(const void *ctx, int64_t c0, int64_t c1)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
-    const double m = (double)o->p->m;
-    double sums[3 * DN_FINISH_CHANNELS];
-    FN(add_grad_groups)(o->p, o->work, c0, c1, sums);
-    for (int64_t ch = c0; ch < c1; ch++) {
-        const double *su = sums + 3 * (ch - c0);
-        const double istd = (double)o->save_invstd[ch];
-        const double g = o->gamma ? (double)o->gamma[ch] : 1.0;
-        const double sdy = su[0];
-        /* the saved mean is a shift: the exact mean of x is h + off */
-        const double off = su[1] / m;
-        const double dg = (su[2] - off * sdy) * istd;
-        const double A = g * istd, B = -g * istd * istd * dg / m;
-        o->dy_scale[ch] = (T)A;
-        o->x_scale[ch] = (T)B;
-        o->centre[ch] = o->h[ch];
-        o->offset[ch] = (T)(-A * sdy / m - B * off);
-        if (o->dgamma) o->dgamma[ch] = (T)dg;
-        if (o->dbeta) o->dbeta[ch] = (T)sdy;
-    }
+    o->kern->finish_backward(o->p, &o->finish, c0, c1);
 }
 
-/* Frozen statistics, channels [c0, c1): dgamma and dbeta (dx = scale*dy
- * needs no sums). */
 static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
-    double sums[3 * DN_FINISH_CHANNELS];
-    FN(add_grad_groups)(o->p, o->work, c0, c1, sums);
-    for (int64_t ch = c0; ch < c1; ch++) {
-        const double istd = 1.0 / sqrt((double)o->running_var[ch] + o->eps);
-        if (o->dgamma) o->dgamma[ch] = (T)(sums[3 * (ch - c0) + 2] * istd);
-        if (o->dbeta) o->dbeta[ch] = (T)sums[3 * (ch - c0)];
-    }
+    o->kern->finish_backward_infer(o->p, &o->finish, c0, c1);
 }
 
 /* The backward workspace: group sums, `nterms` per-channel terms (at
@@ -355,21 +265,24 @@ dn_status FN(dn_batchnorm_backward)(
     work = FN(grad_workspace)(&p, 4, &terms, &scratch, &scratch_bytes);
     if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
     {
+        T *const dy_scale = terms, *const x_scale = terms + p.wide;
+        T *const centre = terms + 2 * p.wide, *const offset = terms + 3 * p.wide;
         const FN(grad_ctx) o = {
-            .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x, .h = save_mean,
-            .work = work, .save_invstd = save_invstd, .gamma = gamma,
-            .dgamma = dgamma, .dbeta = dbeta,
-            .dy_scale = terms, .x_scale = terms + p.wide,
-            .centre = terms + 2 * p.wide, .offset = terms + 3 * p.wide,
+            .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x,
+            .finish = {
+                .sums = work, .shift = save_mean, .save_invstd = save_invstd, .gamma = gamma,
+                .dgamma = dgamma, .dbeta = dbeta,
+                .dy_scale = dy_scale, .x_scale = x_scale, .centre = centre, .offset = offset,
+            },
         };
         const dn_elementwise op = {
             .kind = DN_ELEMENTWISE_BACKWARD, .in = dy, .x = x,
-            .backward = {o.dy_scale, o.x_scale, o.centre, o.offset},
+            .backward = {dy_scale, x_scale, centre, offset},
         };
         const FN(pass) ps = {
             .reduce = FN(grad_reduce), .finish = FN(backward_channels), .ctx = &o,
             .scratch = scratch, .scratch_bytes = scratch_bytes, .op = &op,
-            .wide_terms = {o.dy_scale, o.x_scale, o.centre, o.offset}, .out = dx,
+            .wide_terms = {dy_scale, x_scale, centre, offset}, .out = dx,
         };
         FN(run_pass)(&p, o.kern, &ps);
     }
@@ -405,8 +318,10 @@ dn_status FN(dn_batchnorm_backward_infer)(
         /* without dgamma only sum(dy) is used, and x may be absent */
         const FN(grad_ctx) o = {
             .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x ? x : dy,
-            .h = running_mean, .work = work, .gamma = gamma, .running_var = running_var,
-            .eps = eps, .dgamma = dgamma, .dbeta = dbeta,
+            .finish = {
+                .sums = work, .shift = running_mean, .running_var = running_var,
+                .gamma = gamma, .eps = eps, .dgamma = dgamma, .dbeta = dbeta,
+            },
         };
         const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = dy,
                                    .affine = {scale, shift}};

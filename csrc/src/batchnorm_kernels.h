@@ -451,8 +451,9 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
  * output may be an input (in place): iteration i reads and writes index i
  * only, so the loops are DN_IVDEP rather than restrict. */
 
-static void FN(train_wide)(const T *x, const T *mh, const T *ml, const T *scale,
-                           const T *shift, int64_t len, T *y)
+static void FN(train_wide)(const T *x, const T *DN_RESTRICT mh, const T *DN_RESTRICT ml,
+                           const T *DN_RESTRICT scale, const T *DN_RESTRICT shift, int64_t len,
+                           T *y)
 {
     DN_IVDEP
     for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh[i]) - ml[i]) * scale[i] + shift[i];
@@ -464,7 +465,8 @@ static void FN(train_run)(const T *x, T mh, T ml, T scale, T shift, int64_t len,
     for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh) - ml) * scale + shift;
 }
 
-static void FN(affine_wide)(const T *x, const T *scale, const T *shift, int64_t len, T *y)
+static void FN(affine_wide)(const T *x, const T *DN_RESTRICT scale, const T *DN_RESTRICT shift,
+                            int64_t len, T *y)
 {
     DN_IVDEP
     for (int64_t i = 0; i < len; i++) y[i] = x[i] * scale[i] + shift[i];
@@ -479,8 +481,10 @@ static void FN(affine_run)(const T *x, T scale, T shift, int64_t len, T *y)
 static void FN(backward_wide)(const T *dy, const T *x, const dn_backward_terms *t, int64_t at,
                               int64_t len, T *dx)
 {
-    const T *a = (const T *)t->dy_scale + at, *b = (const T *)t->x_scale + at;
-    const T *h = (const T *)t->centre + at, *k = (const T *)t->offset + at;
+    const T *DN_RESTRICT a = (const T *)t->dy_scale + at;
+    const T *DN_RESTRICT b = (const T *)t->x_scale + at;
+    const T *DN_RESTRICT h = (const T *)t->centre + at;
+    const T *DN_RESTRICT k = (const T *)t->offset + at;
     DN_IVDEP
     for (int64_t i = 0; i < len; i++) dx[i] = a[i] * dy[i] + b[i] * (x[i] - h[i]) + k[i];
 }
@@ -549,10 +553,125 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
     }
 }
 
+/* ---- Finishing channels: the per-channel arithmetic, in double. -------- */
+
+/* Merges the group moments of channels [c0, c1) in group order, vectorised
+ * across the channels: mean[j], m2[j] for channel c0 + j. */
+static void FN(merge_groups)(const dn_plan *p, const double *gmean, const double *gm2,
+                             const double *weights, int64_t c0, int64_t c1,
+                             double *DN_RESTRICT mean, double *DN_RESTRICT m2)
+{
+    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
+    for (int64_t j = 0; j < nc; j++) mean[j] = m2[j] = 0.0;
+    for (int64_t g = 0; g < G; g++) {
+        const double w0 = weights[2 * g], w1 = weights[2 * g + 1];
+        for (int64_t j = 0; j < nc; j++) {
+            const int64_t at = p->nsc ? g * C + c0 + j : (c0 + j) * G + g;
+            const double delta = gmean[at] - mean[j];
+            mean[j] += delta * w0;
+            m2[j] += gm2[at] + delta * delta * w1;
+        }
+    }
+}
+
+/* Adds up the three gradient sums of channels [c0, c1) in group order,
+ * vectorised across the channels: sums[3*j + q] for channel c0 + j. */
+static void FN(add_grad_groups)(const dn_plan *p, const double *work, int64_t c0, int64_t c1,
+                                double *DN_RESTRICT sums)
+{
+    const int64_t G = p->groups, C = p->c, nc = c1 - c0;
+    for (int64_t j = 0; j < 3 * nc; j++) sums[j] = 0.0;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t j = 0; j < nc; j++) {
+            const double *w = work + 3 * (p->nsc ? g * C + c0 + j : (c0 + j) * G + g);
+            sums[3 * j] += w[0];
+            sums[3 * j + 1] += w[1];
+            sums[3 * j + 2] += w[2];
+        }
+}
+
+static void FN(finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t c0, int64_t c1)
+{
+    const T *gamma = (const T *)f->gamma, *beta = (const T *)f->beta;
+    T *running_mean = (T *)f->running_mean, *running_var = (T *)f->running_var;
+    T *save_mean = (T *)f->save_mean, *save_invstd = (T *)f->save_invstd;
+    T *mean_hi = (T *)f->mean_hi, *mean_lo = (T *)f->mean_lo;
+    T *scale = (T *)f->scale, *shift = (T *)f->shift;
+    double mean[DN_FINISH_CHANNELS], m2[DN_FINISH_CHANNELS];
+    FN(merge_groups)(p, f->gmean, f->gm2, f->weights, c0, c1, mean, m2);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double mu = mean[ch - c0];
+        const double var = m2[ch - c0] / (double)p->m;
+        const double invstd = 1.0 / sqrt(var + f->eps);
+        mean_hi[ch] = (T)mu;
+        mean_lo[ch] = (T)(mu - (double)mean_hi[ch]);
+        scale[ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * invstd);
+        shift[ch] = beta ? beta[ch] : (T)0;
+        if (save_mean) save_mean[ch] = (T)mu;
+        if (save_invstd) save_invstd[ch] = (T)invstd;
+        if (running_mean)
+            running_mean[ch] =
+                (T)((1.0 - f->momentum) * (double)running_mean[ch] + f->momentum * mu);
+        if (running_var)
+            running_var[ch] = (T)((1.0 - f->momentum) * (double)running_var[ch]
+                                  + f->momentum * var * ((double)p->m / (double)(p->m - 1)));
+    }
+}
+
+/* Through batch statistics: dx = dy_scale*dy + x_scale*(x - centre) + offset
+ * with the saved mean as the centre (a shift: the exact mean of x is
+ * centre + off). */
+static void FN(finish_backward)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
+                                int64_t c1)
+{
+    const double m = (double)p->m;
+    const T *h = (const T *)f->shift, *save_invstd = (const T *)f->save_invstd;
+    const T *gamma = (const T *)f->gamma;
+    T *dgamma = (T *)f->dgamma, *dbeta = (T *)f->dbeta;
+    T *dy_scale = (T *)f->dy_scale, *x_scale = (T *)f->x_scale;
+    T *centre = (T *)f->centre, *offset = (T *)f->offset;
+    double sums[3 * DN_FINISH_CHANNELS];
+    FN(add_grad_groups)(p, f->sums, c0, c1, sums);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double *su = sums + 3 * (ch - c0);
+        const double istd = (double)save_invstd[ch];
+        const double g = gamma ? (double)gamma[ch] : 1.0;
+        const double sdy = su[0];
+        const double off = su[1] / m;
+        const double dg = (su[2] - off * sdy) * istd;
+        const double A = g * istd, B = -g * istd * istd * dg / m;
+        dy_scale[ch] = (T)A;
+        x_scale[ch] = (T)B;
+        centre[ch] = h[ch];
+        offset[ch] = (T)(-A * sdy / m - B * off);
+        if (dgamma) dgamma[ch] = (T)dg;
+        if (dbeta) dbeta[ch] = (T)sdy;
+    }
+}
+
+/* Through frozen statistics: dgamma and dbeta only (dx = scale*dy needs no
+ * sums). */
+static void FN(finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
+                                      int64_t c1)
+{
+    const T *running_var = (const T *)f->running_var;
+    T *dgamma = (T *)f->dgamma, *dbeta = (T *)f->dbeta;
+    double sums[3 * DN_FINISH_CHANNELS];
+    FN(add_grad_groups)(p, f->sums, c0, c1, sums);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        const double istd = 1.0 / sqrt((double)running_var[ch] + f->eps);
+        if (dgamma) dgamma[ch] = (T)(sums[3 * (ch - c0) + 2] * istd);
+        if (dbeta) dbeta[ch] = (T)sums[3 * (ch - c0)];
+    }
+}
+
 const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
     FN(group_moments),
     FN(group_grad_sums),
     FN(elementwise),
+    FN(finish_train),
+    FN(finish_backward),
+    FN(finish_backward_infer),
 };
 
 #undef DN_LANES

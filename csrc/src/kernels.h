@@ -49,6 +49,37 @@ typedef struct dn_elementwise {
     dn_backward_terms backward;
 } dn_elementwise;
 
+/* The per-channel arithmetic after the group reductions ("finishing" a
+ * block of channels): in double, vectorised across channels, which is why
+ * it is compiled per instruction set too. Element-type arrays are void
+ * pointers; those marked "may be NULL" are optional. */
+
+/* Training forward: the group moments merged in group order, mean and
+ * biased variance, invstd = 1/sqrt(var + eps); the terms of the
+ * elementwise pass (written), saved and running statistics. */
+typedef struct dn_train_finish {
+    double *gmean, *gm2;       /* group moments, written by group_moments */
+    const double *weights;     /* dn_group_weights */
+    const void *gamma, *beta;  /* may be NULL: 1 and 0 */
+    double eps, momentum;
+    void *running_mean, *running_var, *save_mean, *save_invstd; /* may be NULL */
+    void *mean_hi, *mean_lo, *scale, *shift; /* the dn_train_terms, written */
+} dn_train_finish;
+
+/* Backward: the group sums added in group order; dgamma and dbeta (may be
+ * NULL). Through batch statistics also the dn_backward_terms (written);
+ * through frozen ones (running_var set) only dgamma and dbeta. */
+typedef struct dn_grad_finish {
+    double *sums;              /* written by group_grad_sums */
+    const void *shift;         /* the h of x - h: saved or running mean */
+    const void *save_invstd;   /* batch statistics */
+    const void *running_var;   /* frozen statistics */
+    const void *gamma;         /* may be NULL: 1 */
+    double eps;                /* frozen statistics */
+    void *dgamma, *dbeta;      /* may be NULL */
+    void *dy_scale, *x_scale, *centre, *offset; /* batch statistics: written */
+} dn_grad_finish;
+
 /* The batch-norm kernels of one element type: tensor pointers point to
  * that type; the group layout is dn_group_range's (common.h). */
 typedef struct dn_bn_kernels {
@@ -67,6 +98,11 @@ typedef struct dn_bn_kernels {
      * (the caller fences). */
     void (*elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
                         void *out, int stream);
+    /* Channels [c0, c1), at most DN_FINISH_CHANNELS of them. */
+    void (*finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t c0, int64_t c1);
+    void (*finish_backward)(const dn_plan *p, const dn_grad_finish *f, int64_t c0, int64_t c1);
+    void (*finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
+                                  int64_t c1);
 } dn_bn_kernels;
 
 extern const dn_bn_kernels dn_bn_kernels_f32_portable, dn_bn_kernels_f64_portable;
