@@ -126,15 +126,19 @@ dn_status FN(dn_batchnorm_forward_train)(
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
     G = p.groups;
-    /* per thread: NSC 3 wide rows of T, NCS c doubles (wide == c); a whole
-     * number of cache lines, so that every thread's doubles stay aligned */
-    scratch_bytes = dn_round_up(sizeof(T) * (size_t)(3 * p.wide), DN_CACHE_LINE);
-    /* groups x channels moments, merge weights, the four per-channel terms
-     * of the elementwise pass, per-thread scratch */
-    work = (double *)malloc(sizeof(double) * (size_t)(2 * G * c + 2 * G)
-                            + sizeof(T) * (size_t)(4 * p.wide)
-                            + scratch_bytes * (size_t)p.threads);
-    if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    {
+        /* groups x channels moments, merge weights, the four per-channel
+         * terms of the elementwise pass, and per thread NSC 3 wide rows of
+         * T, NCS c doubles (wide == c) */
+        dn_bytes need = {0, 0};
+        scratch_bytes = dn_cache_lines_for(&need, p.wide, 3 * sizeof(T));
+        dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
+        dn_bytes_add(&need, G, 2 * sizeof(double));
+        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
+        dn_bytes_add(&need, p.threads, scratch_bytes);
+        work = (double *)dn_workspace(&need, &st);
+        if (work == NULL) return st;
+    }
     terms = (T *)(work + 2 * G * c + 2 * G);
     {
         T *const mean_hi = terms, *const mean_lo = terms + p.wide;
@@ -181,8 +185,12 @@ dn_status FN(dn_batchnorm_forward_infer)(
     if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
         return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    scale = (T *)malloc(sizeof(T) * (size_t)(2 * p.wide));
-    if (scale == NULL) return DN_ERR_OUT_OF_MEMORY;
+    {
+        dn_bytes need = {0, 0};
+        dn_bytes_add(&need, p.wide, 2 * sizeof(T));
+        scale = (T *)dn_workspace(&need, &st);
+        if (scale == NULL) return st;
+    }
     shift = scale + p.wide;
     for (int64_t ch = 0; ch < c; ch++) {
         const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
@@ -231,16 +239,19 @@ static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 }
 
 /* The backward workspace: group sums, `nterms` per-channel terms (at
- * *terms), per-thread scratch (at *scratch, *scratch_bytes each). */
+ * *terms), per-thread scratch (at *scratch, *scratch_bytes each); NULL with
+ * *st set if it cannot be had. */
 static double *FN(grad_workspace)(const dn_plan *p, int nterms, T **terms, char **scratch,
-                                  size_t *scratch_bytes)
+                                  size_t *scratch_bytes, dn_status *st)
 {
     double *work;
-    /* per thread: NSC 4 wide rows of T, a whole number of cache lines */
-    *scratch_bytes = dn_round_up(sizeof(T) * (size_t)(4 * p->wide), DN_CACHE_LINE);
-    work = (double *)malloc(sizeof(double) * (size_t)(3 * p->c * p->groups)
-                            + sizeof(T) * (size_t)(nterms * p->wide)
-                            + *scratch_bytes * (size_t)p->threads);
+    dn_bytes need = {0, 0};
+    /* per thread: NSC 4 wide rows of T */
+    *scratch_bytes = dn_cache_lines_for(&need, p->wide, 4 * sizeof(T));
+    dn_bytes_add(&need, p->c, 3 * sizeof(double) * (size_t)p->groups);
+    dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    dn_bytes_add(&need, p->threads, *scratch_bytes);
+    work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;
     *terms = (T *)(work + 3 * p->c * p->groups);
     *scratch = (char *)(*terms + nterms * p->wide);
@@ -262,8 +273,8 @@ dn_status FN(dn_batchnorm_backward)(
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
-    work = FN(grad_workspace)(&p, 4, &terms, &scratch, &scratch_bytes);
-    if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    work = FN(grad_workspace)(&p, 4, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
     {
         T *const dy_scale = terms, *const x_scale = terms + p.wide;
         T *const centre = terms + 2 * p.wide, *const offset = terms + 3 * p.wide;
@@ -307,8 +318,8 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
     /* dx = scale*dy + shift, with shift 0 */
-    work = FN(grad_workspace)(&p, 2, &scale, &scratch, &scratch_bytes);
-    if (work == NULL) return DN_ERR_OUT_OF_MEMORY;
+    work = FN(grad_workspace)(&p, 2, &scale, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
     shift = scale + p.wide;
     for (int64_t ch = 0; ch < c; ch++) {
         scale[ch] = (T)((gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps));

@@ -85,7 +85,6 @@
 /* Elements computed into an L1 buffer before they are streamed out. */
 #define DN_STREAM_TILE 1024
 
-static inline size_t dn_round_up(size_t n, size_t unit) { return (n + unit - 1) / unit * unit; }
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 /* The threads a kernel may use: OpenMP's count, or 1 in a child of fork()
@@ -160,6 +159,49 @@ static inline void dn_stream_fence(void)
 #if defined(DN_STREAMING)
     _mm_sfence();
 #endif
+}
+
+/* ---- Workspace sizes: every product and sum checked. --------------------
+ * Extents that pass dn_make_plan can still make a workspace of more than
+ * SIZE_MAX bytes (c values per group); such a size must be an error, not a
+ * wrapped-around small allocation. */
+typedef struct dn_bytes {
+    size_t total;
+    int overflow; /* the true total does not fit size_t */
+} dn_bytes;
+
+/* b += count*unit bytes */
+static inline void dn_bytes_add(dn_bytes *b, int64_t count, size_t unit)
+{
+    if (count < 0 || (uint64_t)count > SIZE_MAX / unit
+        || (size_t)count * unit > SIZE_MAX - b->total)
+        b->overflow = 1;
+    else
+        b->total += (size_t)count * unit;
+}
+
+/* count*unit bytes rounded up to whole cache lines (per-thread scratch, so
+ * that every thread's part keeps the alignment of the first); notes an
+ * overflow in b. */
+static inline size_t dn_cache_lines_for(dn_bytes *b, int64_t count, size_t unit)
+{
+    dn_bytes one = {0, 0};
+    dn_bytes_add(&one, count, unit);
+    dn_bytes_add(&one, 1, DN_CACHE_LINE - 1);
+    if (one.overflow) {
+        b->overflow = 1;
+        return 0;
+    }
+    return one.total / DN_CACHE_LINE * DN_CACHE_LINE;
+}
+
+/* The workspace of b bytes, or NULL with *st set: DN_ERR_SIZE_OVERFLOW when
+ * the size does not fit size_t, DN_ERR_OUT_OF_MEMORY when malloc fails. */
+static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
+{
+    void *w = b->overflow ? NULL : malloc(b->total > 0 ? b->total : 1);
+    if (w == NULL) *st = b->overflow ? DN_ERR_SIZE_OVERFLOW : DN_ERR_OUT_OF_MEMORY;
+    return w;
 }
 
 /* Range g of `parts` near-equal parts of [0, total). */
