@@ -1,0 +1,311 @@
+/* A fuzz target for the whole C API: every dn_* entry point with arbitrary
+ * extents, layouts, modes, flags, scalars (NaN, inf, negative, huge) and
+ * NULL pointers, decoded from the input bytes. Properties: no crash and no
+ * sanitizer report; every status is a dn_status; a call that fails writes
+ * nothing (outputs are filled with a sentinel and checked).
+ *
+ * Built two ways (CMakeLists.txt):
+ *   - with clang -fsanitize=fuzzer (DN_LIBFUZZER): a libFuzzer target, run
+ *     by .ci/run for a bounded time from tests/fuzz/corpus;
+ *   - otherwise a plain driver: fuzz_capi [-n COUNT] [FILE or DIR ...] runs
+ *     the files, then COUNT inputs from a fixed-seed generator (ctest). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dropnorm/dropnorm.h"
+
+/* ---- Reading the input. ---------------------------------------------------- */
+
+typedef struct reader {
+    const uint8_t *p;
+    size_t left;
+} reader;
+
+static uint64_t take(reader *r, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) {
+        v |= (uint64_t)(r->left ? *r->p : 0) << (8 * i);
+        if (r->left) {
+            r->p++;
+            r->left--;
+        }
+    }
+    return v;
+}
+
+/* An extent: mostly small, sometimes 0, negative or huge. */
+static int64_t take_extent(reader *r)
+{
+    const unsigned kind = (unsigned)take(r, 1);
+    if (kind < 200) return 1 + (int64_t)(take(r, 1) % 24);
+    if (kind < 210) return 0;
+    if (kind < 220) return -(int64_t)take(r, 2) - 1;
+    if (kind < 235) return (int64_t)(take(r, 8) >> 1);
+    return (int64_t)1 << (take(r, 1) % 63);
+}
+
+/* A double: mostly in range for p, eps and momentum, sometimes anything. */
+static double take_real(reader *r)
+{
+    const unsigned kind = (unsigned)take(r, 1);
+    const uint64_t bits = take(r, 8);
+    double v;
+    if (kind < 180) return (double)(bits % 1001) / 1000.0;
+    if (kind < 190) return kind % 2 ? NAN : INFINITY;
+    if (kind < 200) return -(double)(bits % 1000) / 100.0;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static int take_enum(reader *r)
+{
+    const unsigned kind = (unsigned)take(r, 1);
+    if (kind < 220) return (int)(kind % 2);
+    return (int)(int32_t)take(r, 4);
+}
+
+/* ---- Buffers with a sentinel: what an error must leave alone. ------------- */
+
+#define SENTINEL 0xA5
+
+typedef struct buffer {
+    unsigned char *bytes;
+    size_t size;
+} buffer;
+
+static buffer make(size_t size, reader *r, int fill_from_input)
+{
+    buffer b;
+    b.size = size;
+    b.bytes = (unsigned char *)malloc(size ? size : 1);
+    if (b.bytes == NULL) abort();
+    for (size_t i = 0; i < size; i++)
+        b.bytes[i] = fill_from_input ? (unsigned char)take(r, 1) : SENTINEL;
+    return b;
+}
+
+static int untouched(const buffer *b)
+{
+    for (size_t i = 0; i < b->size; i++)
+        if (b->bytes[i] != SENTINEL) return 0;
+    return 1;
+}
+
+static void check(int cond, const char *what)
+{
+    if (!cond) {
+        fprintf(stderr, "fuzz_capi: property failed: %s\n", what);
+        abort();
+    }
+}
+
+static void check_status(dn_status st)
+{
+    check(st >= DN_OK && st <= DN_ERR_BAD_MODE, "the status is a dn_status");
+    check(dn_status_str(st) != NULL, "dn_status_str gives text");
+}
+
+/* ---- One input: one call. -------------------------------------------------- */
+
+#define SMALL_TOTAL (1 << 14)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    reader r = {data, size};
+    const unsigned op = (unsigned)take(&r, 1) % 20;
+    const int64_t n = take_extent(&r), c = take_extent(&r), s = take_extent(&r);
+    const dn_layout layout = (dn_layout)take_enum(&r);
+    const int channelwise = (int)(take(&r, 1) % 3) - (take(&r, 1) == 255); /* -1, 0, 1, 2 */
+    const dn_dropout_mode mode = (dn_dropout_mode)take_enum(&r);
+    const int training = (int)(take(&r, 1) % 3);
+    const double a = take_real(&r), b = take_real(&r);
+    const uint64_t seed = take(&r, 8), stream = take(&r, 8);
+    /* bit k: argument k is NULL (each about one time in eight) */
+    const unsigned nulls = (unsigned)(take(&r, 2) & take(&r, 2) & take(&r, 2));
+    /* real buffers only for small valid extents; otherwise the tensors are
+     * NULL, so that a call the extents allow fails before reading memory */
+    const int small = n >= 1 && c >= 1 && s >= 1 && n <= SMALL_TOTAL && c <= SMALL_TOTAL
+                      && s <= SMALL_TOTAL && n * c * s <= SMALL_TOTAL;
+    const size_t total = small ? (size_t)(n * c * s) : 1, chans = small ? (size_t)c : 1;
+    const size_t esize = (op % 2) ? sizeof(double) : sizeof(float);
+    const size_t mask_bytes = (total + 7) / 8;
+    buffer in1 = make(total * esize, &r, 1), in2 = make(total * esize, &r, 1);
+    buffer v1 = make(chans * esize, &r, 1), v2 = make(chans * esize, &r, 1);
+    buffer v3 = make(chans * esize, &r, 1), mask_in = make(mask_bytes, &r, 1);
+    buffer out = make(total * esize, &r, 0), o1 = make(chans * esize, &r, 0);
+    buffer o2 = make(chans * esize, &r, 0), o3 = make(chans * esize, &r, 0);
+    buffer mask_out = make(mask_bytes, &r, 0);
+    dn_status st = DN_OK;
+#define ARG(k, buf) ((nulls >> (k)) & 1u || (!small && (k) <= 1) ? NULL : (void *)(buf).bytes)
+    switch (op) {
+    case 0: case 1:
+        st = op ? dn_batchnorm_forward_train_f64(n, c, s, layout, ARG(0, in1), ARG(2, v1),
+                                                 ARG(3, v2), a, b, ARG(4, o1), ARG(5, o2),
+                                                 ARG(1, out), ARG(6, o3), ARG(7, v3))
+                : dn_batchnorm_forward_train_f32(n, c, s, layout, ARG(0, in1), ARG(2, v1),
+                                                 ARG(3, v2), a, b, ARG(4, o1), ARG(5, o2),
+                                                 ARG(1, out), ARG(6, o3), ARG(7, v3));
+        break;
+    case 2: case 3:
+        st = op % 2 ? dn_batchnorm_forward_infer_f64(n, c, s, layout, ARG(0, in1), ARG(2, v1),
+                                                     ARG(3, v2), ARG(4, v3), ARG(5, v3), a,
+                                                     ARG(1, out))
+                    : dn_batchnorm_forward_infer_f32(n, c, s, layout, ARG(0, in1), ARG(2, v1),
+                                                     ARG(3, v2), ARG(4, v3), ARG(5, v3), a,
+                                                     ARG(1, out));
+        break;
+    case 4: case 5:
+        st = op % 2 ? dn_batchnorm_backward_f64(n, c, s, layout, ARG(0, in1), ARG(1, in2),
+                                                ARG(2, v1), ARG(3, v2), ARG(4, v3), ARG(5, out),
+                                                ARG(6, o1), ARG(7, o2))
+                    : dn_batchnorm_backward_f32(n, c, s, layout, ARG(0, in1), ARG(1, in2),
+                                                ARG(2, v1), ARG(3, v2), ARG(4, v3), ARG(5, out),
+                                                ARG(6, o1), ARG(7, o2));
+        break;
+    case 6: case 7:
+        st = op % 2 ? dn_batchnorm_backward_infer_f64(n, c, s, layout, ARG(0, in1), ARG(1, in2),
+                                                      ARG(2, v1), ARG(3, v2), ARG(4, v3), a,
+                                                      ARG(5, out), ARG(6, o1), ARG(7, o2))
+                    : dn_batchnorm_backward_infer_f32(n, c, s, layout, ARG(0, in1), ARG(1, in2),
+                                                      ARG(2, v1), ARG(3, v2), ARG(4, v3), a,
+                                                      ARG(5, out), ARG(6, o1), ARG(7, o2));
+        break;
+    case 8: case 9:
+        st = op % 2 ? dn_dropout_forward_f64(n, c, s, layout, channelwise, ARG(0, in1), a, seed,
+                                             stream, mode, training, ARG(1, out),
+                                             ARG(2, mask_out))
+                    : dn_dropout_forward_f32(n, c, s, layout, channelwise, ARG(0, in1), a, seed,
+                                             stream, mode, training, ARG(1, out),
+                                             ARG(2, mask_out));
+        break;
+    case 10: case 11:
+        st = op % 2 ? dn_dropout_apply_mask_f64(n, c, s, layout, channelwise, ARG(0, in1),
+                                                ARG(2, mask_in), a, mode, ARG(1, out))
+                    : dn_dropout_apply_mask_f32(n, c, s, layout, channelwise, ARG(0, in1),
+                                                ARG(2, mask_in), a, mode, ARG(1, out));
+        break;
+    case 12: case 13:
+        st = op % 2 ? dn_dropout_backward_f64(n, c, s, layout, channelwise, ARG(0, in1), a, seed,
+                                              stream, mode, ARG(2, mask_in), ARG(1, out))
+                    : dn_dropout_backward_f32(n, c, s, layout, channelwise, ARG(0, in1), a, seed,
+                                              stream, mode, ARG(2, mask_in), ARG(1, out));
+        break;
+    case 14: /* the mask alone: n*c*s decisions */
+        st = dn_dropout_mask(small ? n * c * s : n, a, seed, stream, ARG(0, mask_out));
+        break;
+    case 15: {
+        uint32_t ctr[4] = {(uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)stream, 7u};
+        const uint32_t key[2] = {(uint32_t)(stream >> 32), (uint32_t)n};
+        dn_philox4x32_10(ctr, key, ctr); /* out may be ctr */
+        break;
+    }
+    case 16:
+        st = dn_set_num_threads((int)(int32_t)take(&r, 4));
+        check(dn_get_max_threads() >= 1, "at least one thread");
+        dn_set_num_threads(2);
+        break;
+    case 17:
+        check(dn_status_str((dn_status)(int32_t)take(&r, 4)) != NULL, "status text");
+        break;
+    default:
+        check(dn_version() != NULL && dn_version_number() > 0 && dn_compiler() != NULL
+                  && dn_kernel_variant() != NULL && dn_batchnorm_kernel_variant() != NULL
+                  && dn_dropout_kernel_variant() != NULL,
+              "version and build facts");
+        break;
+    }
+#undef ARG
+    check_status(st);
+    if (st != DN_OK) {
+        check(untouched(&out) && untouched(&o1) && untouched(&o2) && untouched(&o3)
+                  && untouched(&mask_out),
+              "a failed call writes nothing");
+    } else if ((op == 8 || op == 9 || op == 14) && !((nulls >> (op == 14 ? 0 : 2)) & 1u)
+               && small) {
+        /* the unused high bits of the mask's last byte are 0 */
+        const int64_t bits = op == 14 || channelwise == 0 || s == 1 ? n * c * s : n * c;
+        if (bits % 8) check((mask_out.bytes[(bits - 1) / 8] >> (bits % 8)) == 0, "mask padding");
+    }
+    free(in1.bytes);
+    free(in2.bytes);
+    free(v1.bytes);
+    free(v2.bytes);
+    free(v3.bytes);
+    free(mask_in.bytes);
+    free(out.bytes);
+    free(o1.bytes);
+    free(o2.bytes);
+    free(o3.bytes);
+    free(mask_out.bytes);
+    return 0;
+}
+
+#if !defined(DN_LIBFUZZER)
+/* ---- The plain driver. ----------------------------------------------------- */
+#include <dirent.h>
+
+static long run_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t buf[1 << 16];
+    size_t got;
+    if (f == NULL) return 0;
+    got = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    LLVMFuzzerTestOneInput(buf, got);
+    return 1;
+}
+
+static long run_path(const char *path)
+{
+    DIR *dir = opendir(path);
+    long count = 0;
+    struct dirent *e;
+    char full[4096];
+    if (dir == NULL) return run_file(path);
+    while ((e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(full, sizeof full, "%s/%s", path, e->d_name);
+        count += run_file(full);
+    }
+    closedir(dir);
+    return count;
+}
+
+int main(int argc, char **argv)
+{
+    long count = 10000, files = 0;
+    uint64_t state = 0x9E3779B97F4A7C15ULL;
+    uint8_t buf[512];
+    dn_set_num_threads(2);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) count = atol(argv[++i]);
+        else files += run_path(argv[i]);
+    }
+    for (long k = 0; k < count; k++) {
+        size_t len;
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        len = (size_t)(state % sizeof buf);
+        for (size_t i = 0; i < len; i++) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            buf[i] = (uint8_t)(state >> 24);
+        }
+        /* a third of the inputs: small extents with real buffers */
+        if (len > 4 && k % 3 == 0) buf[1] = buf[3] = buf[5] = 0;
+        LLVMFuzzerTestOneInput(buf, len);
+    }
+    printf("fuzz_capi: %ld corpus files and %ld generated inputs, no failure\n", files, count);
+    return 0;
+}
+#endif
