@@ -13,12 +13,31 @@ speedup (both called without ``out=``, paired the same way).
     python -m dropnorm.bench            # the full table
     python -m dropnorm.bench --quick    # float32, fewer shapes and repeats (< 1 min)
     python -m dropnorm.bench --json out.json
+
+Suites (float32 unless --dtype; all threads; rows, then totals):
+
+    python -m dropnorm.bench --suite resnet50 [--batch 16] [--layout nchw|nhwc|both]
+        every batch-norm layer of ResNet-50: training forward, backward and
+        inference (--batch 1: inference only), each with x memcpy and the
+        speedup over PyTorch; totals per pass and the layers below 1.5x
+    python -m dropnorm.bench --suite mlp
+        BatchNorm1d forward + backward against torch.nn.BatchNorm1d from
+        (32, 128) to (4096, 4096), and each function's overhead at (32, 128)
+        against np.multiply(x, 2, out=y)
+    python -m dropnorm.bench --under-load [--time-limit 60]
+        starts one CPU-bound process, then times bn training, bn backward and
+        dropout at all threads and at 1 thread: p90(all) / p90(1 thread)
+
+Progress goes to stderr: one line rewritten in place when stdout and stderr
+are terminals, otherwise a whole line every few seconds (--progress).
 """
 
 import argparse
 import json
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 
@@ -38,6 +57,48 @@ LEAST_TRAFFIC = {
 
 MAIN_SHAPE = (64, 64, 56, 56)
 SMALL_SHAPES = [(256, 2048), (32, 256, 14, 14), (32, 3, 224, 224), (1, 64, 112, 112)]
+
+# The 53 batch-normalization layers of ResNet-50 (He, Zhang, Ren and Sun,
+# "Deep Residual Learning for Image Recognition", CVPR 2016), in network
+# order, as (channels, height, width) of a 224x224 input: the stem, then one
+# line per stage (conv2_x to conv5_x; each stage's first layer is its
+# projection shortcut's). The same list as the project's anchor file
+# shared/anchors/resnet50_bn_layers.txt (tests/test_bench.py compares them);
+# it is embedded because the package reads no file outside itself.
+RESNET50_LAYERS = (
+    (64, 112, 112),
+    (256, 56, 56), (64, 56, 56), (64, 56, 56), (256, 56, 56), (64, 56, 56), (64, 56, 56),
+    (256, 56, 56), (64, 56, 56), (64, 56, 56), (256, 56, 56),
+    (512, 28, 28), (128, 28, 28), (128, 28, 28), (512, 28, 28), (128, 28, 28), (128, 28, 28),
+    (512, 28, 28), (128, 28, 28), (128, 28, 28), (512, 28, 28), (128, 28, 28), (128, 28, 28),
+    (512, 28, 28),
+    (1024, 14, 14), (256, 14, 14), (256, 14, 14), (1024, 14, 14), (256, 14, 14), (256, 14, 14),
+    (1024, 14, 14), (256, 14, 14), (256, 14, 14), (1024, 14, 14), (256, 14, 14), (256, 14, 14),
+    (1024, 14, 14), (256, 14, 14), (256, 14, 14), (1024, 14, 14), (256, 14, 14), (256, 14, 14),
+    (1024, 14, 14),
+    (2048, 7, 7), (512, 7, 7), (512, 7, 7), (2048, 7, 7), (512, 7, 7), (512, 7, 7), (2048, 7, 7),
+    (512, 7, 7), (512, 7, 7), (2048, 7, 7),
+)
+# pass of the resnet50 suite -> kernel of LEAST_TRAFFIC / _Case
+RESNET50_PASSES = {"train_fwd": "bn_train", "backward": "bn_backward", "infer": "bn_infer"}
+RESNET50_BATCH = 16
+# a speedup over PyTorch below this counts as a miss in the resnet50 totals
+SPEEDUP_GOAL = 1.5
+
+# (batch, features) of the mlp suite's BatchNorm1d layers
+MLP_SHAPES = [(32, 128), (64, 256), (128, 512), (256, 1024), (256, 2048), (1024, 1024),
+              (512, 4096), (2048, 2048), (4096, 1024), (4096, 4096)]
+# the functions' per-call overhead: the smallest shape, against np.multiply
+OVERHEAD_SHAPE = (32, 128)
+OVERHEAD_KERNELS = ("batch_norm_train", "batch_norm_infer", "batch_norm_backward", "dropout")
+OVERHEAD_GOAL = 4.0      # x np.multiply(x, 2, out=y)
+OVERHEAD_CALLS = 200     # calls per timed loop
+
+# the --under-load cases: kernels x shapes, NCHW (NC for 2-D)
+UNDER_LOAD_SHAPES = [(256, 2048), (32, 256, 14, 14), (16, 512, 7, 7), (64, 64, 56, 56)]
+UNDER_LOAD_KERNELS = ("bn_train", "bn_backward", "dropout_fwd")
+UNDER_LOAD_SAMPLES = 100     # timed runs per case and thread count, at most
+UNDER_LOAD_TIME_LIMIT = 60.0  # seconds for all cases together (a few more to start and stop)
 
 
 def _channels_last(shape):
@@ -121,19 +182,86 @@ def _time(fn):
     return time.perf_counter() - t0
 
 
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """"[i/N] label" on stderr, for a run of N cases.
+
+    mode "bar": one line rewritten in place with \\r (cleared at the end);
+    "lines": whole lines, the first case and then at most one every `every`
+    seconds, and a last line with the elapsed time, so that a log or a pipe
+    gets no \\r and no flood; "off": nothing; "auto" (or True): "bar" when
+    both stdout and the stream are terminals, else "lines"; False: "off"."""
+
+    MODES = ("auto", "bar", "lines", "off")
+
+    def __init__(self, total, title, mode="auto", stream=None, every=5.0):
+        self.stream = sys.stderr if stream is None else stream
+        if mode is True:
+            mode = "auto"
+        elif mode is False or mode is None:
+            mode = "off"
+        if mode not in self.MODES:
+            raise ValueError(f"progress: expected one of {self.MODES}, got {mode!r}")
+        if mode == "auto":
+            mode = "bar" if _isatty(sys.stdout) and _isatty(self.stream) else "lines"
+        self.mode, self.total, self.title, self.every = mode, total, title, every
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = None
+        self._width = 0
+
+    def step(self, label):
+        """Case number done + 1 (labelled) starts."""
+        self.done += 1
+        text = f"[{self.done}/{self.total}] {self.title}: {label}"
+        if self.mode == "bar":
+            width = max(20, min(shutil.get_terminal_size((100, 24)).columns - 1, 120))
+            text = text[:width]
+            self.stream.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+            self.stream.flush()
+        elif self.mode == "lines":
+            now = time.perf_counter()
+            if self._last is None or now - self._last >= self.every:
+                self._last = now
+                self.stream.write(f"{text} ({now - self.start:.0f} s)\n")
+                self.stream.flush()
+
+    def close(self):
+        if self.mode == "bar":
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+        elif self.mode == "lines":
+            self.stream.write(f"{self.title}: {self.done} cases in "
+                              f"{time.perf_counter() - self.start:.1f} s\n")
+            self.stream.flush()
+
+
 def measure(case, threads, repeats):
     """Median seconds of memcpy, kernel (out=), kernel (allocating), torch,
     and the medians of the ratios within a repeat (kernel / the memcpy just
     before it, torch / allocating kernel just before it): the machine's
     load changes over seconds, and a ratio of two runs a few milliseconds
-    apart sees the same load."""
+    apart sees the same load. A case whose run_alloc is None (a layer, which
+    always allocates) pairs torch with run."""
     src = case.x.reshape(-1).view(np.uint8)
     dst = case.out.reshape(-1).view(np.uint8)
 
     def copy():
         parallel_copy(dst, src, threads)
 
-    runs = [copy, case.run, case.run_alloc] + ([case.torch_run] if case.torch_run else [])
+    runs = [copy, case.run]
+    if case.run_alloc is not None:
+        runs.append(case.run_alloc)
+    alloc = len(runs) - 1
+    if case.torch_run is not None:
+        runs.append(case.torch_run)
     # warm up: page faults, thread pools, and the kernel's first huge pages
     # for fresh outputs (the first few large allocations of a process can
     # take ten times longer while it compacts memory)
@@ -145,19 +273,21 @@ def measure(case, threads, repeats):
         for i, fn in enumerate(runs):
             times[i].append(_time(fn))
     med = [statistics.median(t) for t in times]
+    torch_run = case.torch_run is not None
     return {
         "memcpy_s": med[0],
         "time_s": med[1],
-        "alloc_time_s": med[2],
-        "torch_s": med[3] if case.torch_run else None,
+        "alloc_time_s": med[alloc],
+        "torch_s": med[-1] if torch_run else None,
         "x_memcpy": statistics.median(k / c for k, c in zip(times[1], times[0])),
-        "speedup": (statistics.median(t / a for t, a in zip(times[3], times[2]))
-                    if case.torch_run else None),
+        "speedup": (statistics.median(t / a for t, a in zip(times[-1], times[alloc]))
+                    if torch_run else None),
     }
 
 
-def _cases(quick):
-    dtypes = [np.float32] if quick else [np.float32, np.float64]
+def _cases(quick, dtypes=None):
+    if dtypes is None:
+        dtypes = [np.float32] if quick else [np.float32, np.float64]
     shapes = [MAIN_SHAPE] + (SMALL_SHAPES[:2] if quick else SMALL_SHAPES)
     for shape in shapes:
         layouts = ["NCHW"] if len(shape) == 2 else ["NCHW", "NHWC"]
@@ -182,23 +312,33 @@ def _settle_allocator(shape, rounds=3, live=8):
         del arrays
 
 
-def run(quick=False, repeats=None, torch_threads=True, progress=True):
-    """Measure every case; returns a list of row dicts."""
+def _import_torch(threads, use_torch=True, set_threads=True):
+    """PyTorch (with `threads` intra-op threads), or None when it is not
+    installed or not wanted."""
+    if not use_torch:
+        return None
     try:
         import torch
     except ImportError:
-        torch = None
-    threads = dropnorm.get_max_threads()
-    if torch is not None and torch_threads:
+        return None
+    if set_threads:
         torch.set_num_threads(threads)
+    return torch
+
+
+def run(quick=False, repeats=None, torch_threads=True, progress=True, dtypes=None):
+    """Measure every case of the default table; returns a list of row dicts.
+    progress: True (auto), False, or a Progress mode; dtypes: the default
+    (float32 and float64; float32 with quick) or a list."""
+    threads = dropnorm.get_max_threads()
+    torch = _import_torch(threads, set_threads=torch_threads)
     repeats = repeats or (5 if quick else 11)
     _settle_allocator(MAIN_SHAPE)
     rows = []
-    cases = list(_cases(quick))
-    for i, (kernel, shape, layout, dtype) in enumerate(cases):
-        label = f"{kernel} {layout} {np.dtype(dtype).name} {shape}"
-        if progress:
-            print(f"\r[{i + 1}/{len(cases)}] {label:<60}", end="", file=sys.stderr, flush=True)
+    cases = list(_cases(quick, dtypes))
+    bar = Progress(len(cases), "default", progress)
+    for kernel, shape, layout, dtype in cases:
+        bar.step(f"{kernel} {layout} {np.dtype(dtype).name} {shape}")
         case = _Case(kernel, shape, layout, dtype, torch)
         m = measure(case, threads, repeats)
         least = LEAST_TRAFFIC[kernel]
@@ -216,14 +356,32 @@ def run(quick=False, repeats=None, torch_threads=True, progress=True):
             "x_memcpy": ratio,
             "x_least": ratio / least,
             "alloc_time_ms": m["alloc_time_s"] * 1e3,
-            "torch_ms": None if m["torch_s"] is None else m["torch_s"] * 1e3,
+            "torch_ms": _ms(m["torch_s"]),
             "speedup_vs_torch": m["speedup"],
         }
         rows.append(row)
         del case
-    if progress:
-        print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+    bar.close()
     return rows
+
+
+def _table(head, lines):
+    """A Markdown table of strings."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |"
+            for line in lines]
+    return "\n".join(out)
+
+
+def _ms(seconds):
+    return None if seconds is None else seconds * 1e3
+
+
+def _f(value, fmt, suffix=""):
+    """value formatted, or "-" for None."""
+    return "-" if value is None else format(value, fmt) + suffix
 
 
 def format_table(rows):
@@ -231,17 +389,471 @@ def format_table(rows):
             "torch ms", "speedup")
     lines = []
     for r in rows:
-        torch_ms = "-" if r["torch_ms"] is None else f"{r['torch_ms']:.2f}"
-        speed = "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}x"
         lines.append((r["kernel"], r["layout"], r["dtype"], "x".join(map(str, r["shape"])),
                       f"{r['time_ms']:.2f}", f"{r['gb_per_s']:.1f}", f"{r['x_memcpy']:.2f}",
-                      f"{r['x_least']:.2f}", torch_ms, speed))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |"
-            for line in lines]
-    return "\n".join(out)
+                      f"{r['x_least']:.2f}", _f(r["torch_ms"], ".2f"),
+                      _f(r["speedup_vs_torch"], ".1f", "x")))
+    return _table(head, lines)
+
+
+# ---- suites -------------------------------------------------------------------------------
+
+
+def _shape_text(shape):
+    return "x".join(map(str, shape))
+
+
+def _sum_totals(rows, keys):
+    """Totals of resnet50/mlp rows: summed times, x memcpy = sum of times /
+    sum of memcpys, speedup = sum of PyTorch's times / sum of dropnorm's
+    allocating times, and how many rows are below SPEEDUP_GOAL."""
+    time_ms = sum(r["time_ms"] for r in rows)
+    memcpy_ms = sum(r["memcpy_ms"] for r in rows)
+    alloc_ms = sum(r["alloc_time_ms"] for r in rows)
+    has_torch = bool(rows) and all(r["torch_ms"] is not None for r in rows)
+    torch_ms = sum(r["torch_ms"] for r in rows) if has_torch else None
+    return {
+        **keys,
+        "rows": len(rows),
+        "time_ms": time_ms,
+        "memcpy_ms": memcpy_ms,
+        "x_memcpy": time_ms / memcpy_ms if memcpy_ms else None,
+        "alloc_time_ms": alloc_ms,
+        "torch_ms": torch_ms,
+        "speedup_vs_torch": torch_ms / alloc_ms if has_torch and alloc_ms else None,
+        "speedup_goal": SPEEDUP_GOAL,
+        "below_goal": (sum(r["speedup_vs_torch"] < SPEEDUP_GOAL for r in rows)
+                       if has_torch else None),
+    }
+
+
+def _layout_list(layout):
+    """--layout nchw|nhwc|both -> the layouts, in the order they run."""
+    return {"nchw": ["NCHW"], "nhwc": ["NHWC"], "both": ["NCHW", "NHWC"]}[layout.lower()]
+
+
+def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dtype=np.float32,
+                 repeats=11, use_torch=True, progress="auto"):
+    """The resnet50 suite: every batch-norm layer of ResNet-50 (`layers`:
+    (channels, height, width) triples, RESNET50_LAYERS by default) at
+    `batch`, in each of `layouts` ("NCHW", "NHWC"), for the training
+    forward, the backward and inference (inference only at batch 1).
+
+    Returns {"suite", "settings", "rows", "totals", "elapsed_s"}: a row per
+    layout x layer x pass (layer: 1-based index in network order), totals
+    per layout and pass and over all passes ("pass": "all")."""
+    start = time.perf_counter()
+    layers = RESNET50_LAYERS if layers is None else [tuple(s) for s in layers]
+    if batch < 1:
+        raise ValueError(f"batch: expected at least 1, got {batch}")
+    layouts = [layout.upper() for layout in layouts]
+    threads = dropnorm.get_max_threads()
+    torch = _import_torch(threads, use_torch)
+    passes = ["infer"] if batch == 1 else list(RESNET50_PASSES)
+    dtype_name = np.dtype(dtype).name
+    largest = max(layers, key=lambda s: s[0] * s[1] * s[2])
+    _settle_allocator((batch,) + tuple(largest))
+    bar = Progress(len(layouts) * len(layers) * len(passes), "resnet50", progress)
+    rows = []
+    for layout in layouts:
+        for index, (c, h, w) in enumerate(layers, 1):
+            shape = (batch, c, h, w)
+            for name in passes:
+                kernel = RESNET50_PASSES[name]
+                bar.step(f"{layout} layer {index}/{len(layers)} {_shape_text(shape)} {name}")
+                case = _Case(kernel, shape, layout, dtype, torch)
+                m = measure(case, threads, repeats)
+                rows.append({
+                    "layer": index,
+                    "layout": layout,
+                    "shape": list(shape),
+                    "pass": name,
+                    "kernel": kernel,
+                    "dtype": dtype_name,
+                    "threads": threads,
+                    "bytes": case.nbytes,
+                    "time_ms": m["time_s"] * 1e3,
+                    "memcpy_ms": m["memcpy_s"] * 1e3,
+                    "x_memcpy": m["x_memcpy"],
+                    "alloc_time_ms": m["alloc_time_s"] * 1e3,
+                    "torch_ms": _ms(m["torch_s"]),
+                    "speedup_vs_torch": m["speedup"],
+                })
+                del case
+    bar.close()
+    totals = []
+    for layout in layouts:
+        for name in passes + ["all"]:
+            chosen = [r for r in rows
+                      if r["layout"] == layout and name in ("all", r["pass"])]
+            totals.append(_sum_totals(chosen, {"layout": layout, "pass": name}))
+    settings = {"batch": batch, "layouts": layouts, "passes": passes, "layers": len(layers),
+                "dtype": dtype_name, "threads": threads, "repeats": repeats,
+                "torch": torch is not None}
+    return {"suite": "resnet50", "settings": settings, "rows": rows, "totals": totals,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_resnet50(result):
+    head = ("layout", "layer", "shape", "pass", "ms", "x memcpy", "alloc ms", "torch ms",
+            "speedup")
+    lines = [(r["layout"], str(r["layer"]), _shape_text(r["shape"]), r["pass"],
+              f"{r['time_ms']:.3f}", f"{r['x_memcpy']:.2f}", f"{r['alloc_time_ms']:.3f}",
+              _f(r["torch_ms"], ".3f"), _f(r["speedup_vs_torch"], ".2f", "x"))
+             for r in result["rows"]]
+    total_head = ("layout", "pass", "layers", "ms", "x memcpy", "alloc ms", "torch ms",
+                  "speedup", f"< {SPEEDUP_GOAL}x")
+    total_lines = [("total " + t["layout"], t["pass"], str(t["rows"]), f"{t['time_ms']:.2f}",
+                    _f(t["x_memcpy"], ".2f"), f"{t['alloc_time_ms']:.2f}",
+                    _f(t["torch_ms"], ".2f"), _f(t["speedup_vs_torch"], ".2f", "x"),
+                    "-" if t["below_goal"] is None else f"{t['below_goal']} of {t['rows']}")
+                   for t in result["totals"]]
+    s = result["settings"]
+    return "\n".join([
+        f"resnet50: batch {s['batch']}, {s['dtype']}, {s['threads']} threads, "
+        f"{s['layers']} layers, {', '.join(s['layouts'])}, {s['repeats']} repeats",
+        _table(head, lines),
+        "",
+        _table(total_head, total_lines),
+        "ms: median time with out=; x memcpy: median of (time / a memcpy of x's bytes on the "
+        "same threads, timed just before); alloc ms: without out=; torch ms and speedup: "
+        "PyTorch vs dropnorm, both allocating their outputs (median of paired ratios). "
+        "Totals: sums over the layers; x memcpy = sum ms / sum memcpy ms; speedup = sum torch "
+        f"ms / sum alloc ms; < {SPEEDUP_GOAL}x: layer-passes whose speedup is below "
+        f"{SPEEDUP_GOAL}x.",
+        f"resnet50 took {result['elapsed_s']:.1f} s",
+    ])
+
+
+class _LayerCase:
+    """BatchNorm1d (training) forward then backward of one (batch, features)
+    shape: dropnorm's layer, and torch.nn's with autograd; both allocate,
+    and both start each run with their gradients unset (as
+    ``zero_grad(set_to_none=True)`` does between steps)."""
+
+    def __init__(self, shape, dtype, torch):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+        self.x, self.out, self.nbytes = x, np.empty_like(x), x.nbytes
+        layer = dropnorm.BatchNorm1d(shape[1], dtype=dtype)
+
+        def run():
+            layer.zero_grad()
+            layer.forward(x)
+            layer.backward(dy)
+
+        self.run = run
+        self.run_alloc = None
+        self.torch_run = None if torch is None else _torch_layer(torch, x, dy)
+
+
+def _torch_layer(torch, x, dy):
+    xt = torch.from_numpy(x).requires_grad_()
+    dyt = torch.from_numpy(dy)
+    bn = torch.nn.BatchNorm1d(x.shape[1], dtype=xt.dtype)
+    bn.train()
+
+    def run():
+        xt.grad = None
+        bn.zero_grad(set_to_none=True)
+        bn(xt).backward(dyt)
+
+    return run
+
+
+def _overhead_calls(shape, dtype):
+    """The functions of the overhead rows (outputs given with out=) and the
+    yardstick np.multiply(x, 2, out=y), on arrays of `shape`."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    y = np.empty_like(x)
+    c = shape[1]
+    w, b = np.ones(c, dtype), np.zeros(c, dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    _, mean, invstd = dropnorm.batch_norm_train(x)
+    calls = {
+        "batch_norm_train": lambda: dropnorm.batch_norm_train(x, w, b, rm, rv, out=y),
+        "batch_norm_infer": lambda: dropnorm.batch_norm_infer(x, rm, rv, w, b, out=y),
+        "batch_norm_backward": lambda: dropnorm.batch_norm_backward(dy, x, mean, invstd, w,
+                                                                    out=y),
+        "dropout": lambda: dropnorm.dropout(x, 0.5, seed=1, out=y),
+    }
+    return calls, (lambda: np.multiply(x, 2, out=y))
+
+
+def _per_call(fn, calls):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def measure_overhead(fn, reference, repeats, calls=OVERHEAD_CALLS):
+    """Median seconds per call of fn and reference, each timed over `calls`
+    calls in a row, and the median of fn / the reference timed just before."""
+    _per_call(reference, calls)
+    _per_call(fn, calls)
+    ref, ker = [], []
+    for _ in range(repeats):
+        ref.append(_per_call(reference, calls))
+        ker.append(_per_call(fn, calls))
+    return {"time_s": statistics.median(ker), "reference_s": statistics.median(ref),
+            "ratio": statistics.median(k / r for k, r in zip(ker, ref))}
+
+
+def run_mlp(shapes=None, overhead_shape=None, dtype=np.float32, repeats=11, use_torch=True,
+            progress="auto", calls=OVERHEAD_CALLS):
+    """The mlp suite: BatchNorm1d forward + backward at each (batch,
+    features) of `shapes` (MLP_SHAPES by default) against torch.nn, and the
+    overhead of each function of OVERHEAD_KERNELS at `overhead_shape`
+    (OVERHEAD_SHAPE) against np.multiply(x, 2, out=y).
+
+    Returns {"suite", "settings", "rows", "totals", "elapsed_s"}; each row
+    and total has "part": "layer" or "overhead"."""
+    start = time.perf_counter()
+    shapes = MLP_SHAPES if shapes is None else [tuple(s) for s in shapes]
+    overhead_shape = tuple(OVERHEAD_SHAPE if overhead_shape is None else overhead_shape)
+    threads = dropnorm.get_max_threads()
+    torch = _import_torch(threads, use_torch)
+    dtype_name = np.dtype(dtype).name
+    _settle_allocator(max(shapes, key=lambda s: s[0] * s[1]))
+    bar = Progress(len(shapes) + len(OVERHEAD_KERNELS), "mlp", progress)
+    rows = []
+    for shape in shapes:
+        bar.step(f"BatchNorm1d {_shape_text(shape)}")
+        case = _LayerCase(shape, dtype, torch)
+        m = measure(case, threads, repeats)
+        rows.append({
+            "part": "layer",
+            "name": "BatchNorm1d forward+backward",
+            "shape": list(shape),
+            "dtype": dtype_name,
+            "threads": threads,
+            "bytes": case.nbytes,
+            "time_ms": m["time_s"] * 1e3,
+            "memcpy_ms": m["memcpy_s"] * 1e3,
+            "x_memcpy": m["x_memcpy"],
+            "alloc_time_ms": m["alloc_time_s"] * 1e3,
+            "torch_ms": _ms(m["torch_s"]),
+            "speedup_vs_torch": m["speedup"],
+        })
+        del case
+    functions, reference = _overhead_calls(overhead_shape, dtype)
+    for name in OVERHEAD_KERNELS:
+        bar.step(f"overhead {name} {_shape_text(overhead_shape)}")
+        m = measure_overhead(functions[name], reference, repeats, calls)
+        rows.append({
+            "part": "overhead",
+            "name": name,
+            "shape": list(overhead_shape),
+            "dtype": dtype_name,
+            "threads": threads,
+            "time_us": m["time_s"] * 1e6,
+            "multiply_us": m["reference_s"] * 1e6,
+            "x_multiply": m["ratio"],
+            "goal": OVERHEAD_GOAL,
+            "meets_goal": m["ratio"] <= OVERHEAD_GOAL,
+        })
+    bar.close()
+    layer_rows = [r for r in rows if r["part"] == "layer"]
+    over_rows = [r for r in rows if r["part"] == "overhead"]
+    totals = [
+        _sum_totals(layer_rows, {"part": "layer"}),
+        {"part": "overhead", "rows": len(over_rows), "goal": OVERHEAD_GOAL,
+         "meeting_goal": sum(r["meets_goal"] for r in over_rows),
+         "worst_x_multiply": max(r["x_multiply"] for r in over_rows)},
+    ]
+    settings = {"shapes": [list(s) for s in shapes], "overhead_shape": list(overhead_shape),
+                "dtype": dtype_name, "threads": threads, "repeats": repeats,
+                "overhead_calls": calls, "torch": torch is not None}
+    return {"suite": "mlp", "settings": settings, "rows": rows, "totals": totals,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_mlp(result):
+    rows, s = result["rows"], result["settings"]
+    layer, over = result["totals"]
+    head = ("shape", "ms", "x memcpy", "torch ms", "speedup")
+    lines = [(_shape_text(r["shape"]), f"{r['time_ms']:.3f}", f"{r['x_memcpy']:.2f}",
+              _f(r["torch_ms"], ".3f"), _f(r["speedup_vs_torch"], ".2f", "x"))
+             for r in rows if r["part"] == "layer"]
+    lines.append(("total", f"{layer['time_ms']:.3f}", _f(layer["x_memcpy"], ".2f"),
+                  _f(layer["torch_ms"], ".3f"), _f(layer["speedup_vs_torch"], ".2f", "x")))
+    over_head = ("function", "shape", "us", "np.multiply us", "x multiply",
+                 f"<= {OVERHEAD_GOAL:g}x")
+    over_lines = [(r["name"], _shape_text(r["shape"]), f"{r['time_us']:.2f}",
+                   f"{r['multiply_us']:.2f}", f"{r['x_multiply']:.2f}",
+                   "yes" if r["meets_goal"] else "no")
+                  for r in rows if r["part"] == "overhead"]
+    below = ("-" if layer["below_goal"] is None
+             else f"{layer['below_goal']} of {layer['rows']} shapes below {SPEEDUP_GOAL}x")
+    return "\n".join([
+        f"mlp: BatchNorm1d forward + backward (training), {s['dtype']}, {s['threads']} "
+        f"threads, {s['repeats']} repeats",
+        _table(head, lines),
+        f"total: sums over the shapes, speedup = sum torch ms / sum ms; {below}",
+        "",
+        _table(over_head, over_lines),
+        f"total: {over['meeting_goal']} of {over['rows']} within {OVERHEAD_GOAL:g}x of "
+        f"np.multiply(x, 2, out=y), worst {over['worst_x_multiply']:.2f}x",
+        "ms: median time of the layer's forward then backward (allocating); x memcpy: median "
+        "of (time / a memcpy of x's bytes just before); torch: torch.nn.BatchNorm1d forward "
+        "and autograd backward, speedup the median of paired ratios. us: median time per "
+        f"call (out=), over {s['overhead_calls']} calls in a row; x multiply: median of "
+        "(time / np.multiply(x, 2, out=y) timed just before).",
+        f"mlp took {result['elapsed_s']:.1f} s",
+    ])
+
+
+# One CPU-bound process: a Python busy loop that ends by itself after
+# argv[1] seconds, should the benchmark die without stopping it.
+_LOAD_CODE = """\
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+while time.monotonic() < end:
+    pass
+"""
+
+
+def start_load(lifetime_s):
+    """Starts the CPU-bound child process and returns its Popen once it runs."""
+    proc = subprocess.Popen([sys.executable, "-I", "-c", _LOAD_CODE, repr(float(lifetime_s))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()
+    except BaseException:
+        stop_load(proc)
+        raise
+    return proc
+
+
+def stop_load(proc):
+    """Stops the child (terminate, then kill after 5 s); returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+def _children_cpu_s():
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_under_load(shapes=None, kernels=None, samples=UNDER_LOAD_SAMPLES,
+                   time_limit=UNDER_LOAD_TIME_LIMIT, dtype=np.float32, progress="auto"):
+    """The under-load report: starts one CPU-bound process, then times each
+    kernel x shape (UNDER_LOAD_KERNELS x UNDER_LOAD_SHAPES by default, NCHW,
+    out=) at the full thread count and at 1 thread, alternately, up to
+    `samples` times each (at least 2) within its share of `time_limit`
+    seconds; stops the process and restores the thread count whatever
+    happens.
+
+    Returns {"suite", "settings", "rows", "totals", "load", "elapsed_s"};
+    each row gives p50 and p90 at both thread counts and
+    p90_ratio = p90(full) / p90(1 thread)."""
+    start = time.perf_counter()
+    shapes = UNDER_LOAD_SHAPES if shapes is None else [tuple(s) for s in shapes]
+    kernels = UNDER_LOAD_KERNELS if kernels is None else tuple(kernels)
+    if samples < 1:
+        raise ValueError(f"samples: expected at least 1, got {samples}")
+    threads = dropnorm.get_max_threads()
+    dtype_name = np.dtype(dtype).name
+    cases = [(kernel, shape) for shape in shapes for kernel in kernels]
+    bar = Progress(len(cases), "under load", progress)
+    rows = []
+    cpu0 = _children_cpu_s()
+    proc = start_load(time_limit + 30.0)
+    load = {"pid": proc.pid}
+    try:
+        deadline = time.perf_counter() + time_limit
+        for i, (kernel, shape) in enumerate(cases):
+            bar.step(f"{kernel} {_shape_text(shape)}")
+            case = _Case(kernel, shape, "NCHW", dtype, None)
+            full, one = [], []
+            try:
+                for n in (threads, 1):
+                    dropnorm.set_num_threads(n)
+                    case.run()
+                    case.run()
+                now = time.perf_counter()
+                case_end = now + max(0.0, deadline - now) / (len(cases) - i)
+                order = [(threads, full), (1, one)]
+                while len(full) < samples and (len(full) < 2 or time.perf_counter() < case_end):
+                    for n, dest in order:
+                        dropnorm.set_num_threads(n)
+                        dest.append(_time(case.run))
+                    order.reverse()  # neither thread count always runs first
+            finally:
+                dropnorm.set_num_threads(threads)
+            p90, p90_one = np.percentile(full, 90), np.percentile(one, 90)
+            rows.append({
+                "kernel": kernel,
+                "shape": list(shape),
+                "layout": "NCHW",
+                "dtype": dtype_name,
+                "threads": threads,
+                "samples": len(full),
+                "p50_ms": float(np.median(full)) * 1e3,
+                "p90_ms": float(p90) * 1e3,
+                "p50_1_thread_ms": float(np.median(one)) * 1e3,
+                "p90_1_thread_ms": float(p90_one) * 1e3,
+                "p90_ratio": float(p90 / p90_one),
+            })
+            del case
+        load["running_at_end"] = proc.poll() is None
+    finally:
+        load["returncode"] = stop_load(proc)
+        bar.close()
+    cpu1 = _children_cpu_s()
+    load["cpu_s"] = None if cpu0 is None else cpu1 - cpu0
+    ratios = [r["p90_ratio"] for r in rows]
+    totals = [{"cases": len(rows), "threads": threads,
+               "slower_than_1_thread": sum(r > 1.0 for r in ratios),
+               "worst_p90_ratio": max(ratios) if ratios else None,
+               "best_p90_ratio": min(ratios) if ratios else None}]
+    settings = {"shapes": [list(s) for s in shapes], "kernels": list(kernels),
+                "dtype": dtype_name, "threads": threads, "samples": samples,
+                "time_limit_s": time_limit}
+    return {"suite": "under_load", "settings": settings, "rows": rows, "totals": totals,
+            "load": load, "elapsed_s": time.perf_counter() - start}
+
+
+def format_under_load(result):
+    s, t, load = result["settings"], result["totals"][0], result["load"]
+    head = ("kernel", "shape", "samples", f"p50 {s['threads']}t ms", f"p90 {s['threads']}t ms",
+            "p50 1t ms", "p90 1t ms", "p90 ratio")
+    lines = [(r["kernel"], _shape_text(r["shape"]), str(r["samples"]), f"{r['p50_ms']:.3f}",
+              f"{r['p90_ms']:.3f}", f"{r['p50_1_thread_ms']:.3f}", f"{r['p90_1_thread_ms']:.3f}",
+              f"{r['p90_ratio']:.2f}")
+             for r in result["rows"]]
+    cpu = "" if load.get("cpu_s") is None else f", which used {load['cpu_s']:.1f} s of CPU"
+    worst = _f(t["worst_p90_ratio"], ".2f")
+    return "\n".join([
+        f"under load: one CPU-bound process (pid {load['pid']}{cpu}) beside {s['threads']} "
+        f"threads, {s['dtype']}, up to {s['samples']} samples per case within "
+        f"{s['time_limit_s']:g} s",
+        _table(head, lines),
+        f"total: {t['slower_than_1_thread']} of {t['cases']} cases slower at {s['threads']} "
+        f"threads than at 1 (p90), worst p90 ratio {worst}",
+        f"p90 ratio: p90 at {s['threads']} threads / p90 at 1 thread (out=), the two timed "
+        "alternately while the other process runs; below 1: the full thread count helps.",
+        f"under load took {result['elapsed_s']:.1f} s",
+    ])
 
 
 def describe_machine():
@@ -271,23 +883,84 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dropnorm.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="float32 only, fewer shapes and repeats (under a minute)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case")
+                        help="float32 only, fewer shapes and repeats (under a minute); with "
+                        "a suite: fewer repeats (and samples)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per case (default 11, 5 with --quick)")
     parser.add_argument("--json", metavar="PATH",
-                        help="also write the rows and the machine description as JSON")
+                        help="also write the rows (and the totals of each suite) and the "
+                        "machine description as JSON")
+    parser.add_argument("--suite", choices=("resnet50", "mlp"),
+                        help="run a suite instead of the default table")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"resnet50: the batch (default {RESNET50_BATCH}; 1: inference only)")
+    parser.add_argument("--layout", choices=("nchw", "nhwc", "both"), default=None,
+                        help="resnet50: the layouts (default both: nchw, then nhwc)")
+    parser.add_argument("--under-load", action="store_true",
+                        help="start one CPU-bound process and compare each kernel's p90 at "
+                        "all threads with 1 thread (after the suite, if one is given)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help=f"--under-load: time for all cases (default "
+                        f"{UNDER_LOAD_TIME_LIMIT:g}, 20 with --quick)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"--under-load: timed runs per case and thread count, at most "
+                        f"(default {UNDER_LOAD_SAMPLES}, 30 with --quick)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="suites: the dtype (default float32); default table: only this one")
+    parser.add_argument("--progress", choices=Progress.MODES, default="auto",
+                        help="stderr progress: a line rewritten in place (bar), whole lines "
+                        "every few seconds (lines), none (off); auto: bar on a terminal")
     args = parser.parse_args(argv)
+    if args.suite != "resnet50" and (args.batch is not None or args.layout is not None):
+        parser.error("--batch and --layout go with --suite resnet50")
+    if not args.under_load and (args.time_limit is not None or args.samples is not None):
+        parser.error("--time-limit and --samples go with --under-load")
+    for name in ("repeats", "batch", "samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name}: expected at least 1")
+    if args.time_limit is not None and not args.time_limit > 0:
+        parser.error("--time-limit: expected a positive number of seconds")
+    dtype = np.dtype(args.dtype or "float32").type
+    repeats = args.repeats or (5 if args.quick else 11)
+
     machine = describe_machine()
     print("dropnorm " + dropnorm.__version__ + ": " + ", ".join(
-        f"{k}={v}" for k, v in machine.items() if k != "version"))
-    rows = run(quick=args.quick, repeats=args.repeats)
-    print(format_table(rows))
-    print("ms: median time with out=; x memcpy: median of (time / a memcpy of x's bytes "
-          "on the same threads, timed just before); x least: that / the kernel's least "
-          "traffic in memcpys; torch ms and speedup: PyTorch vs dropnorm, both allocating "
-          "their outputs.")
+        f"{k}={v}" for k, v in machine.items() if k != "version"), flush=True)
+    report = {"machine": machine}
+    if args.suite is None and not args.under_load:
+        dtypes = None if args.dtype is None else [dtype]
+        rows = run(quick=args.quick, repeats=args.repeats, progress=args.progress,
+                   dtypes=dtypes)
+        print(format_table(rows))
+        print("ms: median time with out=; x memcpy: median of (time / a memcpy of x's bytes "
+              "on the same threads, timed just before); x least: that / the kernel's least "
+              "traffic in memcpys; torch ms and speedup: PyTorch vs dropnorm, both allocating "
+              "their outputs.")
+        report["rows"] = rows
+    else:
+        suites = report["suites"] = {}
+        if args.suite == "resnet50":
+            result = run_resnet50(batch=args.batch or RESNET50_BATCH,
+                                  layouts=_layout_list(args.layout or "both"), dtype=dtype,
+                                  repeats=repeats, progress=args.progress)
+            print(format_resnet50(result), flush=True)
+            suites["resnet50"] = result
+        elif args.suite == "mlp":
+            result = run_mlp(dtype=dtype, repeats=repeats, progress=args.progress)
+            print(format_mlp(result), flush=True)
+            suites["mlp"] = result
+        if args.under_load:
+            if args.suite is not None:
+                print()
+            limit = args.time_limit or (20.0 if args.quick else UNDER_LOAD_TIME_LIMIT)
+            samples = args.samples or (30 if args.quick else UNDER_LOAD_SAMPLES)
+            result = run_under_load(samples=samples, time_limit=limit, dtype=dtype,
+                                    progress=args.progress)
+            print(format_under_load(result), flush=True)
+            suites["under_load"] = result
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+            json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

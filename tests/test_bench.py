@@ -1,0 +1,264 @@
+"""Smoke tests of python -m dropnorm.bench: each suite's code path on tiny
+inputs, the structure of its rows, totals and JSON, and the progress display.
+No timing is checked; the PyTorch columns are checked only when PyTorch is
+installed."""
+
+import io
+import json
+import pathlib
+
+import pytest
+
+import dropnorm
+from dropnorm import bench
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TORCH_OPTIONS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    torch is None, reason="PyTorch is not installed"))]
+
+
+def _anchor_file():
+    """shared/anchors/resnet50_bn_layers.txt, in the checkout or beside it."""
+    for base in (ROOT, ROOT.parent):
+        path = base / "shared" / "anchors" / "resnet50_bn_layers.txt"
+        if path.is_file():
+            return path
+    return None
+
+
+def test_resnet50_layers_match_the_anchor_file():
+    path = _anchor_file()
+    if path is None:
+        pytest.skip("shared/anchors/resnet50_bn_layers.txt is not here")
+    layers = [tuple(int(v) for v in line.split())
+              for line in path.read_text().splitlines()
+              if line.strip() and not line.lstrip().startswith("#")]
+    assert list(bench.RESNET50_LAYERS) == layers
+
+
+def test_resnet50_layers():
+    layers = bench.RESNET50_LAYERS
+    assert len(layers) == 53
+    assert all(len(s) == 3 and all(isinstance(v, int) and v > 0 for v in s) for s in layers)
+    assert layers[0] == (64, 112, 112) and layers[-1] == (2048, 7, 7)
+
+
+def _check_torch_fields(rows, with_torch):
+    for r in rows:
+        if with_torch:
+            assert r["torch_ms"] > 0 and r["speedup_vs_torch"] > 0
+        else:
+            assert r["torch_ms"] is None and r["speedup_vs_torch"] is None
+
+
+@pytest.mark.parametrize("use_torch", TORCH_OPTIONS)
+def test_resnet50_suite(use_torch):
+    layers = [(4, 3, 3), (8, 2, 2)]
+    result = bench.run_resnet50(layers=layers, batch=2, layouts=["NCHW", "NHWC"], repeats=2,
+                                use_torch=use_torch, progress="off")
+    assert result["suite"] == "resnet50"
+    assert result["settings"]["passes"] == ["train_fwd", "backward", "infer"]
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 3
+    assert [(r["layout"], r["layer"], r["pass"]) for r in rows[:4]] == [
+        ("NCHW", 1, "train_fwd"), ("NCHW", 1, "backward"), ("NCHW", 1, "infer"),
+        ("NCHW", 2, "train_fwd")]
+    assert rows[-1]["layout"] == "NHWC" and rows[-1]["shape"] == [2, 8, 2, 2]
+    for r in rows:
+        assert r["dtype"] == "float32" and r["threads"] == dropnorm.get_max_threads()
+        assert r["time_ms"] > 0 and r["memcpy_ms"] > 0 and r["x_memcpy"] > 0
+        assert r["alloc_time_ms"] > 0
+    _check_torch_fields(rows, use_torch)
+    totals = result["totals"]
+    assert [(t["layout"], t["pass"]) for t in totals] == [
+        (layout, p) for layout in ("NCHW", "NHWC")
+        for p in ("train_fwd", "backward", "infer", "all")]
+    for t in totals:
+        chosen = [r for r in rows
+                  if r["layout"] == t["layout"] and t["pass"] in ("all", r["pass"])]
+        assert t["rows"] == len(chosen)
+        assert t["time_ms"] == pytest.approx(sum(r["time_ms"] for r in chosen))
+        if use_torch:
+            assert t["speedup_vs_torch"] == pytest.approx(
+                sum(r["torch_ms"] for r in chosen) / sum(r["alloc_time_ms"] for r in chosen))
+            assert 0 <= t["below_goal"] <= t["rows"]
+        else:
+            assert t["speedup_vs_torch"] is None and t["below_goal"] is None
+    text = bench.format_resnet50(result)
+    assert "total NHWC" in text and "\r" not in text
+    json.loads(json.dumps(result))
+
+
+def test_resnet50_batch_1_is_inference_only():
+    result = bench.run_resnet50(layers=[(4, 3, 3)], batch=1, layouts=["NHWC"], repeats=2,
+                                use_torch=False, progress="off")
+    assert [r["pass"] for r in result["rows"]] == ["infer"]
+    assert [t["pass"] for t in result["totals"]] == ["infer", "all"]
+    assert result["rows"][0]["shape"] == [1, 4, 3, 3]
+
+
+@pytest.mark.parametrize("use_torch", TORCH_OPTIONS)
+def test_mlp_suite(use_torch):
+    result = bench.run_mlp(shapes=[(4, 8), (16, 4)], overhead_shape=(4, 8), repeats=2,
+                           use_torch=use_torch, progress="off", calls=2)
+    layer = [r for r in result["rows"] if r["part"] == "layer"]
+    over = [r for r in result["rows"] if r["part"] == "overhead"]
+    assert [r["shape"] for r in layer] == [[4, 8], [16, 4]]
+    _check_torch_fields(layer, use_torch)
+    assert [r["name"] for r in over] == list(bench.OVERHEAD_KERNELS)
+    for r in over:
+        assert r["shape"] == [4, 8] and r["time_us"] > 0 and r["multiply_us"] > 0
+        assert r["meets_goal"] == (r["x_multiply"] <= bench.OVERHEAD_GOAL)
+    layer_total, over_total = result["totals"]
+    assert layer_total["part"] == "layer" and layer_total["rows"] == 2
+    assert over_total["part"] == "overhead" and over_total["rows"] == 4
+    assert over_total["worst_x_multiply"] == max(r["x_multiply"] for r in over)
+    assert "np.multiply" in bench.format_mlp(result)
+    json.loads(json.dumps(result))
+
+
+def test_under_load_stops_its_process_and_restores_threads(monkeypatch):
+    started = []
+    start_load = bench.start_load
+    monkeypatch.setattr(bench, "start_load", lambda s: started.append(start_load(s)) or
+                        started[-1])
+    threads = dropnorm.get_max_threads()
+    result = bench.run_under_load(shapes=[(4, 8), (2, 3, 2, 2)], samples=3, time_limit=5.0,
+                                  progress="off")
+    assert dropnorm.get_max_threads() == threads
+    assert len(started) == 1 and started[0].poll() is not None
+    assert result["load"]["running_at_end"] is True
+    assert result["load"]["returncode"] is not None
+    rows = result["rows"]
+    assert [(r["kernel"], r["shape"]) for r in rows] == [
+        (k, s) for s in ([4, 8], [2, 3, 2, 2]) for k in bench.UNDER_LOAD_KERNELS]
+    for r in rows:
+        assert 2 <= r["samples"] <= 3 and r["threads"] == threads
+        assert r["p90_ms"] > 0 and r["p90_1_thread_ms"] > 0
+        assert r["p90_ratio"] == pytest.approx(r["p90_ms"] / r["p90_1_thread_ms"])
+    (total,) = result["totals"]
+    assert total["cases"] == 6
+    assert total["worst_p90_ratio"] == max(r["p90_ratio"] for r in rows)
+    assert "p90 ratio" in bench.format_under_load(result)
+    json.loads(json.dumps(result))
+
+
+def test_under_load_stops_its_process_on_error(monkeypatch):
+    started = []
+    start_load = bench.start_load
+    monkeypatch.setattr(bench, "start_load", lambda s: started.append(start_load(s)) or
+                        started[-1])
+
+    def broken(*args):
+        raise RuntimeError("broken case")
+
+    monkeypatch.setattr(bench, "_Case", broken)
+    with pytest.raises(RuntimeError, match="broken case"):
+        bench.run_under_load(shapes=[(4, 8)], samples=2, time_limit=5.0, progress="off")
+    assert len(started) == 1 and started[0].poll() is not None
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Every suite's default shapes made tiny."""
+    monkeypatch.setattr(bench, "MAIN_SHAPE", (2, 4, 3, 3))
+    monkeypatch.setattr(bench, "SMALL_SHAPES", [(4, 8), (2, 3, 2, 2)])
+    monkeypatch.setattr(bench, "RESNET50_LAYERS", ((4, 3, 3), (8, 2, 2)))
+    monkeypatch.setattr(bench, "MLP_SHAPES", [(4, 8)])
+    monkeypatch.setattr(bench, "OVERHEAD_SHAPE", (4, 8))
+    monkeypatch.setattr(bench, "UNDER_LOAD_SHAPES", [(4, 8)])
+
+
+def test_main_default_table(tiny, tmp_path, capsys):
+    path = tmp_path / "default.json"
+    assert bench.main(["--quick", "--repeats", "2", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "| kernel" in out and "\r" not in out and "\r" not in err
+    report = json.loads(path.read_text())
+    assert set(report) == {"machine", "rows"}
+    # (2, 4, 3, 3) and (2, 3, 2, 2) in two layouts, (4, 8) in one; five kernels
+    assert len(report["rows"]) == 5 * 5
+
+
+def test_main_suites_json(tiny, tmp_path, capsys):
+    path = tmp_path / "suites.json"
+    assert bench.main(["--suite", "resnet50", "--batch", "2", "--layout", "nhwc", "--repeats",
+                       "2", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "total NHWC" in out and "\r" not in out + err
+    report = json.loads(path.read_text())
+    assert set(report) == {"machine", "suites"} and set(report["suites"]) == {"resnet50"}
+    suite = report["suites"]["resnet50"]
+    assert suite["settings"]["layouts"] == ["NHWC"] and len(suite["rows"]) == 2 * 3
+    assert len(suite["totals"]) == 4
+
+    assert bench.main(["--suite", "mlp", "--under-load", "--repeats", "2", "--samples", "2",
+                       "--time-limit", "5", "--json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    suites = json.loads(path.read_text())["suites"]
+    assert set(suites) == {"mlp", "under_load"}
+    for suite in suites.values():
+        assert suite["rows"] and suite["totals"] and "settings" in suite
+    assert len(suites["under_load"]["rows"]) == len(bench.UNDER_LOAD_KERNELS)
+
+
+@pytest.mark.parametrize("argv", [["--batch", "2"], ["--suite", "mlp", "--layout", "nhwc"],
+                                  ["--samples", "3"], ["--suite", "resnet50", "--batch", "0"]])
+def test_main_rejects_options_out_of_place(argv):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_piped_is_whole_lines():
+    stream = io.StringIO()
+    bar = bench.Progress(3, "suite", "auto", stream=stream, every=0.0)
+    assert bar.mode == "lines"  # pytest's stdout is not a terminal
+    for label in "abc":
+        bar.step(label)
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines[0].startswith("[1/3] suite: a") and lines[2].startswith("[3/3] suite: c")
+    assert lines[3].startswith("suite: 3 cases in")
+
+
+def test_progress_lines_are_spaced_out():
+    stream = io.StringIO()
+    bar = bench.Progress(50, "suite", "lines", stream=stream, every=3600.0)
+    for i in range(50):
+        bar.step(str(i))
+    bar.close()
+    assert len(stream.getvalue().splitlines()) == 2  # the first case and the end
+
+
+def test_progress_on_a_terminal_rewrites_one_line(monkeypatch):
+    monkeypatch.setattr("sys.stdout", _Terminal())
+    stream = _Terminal()
+    bar = bench.Progress(2, "suite", "auto", stream=stream)
+    assert bar.mode == "bar"
+    bar.step("a long label")
+    bar.step("b")
+    bar.close()
+    text = stream.getvalue()
+    assert "\n" not in text and text.count("\r") == 4 and text.endswith("\r")
+    assert text[text.rindex("\r", 0, -1) + 1:-1].strip() == ""
+
+
+def test_progress_off_writes_nothing():
+    stream = _Terminal()
+    bar = bench.Progress(2, "suite", False, stream=stream)
+    bar.step("a")
+    bar.close()
+    assert stream.getvalue() == ""
