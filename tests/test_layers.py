@@ -408,3 +408,146 @@ def test_fold_into_checks_its_arguments():
     with pytest.raises(TypeError, match="^bias: expected real numbers"):
         bn.fold_into(w, bias=np.array(["a", "b", "c"]))
     np.testing.assert_array_equal(bn.fold_into(w, axis=np.int64(0))[0], w / np.sqrt(1 + bn.eps))
+
+
+# ---- What backward uses: the forward's snapshot, and x unchanged ------------------
+
+DROPOUT_CHANGES = [("p", 0.2), ("seed", 99), ("stream", 17), ("mode", "classic"),
+                   ("axis", -1), ("training", False)]
+
+
+@pytest.mark.parametrize("name, value", DROPOUT_CHANGES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cls, shape", [(dropnorm.Dropout, (6, 40)),
+                                        (dropnorm.Dropout2d, (4, 6, 3, 3))])
+def test_dropout_backward_uses_the_forwards_settings(cls, shape, training, name, value):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    layers = [cls(p=0.5, seed=11).train(training) for _ in range(2)]
+    for layer in layers:
+        layer(x)
+    setattr(layers[1], name, value)
+    want = layers[0].backward(dy)
+    np.testing.assert_array_equal(layers[1].backward(dy), want)
+    if training:
+        expected = dropnorm.dropout_backward(dy, 0.5, seed=11, stream=0,
+                                             channelwise=cls is not dropnorm.Dropout)
+        np.testing.assert_array_equal(want, expected)
+    else:
+        np.testing.assert_array_equal(want, dy)
+
+
+def bn_pair(training):
+    """Two identical layers after the same forward, and that forward's x and dy."""
+    x = batch((6, 5, 4), np.float64, 1, 0)
+    layers = [dropnorm.BatchNorm1d(5, dtype=np.float64).train(training) for _ in range(2)]
+    for layer in layers:
+        layer.weight[:] = np.linspace(0.5, 2.0, 5)
+        layer.bias[:] = 0.25
+        layer.running_mean[:] = 0.5
+        layer.running_var[:] = 2.0
+        layer(x)
+    return layers, x, batch((6, 5, 4), np.float64, 1, 1)
+
+
+def set_weight_in_place(bn):
+    bn.weight[:] = 3.0
+
+
+def replace_weight(bn):
+    bn.weight = np.full(5, -1.0)
+
+
+def set_running_stats(bn):
+    bn.running_mean[:] = 9.0
+    bn.running_var = np.full(5, 7.0)
+
+
+@pytest.mark.parametrize("change", [
+    lambda bn: setattr(bn, "eps", 0.5),
+    lambda bn: setattr(bn, "axis", -1),
+    lambda bn: setattr(bn, "momentum", None),
+    lambda bn: setattr(bn, "training", not bn.training),
+    set_weight_in_place, replace_weight, set_running_stats,
+], ids=["eps", "axis", "momentum", "training", "weight in place", "new weight",
+        "running stats"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_backward_uses_the_forwards_settings(training, change):
+    (bn, ref), x, dy = bn_pair(training)
+    change(bn)
+    for got, want in zip((bn.backward(dy), bn.grad_weight, bn.grad_bias),
+                         (ref.backward(dy), ref.grad_weight, ref.grad_bias)):
+        np.testing.assert_array_equal(got, want)
+
+
+def add_one(x):
+    x += 1
+
+
+def set_one_value(x):
+    x[3, 2, 1] = 100.0
+
+
+def relu_in_place(x):
+    np.maximum(x, 0, out=x)
+
+
+def write_through_a_view(x):
+    x.reshape(-1)[-1] = 0.0
+
+
+def reshape_in_place(x):
+    x.shape = (6, 4, 5)
+
+
+@pytest.mark.parametrize("modify", [add_one, set_one_value, relu_in_place, write_through_a_view,
+                                    reshape_in_place])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_backward_detects_a_changed_input(training, modify):
+    bn = dropnorm.BatchNorm1d(5, dtype=np.float64).train(training)
+    x = batch((6, 5, 4), np.float64, 1, 0)
+    dy = batch((6, 5, 4), np.float64, 1, 1)
+    bn(x)
+    modify(x)
+    with pytest.raises(RuntimeError, match="^x: the input of the forward was changed"):
+        bn.backward(dy)
+    assert bn.grad_weight is None
+    # a forward of the changed x starts again
+    bn(np.ascontiguousarray(x.reshape(6, 5, 4)))
+    bn.backward(dy)
+
+
+@pytest.mark.parametrize("modify", [add_one, relu_in_place, lambda x: x.__imul__(2)])
+def test_batchnorm_detects_a_large_input_changed_in_bulk(modify):
+    bn = dropnorm.BatchNorm2d(64)
+    x = batch((16, 64, 8, 8), np.float32, 1, 0)
+    bn(x)
+    modify(x)
+    with pytest.raises(RuntimeError, match="^x: "):
+        bn.backward(np.ones_like(x))
+
+
+def test_batchnorm_detects_a_channel_overwritten_in_a_large_input():
+    # a write into whole channels: the sampled values reach every channel
+    for axis, cut in [(1, np.s_[:, 5]), (-1, np.s_[..., 5])]:
+        bn = dropnorm.BatchNorm2d(64, axis=axis)
+        x = batch((16, 64, 8, 8), np.float32, axis, 0)
+        bn(x)
+        x[cut] = 0
+        with pytest.raises(RuntimeError, match="^x: "):
+            bn.backward(np.ones_like(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_running_statistics_are_the_kernels_to_the_bit(axis, momentum, dtype):
+    bn = dropnorm.BatchNorm2d(3, momentum=momentum, axis=axis, dtype=dtype)
+    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    for k in range(5):
+        x = batch((4, 3, 5, 6), dtype, axis, seed=k)
+        bn(x)
+        dropnorm.batch_norm_train(x, running_mean=rm, running_var=rv, axis=axis,
+                                  momentum=1.0 / (k + 1) if momentum is None else momentum)
+        np.testing.assert_array_equal(bn.running_mean, rm)
+        np.testing.assert_array_equal(bn.running_var, rv)

@@ -1,8 +1,16 @@
 # cython: language_level=3
 """Layer classes with PyTorch's behaviour: BatchNorm1d/2d/3d and
-Dropout/Dropout1d/2d/3d, each with forward/backward and training state."""
+Dropout/Dropout1d/2d/3d, each with forward/backward and training state.
+
+Threads: each layer has a lock that guards its state (the stream, the
+running statistics and num_batches_tracked, the accumulated gradients, the
+settings a forward reads) and is never held around a kernel; each thread
+keeps its own record of its last forward for backward. The contract of each
+class is in its docstring."""
 
 import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -26,6 +34,7 @@ from dropnorm._checks import (
     as_tensor,
     as_uint,
     tensor_extents,
+    writable_vector,
 )
 from dropnorm._dropout import dropout, dropout_backward
 
@@ -34,13 +43,51 @@ from dropnorm._dropout import dropout, dropout_backward
 # layer and a function accept and reject the same values with the same
 # messages, and a rejected value changes nothing.
 
+# Every layer alive, so that a forked child can give each a fresh lock: a
+# lock that another thread held at the fork would stay locked in the child.
+_live_layers = weakref.WeakSet()
+
+
+def _renew_locks_after_fork():
+    """A new lock for every layer, in a forked child."""
+    for layer in list(_live_layers):
+        (<_Layer>layer)._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
 
 cdef class _Layer:
-    """What every layer shares: the channel axis, the training flag, and
-    ``layer(x)`` as ``layer.forward(x)``."""
+    """What every layer shares: the channel axis, the training flag,
+    ``layer(x)`` as ``layer.forward(x)``, the lock and the records of the
+    last forwards.
+
+    The lock guards the layer's state; it is held only while that state is
+    read or written, never around a kernel, so forwards and backwards of
+    one layer in several threads run their kernels at the same time. A
+    forward reads the settings it uses (training, axis, ...) once, under the
+    lock, and stores what its backward needs in a record: one per thread (a
+    ``threading.local``) and the last one of any thread. backward takes the
+    calling thread's record, or the last forward's of any thread when the
+    calling thread has made none (so a forward in one thread and its
+    backward in another still pair when they alternate).
+    """
 
     cdef int _axis
     cdef bint _training
+    cdef object _lock     # threading.Lock: held around state, never around a kernel
+    cdef object _local    # threading.local: .record, this thread's last forward
+    cdef object _record   # the last forward's record of any thread
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        # in __cinit__, so that every instance has them however it is made
+        # (constructor, unpickling, copy)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._record = None
+        _live_layers.add(self)
 
     @property
     def axis(self):
@@ -49,7 +96,9 @@ cdef class _Layer:
 
     @axis.setter
     def axis(self, value):
-        self._axis = as_layer_axis(value)
+        value = as_layer_axis(value)
+        with self._lock:
+            self._axis = value
 
     @property
     def training(self):
@@ -58,12 +107,16 @@ cdef class _Layer:
 
     @training.setter
     def training(self, value):
-        self._training = as_flag("training", value)
+        value = as_flag("training", value)
+        with self._lock:
+            self._training = value
 
     def train(self, mode=True):
         """Training mode or, with mode=False, eval mode (mode must be a bool);
         returns the layer."""
-        self._training = as_flag("mode", mode)
+        mode = as_flag("mode", mode)
+        with self._lock:
+            self._training = mode
         return self
 
     def eval(self):
@@ -71,7 +124,68 @@ cdef class _Layer:
         return self.train(False)
 
     def __call__(self, x):
+        """``layer(x)`` is ``layer.forward(x)``."""
         return self.forward(x)
+
+    cdef _remember(self, record):
+        """Keep what backward needs, for this thread and as the last forward."""
+        self._local.record = record
+        with self._lock:
+            self._record = record
+
+    cdef _recall(self):
+        """The record of this thread's last forward, else of the last forward."""
+        record = getattr(self._local, "record", None)
+        if record is None:
+            with self._lock:
+                record = self._record
+        if record is None:
+            raise RuntimeError("backward called before forward")
+        return record
+
+
+# ---- batch norm: the input-lifetime check -----------------------------------
+
+# backward reads the forward's x again (copying it would cost a full pass),
+# so x must not change in between. A fingerprint taken at forward and
+# compared at backward catches most changes for about a microsecond: x's shape
+# and strides (the same object reshaped in place) and the bytes of at most
+# _FINGERPRINT_SAMPLES elements, at the positions of a Weyl sequence (steps
+# of the golden ratio), which spread over the whole array, so over every
+# image and, in either layout, over most channels; every element when x is
+# that small. A write that misses every sampled element goes unnoticed.
+_FINGERPRINT_SAMPLES = 256
+_sample_positions_of_size = {}
+
+
+def _sample_positions(size):
+    """The sampled flat positions of an array of ``size`` elements (cached)."""
+    positions = _sample_positions_of_size.get(size)
+    if positions is None:
+        steps = np.arange(_FINGERPRINT_SAMPLES - 1, dtype=np.float64) * 0.6180339887498949
+        positions = np.append((steps % 1.0 * size).astype(np.intp), size - 1)
+        if len(_sample_positions_of_size) >= 64:
+            _sample_positions_of_size.clear()
+        _sample_positions_of_size[size] = positions
+    return positions
+
+
+def _fingerprint(x):
+    """(shape, strides, sampled bytes) of x."""
+    size = x.size
+    if size <= _FINGERPRINT_SAMPLES:
+        return x.shape, x.strides, x.tobytes()
+    positions = _sample_positions_of_size.get(size)
+    if positions is None:
+        positions = _sample_positions(size)
+    return x.shape, x.strides, x.take(positions).tobytes()
+
+
+def _copy_or_none(a):
+    """A copy of a (an array, or anything np.array takes), or None."""
+    if type(a) is np.ndarray:
+        return a.copy()
+    return None if a is None else np.array(a, copy=True)
 
 
 cdef class _BatchNorm(_Layer):
@@ -88,6 +202,38 @@ cdef class _BatchNorm(_Layer):
     num_features, affine, track_running_stats and dtype are fixed at
     construction; eps, momentum, axis and training may be set later and are
     checked as in the constructor.
+
+    The input's lifetime: the layer keeps a reference to x (not a copy) from
+    forward to backward, as NumPy-based frameworks do; x must not be written
+    to, through any view, until the backward that uses it (give forward a
+    copy otherwise). backward checks a fingerprint of x (its shape, strides
+    and up to 256 sampled values; every value of an x that small) and raises
+    RuntimeError naming x if it changed; a write that misses every sampled
+    value is not detected. Everything else backward needs is a snapshot taken
+    at forward: the batch (or running) statistics, weight, eps and axis, so
+    changing them between forward and backward does not change the gradient
+    (the next forward uses the new values).
+
+    Threads: one layer may be shared by threads for forwards and backwards.
+    The running statistics get every training batch exactly once: the kernel
+    runs (without the lock) on a private copy of them, and the update is
+    committed under the lock; if another thread committed a batch meanwhile,
+    this batch's update is made instead on top of that one, from its saved
+    mean and invstd, with the momentum of its place (1/(k+1) for
+    momentum=None), by the kernel's formula in double, rounded once; the mean
+    saved in float32 and the variance recovered from invstd may then differ
+    from a serial run's in the last bit. With momentum=None the result is
+    the average over all batches in any order; with a fixed momentum it is
+    that of one of the serial orders. num_batches_tracked, grad_weight and
+    grad_bias lose no update. Each thread's backward pairs with that thread's
+    last forward (or with the last forward of any thread if the calling
+    thread has made none). state_dict, calibrate, load_state_dict,
+    reset_running_stats, zero_grad, the setters and pickling are atomic with
+    respect to forwards; a setting changed while a forward runs applies from
+    the next forward. Not safe: writing into weight, bias, the running
+    statistics or an x yourself while another thread's forward reads them
+    (the forward copies weight and bias, but your writes do not take the
+    layer's lock), e.g. an optimizer step during another thread's forward.
     """
 
     cdef readonly object num_features
@@ -103,10 +249,10 @@ cdef class _BatchNorm(_Layer):
     cdef public object running_mean
     cdef public object running_var
     cdef public object num_batches_tracked
-    # what backward needs from the last forward
-    cdef object _x
-    cdef object _stats  # (save_mean, save_invstd) or (running_mean, running_var)
-    cdef bint _used_batch_stats
+    # how many times the running statistics were changed by this layer: a
+    # forward commits the kernel's update of its private copy only if no
+    # other change came in between
+    cdef unsigned long long _stats_version
 
     _ndims = ()
     _shape_text = ""
@@ -141,7 +287,7 @@ cdef class _BatchNorm(_Layer):
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        self._x = None
+        self._stats_version = 0
 
     # ---- checked attributes ---------------------------------------------------
     @property
@@ -151,7 +297,9 @@ cdef class _BatchNorm(_Layer):
 
     @eps.setter
     def eps(self, value):
-        self._eps = as_eps(value)
+        value = as_eps(value)
+        with self._lock:
+            self._eps = value
 
     @property
     def momentum(self):
@@ -161,79 +309,126 @@ cdef class _BatchNorm(_Layer):
 
     @momentum.setter
     def momentum(self, value):
-        self._momentum = as_momentum(value, allow_none=True)
+        value = as_momentum(value, allow_none=True)
+        with self._lock:
+            self._momentum = value
 
     # ---- forward / backward -----------------------------------------------
-    def _check_input(self, x):
+    def _check_input(self, x, axis):
         x = as_tensor("x", x)
         if x.ndim not in self._ndims:
             raise ValueError(
                 f"x: {type(self).__name__} expects {self._shape_text}, got shape {x.shape}")
         if x.dtype != self.dtype:
             raise TypeError(f"x: dtype {x.dtype} does not match the layer's dtype {self.dtype}")
-        _, c, _, _ = tensor_extents(x, self.axis)
+        _, c, _, _ = tensor_extents(x, axis)
         if c != self.num_features:
-            raise ValueError(f"x: expected {self.num_features} channels on axis {self.axis}, "
+            raise ValueError(f"x: expected {self.num_features} channels on axis {axis}, "
                              f"got shape {x.shape}")
         return x
 
     def forward(self, x):
-        """Normalise x; remembers what backward needs."""
-        x = self._check_input(x)
-        use_batch = self.training or not self.track_running_stats
-        if use_batch:
-            update = self.training and self.track_running_stats
-            momentum = 0.0
-            if update:
-                if self.momentum is None:
-                    momentum = 1.0 / (self.num_batches_tracked + 1)
-                else:
-                    momentum = self.momentum
-            y, mean, invstd = batch_norm_train(
-                x, self.weight, self.bias,
-                self.running_mean if update else None,
-                self.running_var if update else None,
-                momentum=momentum, eps=self.eps, axis=self.axis)
-            if update:
-                self.num_batches_tracked += 1
-            self._stats = (mean, invstd)
+        """Normalise x; remembers what backward needs (x itself, which must
+        not change until then, and a snapshot of the rest)."""
+        with self._lock:
+            training, eps, axis = self._training, self._eps, self._axis
+            weight, bias = _copy_or_none(self.weight), _copy_or_none(self.bias)
+        x = self._check_input(x, axis)
+        use_batch = training or not self.track_running_stats
+        if use_batch and training and self.track_running_stats:
+            y, mean, invstd = self._train_and_update(x, weight, bias, eps, axis)
+            stats = (mean, invstd)
+        elif use_batch:
+            y, mean, invstd = batch_norm_train(x, weight, bias, eps=eps, axis=axis)
+            stats = (mean, invstd)
         else:
-            y = batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
-                                 self.bias, eps=self.eps, axis=self.axis)
             # the backward must use the statistics of this forward
-            self._stats = (self.running_mean.copy(), self.running_var.copy())
-        self._x = x
-        self._used_batch_stats = use_batch
+            with self._lock:
+                stats = (_copy_or_none(self.running_mean), _copy_or_none(self.running_var))
+            y = batch_norm_infer(x, *stats, weight, bias, eps=eps, axis=axis)
+        self._remember((x, _fingerprint(x), stats, use_batch, weight, eps, axis))
         return y
 
+    def _train_and_update(self, x, weight, bias, eps, axis):
+        """The training forward with the update of the running statistics,
+        atomic with respect to other forwards, without the lock around the
+        kernel: see the class docstring."""
+        c = self.num_features
+        with self._lock:
+            version, k, setting = self._stats_version, self.num_batches_tracked, self._momentum
+            shared_mean, shared_var = self.running_mean, self.running_var
+            next_mean, next_var = _copy_or_none(shared_mean), _copy_or_none(shared_var)
+        # the kernel's checks (and messages) of the arrays it would have updated
+        writable_vector("running_mean", shared_mean, c, self.dtype)
+        writable_vector("running_var", shared_var, c, self.dtype)
+        momentum = 1.0 / (k + 1) if setting is None else setting
+        y, mean, invstd = batch_norm_train(x, weight, bias, next_mean, next_var,
+                                           momentum=momentum, eps=eps, axis=axis)
+        with self._lock:
+            if (self._stats_version == version and self.num_batches_tracked == k
+                    and self.running_mean is shared_mean and self.running_var is shared_var):
+                # nothing changed the statistics meanwhile: the kernel's update
+                if shared_mean is not None:
+                    np.copyto(shared_mean, next_mean)
+                if shared_var is not None:
+                    np.copyto(shared_var, next_var)
+            else:
+                self._apply_batch_statistics(mean, invstd, x.size // c, setting, eps)
+            self.num_batches_tracked += 1
+            self._stats_version += 1
+        return y, mean, invstd
+
+    cdef _apply_batch_statistics(self, mean, invstd, m, setting, eps):
+        """The kernel's running-statistics update from a batch's saved mean
+        and invstd, with the momentum of the next batch; under the lock."""
+        k = self.num_batches_tracked
+        momentum = 1.0 / (k + 1) if setting is None else setting
+        # the biased variance back from invstd = 1/sqrt(var + eps)
+        var = np.maximum(1.0 / np.square(invstd.astype(np.float64)) - eps, 0.0)
+        # the kernel's expressions, in double, rounded once to the dtype
+        if self.running_mean is not None:
+            self.running_mean[...] = ((1.0 - momentum) * self.running_mean.astype(np.float64)
+                                      + momentum * mean.astype(np.float64))
+        if self.running_var is not None:
+            self.running_var[...] = ((1.0 - momentum) * self.running_var.astype(np.float64)
+                                     + momentum * var * (float(m) / float(m - 1)))
+
     def backward(self, dy):
-        """Gradient with respect to the last forward's input; accumulates
-        grad_weight and grad_bias (like PyTorch's .grad) when affine."""
-        if self._x is None:
-            raise RuntimeError("backward called before forward")
-        if self._used_batch_stats:
-            dx, dw, db = batch_norm_backward(dy, self._x, *self._stats, self.weight,
-                                             axis=self.axis)
+        """Gradient with respect to the input of the calling thread's last
+        forward (which must not have changed since; RuntimeError if it did);
+        accumulates grad_weight and grad_bias (like PyTorch's .grad) when
+        affine."""
+        x, fingerprint, stats, used_batch_stats, weight, eps, axis = self._recall()
+        if _fingerprint(x) != fingerprint:
+            raise RuntimeError(
+                "x: the input of the forward was changed (written or reshaped in place) "
+                "before backward, which needs it as it was; give forward a copy of x if "
+                "x must change")
+        if used_batch_stats:
+            dx, dw, db = batch_norm_backward(dy, x, *stats, weight, axis=axis)
         else:
-            dx, dw, db = batch_norm_infer_backward(dy, self._x, *self._stats, self.weight,
-                                                   eps=self.eps, axis=self.axis)
+            dx, dw, db = batch_norm_infer_backward(dy, x, *stats, weight, eps=eps, axis=axis)
         if self.affine:
-            self.grad_weight = dw if self.grad_weight is None else self.grad_weight + dw
-            self.grad_bias = db if self.grad_bias is None else self.grad_bias + db
+            with self._lock:
+                self.grad_weight = dw if self.grad_weight is None else self.grad_weight + dw
+                self.grad_bias = db if self.grad_bias is None else self.grad_bias + db
         return dx
 
     def zero_grad(self):
         """Forget accumulated gradients (set them to None, as PyTorch does)."""
-        self.grad_weight = None
-        self.grad_bias = None
+        with self._lock:
+            self.grad_weight = None
+            self.grad_bias = None
 
     # ---- statistics ---------------------------------------------------------
     def reset_running_stats(self):
         """Running mean 0, running variance 1, no batches tracked."""
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
-            self.num_batches_tracked = 0
+            with self._lock:
+                self.running_mean[...] = 0
+                self.running_var[...] = 1
+                self.num_batches_tracked = 0
+                self._stats_version += 1
 
     def reset_parameters(self):
         """Running statistics reset, weight 1, bias 0."""
@@ -255,18 +450,22 @@ cdef class _BatchNorm(_Layer):
         except TypeError:
             raise TypeError(f"batches: expected an iterable of inputs, "
                             f"got {type(batches).__name__}") from None
+        with self._lock:
+            eps, axis = self._eps, self._axis
         # accumulate into new arrays: a bad batch raises and changes nothing
         mean = np.zeros(self.num_features, self.dtype)
         var = np.ones(self.num_features, self.dtype)
         count = 0
         for batch in batches:
-            x = self._check_input(batch)
+            x = self._check_input(batch, axis)
             batch_norm_train(x, None, None, mean, var, momentum=1.0 / (count + 1),
-                             eps=self.eps, axis=self.axis)
+                             eps=eps, axis=axis)
             count += 1
-        self.running_mean[...] = mean
-        self.running_var[...] = var
-        self.num_batches_tracked = count
+        with self._lock:
+            self.running_mean[...] = mean
+            self.running_var[...] = var
+            self.num_batches_tracked = count
+            self._stats_version += 1
         return self
 
     # ---- parameters and state ---------------------------------------------------
@@ -280,13 +479,15 @@ cdef class _BatchNorm(_Layer):
 
     def state_dict(self):
         """A dict with PyTorch's key names and shapes, values as NumPy arrays
-        (copies); num_batches_tracked is a 0-d int64 array."""
+        (copies); num_batches_tracked is a 0-d int64 array. The running
+        statistics and num_batches_tracked are read together, under the lock."""
         state = {}
-        for key in self._state_keys():
-            if key == "num_batches_tracked":
-                state[key] = np.array(self.num_batches_tracked, dtype=np.int64)
-            else:
-                state[key] = np.array(getattr(self, key), copy=True)
+        with self._lock:
+            for key in self._state_keys():
+                if key == "num_batches_tracked":
+                    state[key] = np.array(self.num_batches_tracked, dtype=np.int64)
+                else:
+                    state[key] = np.array(getattr(self, key), copy=True)
         return state
 
     def load_state_dict(self, state_dict):
@@ -315,11 +516,13 @@ cdef class _BatchNorm(_Layer):
                 if value.dtype.kind not in "fiu":
                     raise TypeError(f"state[{key!r}]: expected real numbers, got {value.dtype}")
                 values[key] = value.astype(self.dtype)
-        for key, value in values.items():
-            if key == "num_batches_tracked":
-                self.num_batches_tracked = value
-            else:
-                np.copyto(getattr(self, key), value)
+        with self._lock:
+            for key, value in values.items():
+                if key == "num_batches_tracked":
+                    self.num_batches_tracked = value
+                else:
+                    np.copyto(getattr(self, key), value)
+            self._stats_version += 1
 
     def fold_into(self, weight, bias=None, axis=0):
         """Fold this (eval-mode) batch norm into the preceding linear or
@@ -344,13 +547,17 @@ cdef class _BatchNorm(_Layer):
         b = np.zeros(self.num_features) if bias is None else np.asarray(bias, np.float64)
         if b.shape != (self.num_features,):
             raise ValueError(f"bias: expected shape ({self.num_features},), got {b.shape}")
+        with self._lock:
+            eps = self._eps
+            running_mean = self.running_mean.astype(np.float64)
+            running_var = self.running_var.astype(np.float64)
         gamma = np.ones(self.num_features) if self.weight is None else self.weight.astype(float)
         beta = np.zeros(self.num_features) if self.bias is None else self.bias.astype(float)
-        a = gamma / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        a = gamma / np.sqrt(running_var + eps)
         shape = [1] * w.ndim
         shape[ax] = self.num_features
         w_folded = (w.astype(np.float64) * a.reshape(shape)).astype(w.dtype)
-        b_folded = (b - self.running_mean) * a + beta
+        b_folded = (b - running_mean) * a + beta
         return w_folded, b_folded.astype(w.dtype)
 
     # ---- Python protocol --------------------------------------------------------
@@ -361,15 +568,20 @@ cdef class _BatchNorm(_Layer):
                 f"dtype={self.dtype.name})")
 
     def __reduce__(self):
-        state = {
-            "training": self.training,
-            "weight": self.weight, "bias": self.bias,
-            "grad_weight": self.grad_weight, "grad_bias": self.grad_bias,
-            "running_mean": self.running_mean, "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
-        args = (self.num_features, self.eps, self.momentum, self.affine,
-                self.track_running_stats, self.axis, self.dtype)
+        # the running statistics as copies taken together under the lock, so
+        # that a pickle or copy of a layer that other threads train is a
+        # consistent state; the clone gets its own lock (see __cinit__)
+        with self._lock:
+            state = {
+                "training": self._training,
+                "weight": self.weight, "bias": self.bias,
+                "grad_weight": self.grad_weight, "grad_bias": self.grad_bias,
+                "running_mean": _copy_or_none(self.running_mean),
+                "running_var": _copy_or_none(self.running_var),
+                "num_batches_tracked": self.num_batches_tracked,
+            }
+            args = (self.num_features, self._eps, self._momentum, self.affine,
+                    self.track_running_stats, self._axis, self.dtype)
         return (type(self), args, state)
 
     def __setstate__(self, state):
@@ -378,19 +590,40 @@ cdef class _BatchNorm(_Layer):
 
 
 cdef class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) or (N, C, L) input; (N, C) or (N, L, C) with axis=-1."""
+    """Batch norm over (N, C) or (N, C, L) input; (N, C) or (N, L, C) with axis=-1.
+
+    Threads may share the layer for forwards and backwards: every training
+    batch updates the running statistics once (momentum=None: the average of
+    all batches in any order), and each thread's backward pairs with its own
+    last forward. x must not change between forward and backward (checked by
+    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    """
     _ndims = (2, 3)
     _shape_text = "2-d (N, C) or 3-d (N, C, L) input"
 
 
 cdef class BatchNorm2d(_BatchNorm):
-    """Batch norm over (N, C, H, W) input; (N, H, W, C) with axis=-1."""
+    """Batch norm over (N, C, H, W) input; (N, H, W, C) with axis=-1.
+
+    Threads may share the layer for forwards and backwards: every training
+    batch updates the running statistics once (momentum=None: the average of
+    all batches in any order), and each thread's backward pairs with its own
+    last forward. x must not change between forward and backward (checked by
+    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    """
     _ndims = (4,)
     _shape_text = "4-d (N, C, H, W) input"
 
 
 cdef class BatchNorm3d(_BatchNorm):
-    """Batch norm over (N, C, D, H, W) input; (N, D, H, W, C) with axis=-1."""
+    """Batch norm over (N, C, D, H, W) input; (N, D, H, W, C) with axis=-1.
+
+    Threads may share the layer for forwards and backwards: every training
+    batch updates the running statistics once (momentum=None: the average of
+    all batches in any order), and each thread's backward pairs with its own
+    last forward. x must not change between forward and backward (checked by
+    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    """
     _ndims = (5,)
     _shape_text = "5-d (N, C, D, H, W) input"
 
@@ -412,7 +645,7 @@ cdef class Dropout(_Layer):
     Every training forward uses a new stream of the layer's seed (the stream
     advances by one per call), so no two calls share a mask, and the same seed
     gives the same sequence of masks in any process. backward regenerates the
-    last forward's mask from (seed, stream) and stores no mask.
+    mask of its forward from (seed, stream) and stores no mask.
     mode="inverted" scales kept values by 1/(1-p) in training and is the
     identity in eval; mode="classic" keeps values unscaled in training and
     scales by (1-p) in eval. seed=None draws a seed from the OS once.
@@ -421,16 +654,29 @@ cdef class Dropout(_Layer):
     seed and stream: integers in [0, 2**64) (not bool); axis: 1 or -1 (used
     by the channel dropouts). They may be set later and are checked as in
     the constructor and in ``dropout``.
+
+    backward uses a snapshot taken at forward (p, mode, seed, stream,
+    training, axis and the output's shape), not the current attributes:
+    changing them between forward and backward does not change the gradient
+    (the next forward uses the new values). backward needs nothing of x, so x
+    may change after forward.
+
+    Threads: one layer may be shared by threads for forwards and backwards.
+    Each training forward reserves its stream (reads and advances it) under
+    the layer's lock before its kernel runs, so N concurrent forwards use N
+    distinct streams, each thread's in increasing order, and the stream ends
+    N further on (which forward gets which stream depends on the timing).
+    Each thread's backward pairs with that thread's last forward (or with the
+    last forward of any thread if the calling thread has made none).
+    Attribute setters are atomic; a forward uses the values it read at its
+    start. A forward that raises gives its stream back unless another
+    forward has reserved one since.
     """
 
     cdef double _p
     cdef str _mode
     cdef object _seed
     cdef object _stream
-    # the stream and kind of the last forward, for backward
-    cdef object _last_stream
-    cdef bint _last_training
-    cdef object _last_shape
 
     _channelwise = False
     _ndims = None
@@ -448,8 +694,6 @@ cdef class Dropout(_Layer):
         self._stream = 0
         self._training = True
         self._axis = axis
-        self._last_stream = None
-        self._last_shape = None
 
     # ---- checked attributes ---------------------------------------------------
     @property
@@ -459,7 +703,9 @@ cdef class Dropout(_Layer):
 
     @p.setter
     def p(self, value):
-        self._p = as_probability("p", value)
+        value = as_probability("p", value)
+        with self._lock:
+            self._p = value
 
     @property
     def mode(self):
@@ -469,7 +715,8 @@ cdef class Dropout(_Layer):
     @mode.setter
     def mode(self, value):
         as_dropout_mode(value)
-        self._mode = value
+        with self._lock:
+            self._mode = value
 
     @property
     def seed(self):
@@ -479,7 +726,9 @@ cdef class Dropout(_Layer):
 
     @seed.setter
     def seed(self, value):
-        self._seed = _as_seed(value)
+        value = _as_seed(value)
+        with self._lock:
+            self._seed = value
 
     @property
     def stream(self):
@@ -488,52 +737,65 @@ cdef class Dropout(_Layer):
 
     @stream.setter
     def stream(self, value):
-        self._stream = as_uint("stream", value, 64)
+        value = as_uint("stream", value, 64)
+        with self._lock:
+            self._stream = value
 
     def forward(self, x):
-        """Apply dropout to x; a training call uses the next stream."""
+        """Apply dropout to x; a training call reserves the next stream."""
         if self._ndims is not None:
             arr = np.asarray(x)
             if arr.ndim not in self._ndims:
                 raise ValueError(
                     f"x: {type(self).__name__} expects {self._shape_text}, got shape {arr.shape}")
-        stream = self._stream
-        if self._training and stream == _LAST_STREAM:
-            # the stream after this one would not fit in 64 bits
-            raise ValueError(f"stream: the streams of seed {self._seed} are used up "
-                             f"(stream {stream}); set another seed or stream")
-        y = dropout(x, p=self.p, seed=self.seed, stream=stream, mode=self.mode,
-                    training=self.training, channelwise=self._channelwise, axis=self.axis)
-        if self._training:
-            self._stream = stream + 1
-        self._last_stream = stream
-        self._last_training = self.training
-        self._last_shape = y.shape
+        with self._lock:
+            p, mode, seed, stream = self._p, self._mode, self._seed, self._stream
+            training, axis = self._training, self._axis
+            if training:
+                if stream == _LAST_STREAM:
+                    # the stream after this one would not fit in 64 bits
+                    raise ValueError(f"stream: the streams of seed {seed} are used up "
+                                     f"(stream {stream}); set another seed or stream")
+                self._stream = stream + 1
+        try:
+            y = dropout(x, p=p, seed=seed, stream=stream, mode=mode, training=training,
+                        channelwise=self._channelwise, axis=axis)
+        except BaseException:
+            if training:
+                with self._lock:
+                    if self._stream == stream + 1:
+                        self._stream = stream
+            raise
+        self._remember((p, mode, seed, stream, training, axis, y.shape))
         return y
 
     def backward(self, dy):
-        """Gradient for the last forward, its mask regenerated from (seed, stream)."""
-        if self._last_shape is None:
-            raise RuntimeError("backward called before forward")
+        """Gradient for the calling thread's last forward, with that
+        forward's p, mode and axis and its mask regenerated from its (seed,
+        stream)."""
+        p, mode, seed, stream, training, axis, shape = self._recall()
         dy_shape = np.shape(dy)
-        if dy_shape != self._last_shape:
+        if dy_shape != shape:
             raise ValueError(f"dy: shape {dy_shape} does not match the last forward's "
-                             f"output shape {self._last_shape}")
-        if not self._last_training:
+                             f"output shape {shape}")
+        if not training:
             # eval: the forward was the identity or a scale by 1-p; its
             # gradient is the same map
-            return dropout(dy, p=self.p, mode=self.mode, training=False,
-                           channelwise=self._channelwise, axis=self.axis)
-        return dropout_backward(dy, self.p, seed=self.seed, stream=self._last_stream,
-                                mode=self.mode, channelwise=self._channelwise, axis=self.axis)
+            return dropout(dy, p=p, mode=mode, training=False,
+                           channelwise=self._channelwise, axis=axis)
+        return dropout_backward(dy, p, seed=seed, stream=stream, mode=mode,
+                                channelwise=self._channelwise, axis=axis)
 
     def __repr__(self):
         return (f"{type(self).__name__}(p={self.p}, mode={self.mode!r}, seed={self.seed}, "
                 f"axis={self.axis})")
 
     def __reduce__(self):
-        state = {"training": self.training, "stream": self.stream}
-        return (type(self), (self.p, self.mode, self.seed, self.axis), state)
+        # read together under the lock; the clone gets its own lock (see __cinit__)
+        with self._lock:
+            state = {"training": self._training, "stream": self._stream}
+            args = (self._p, self._mode, self._seed, self._axis)
+        return (type(self), args, state)
 
     def __setstate__(self, state):
         for key, value in state.items():
@@ -541,21 +803,36 @@ cdef class Dropout(_Layer):
 
 
 cdef class Dropout1d(Dropout):
-    """Channel (spatial) dropout over (N, C, L): whole channels are dropped."""
+    """Channel (spatial) dropout over (N, C, L): whole channels are dropped.
+
+    Threads and backward as in Dropout: concurrent forwards reserve distinct
+    streams, each thread's backward pairs with its own last forward and uses
+    that forward's snapshot of p, mode, seed, stream and axis.
+    """
     _channelwise = True
     _ndims = (3,)
     _shape_text = "3-d (N, C, L) input"
 
 
 cdef class Dropout2d(Dropout):
-    """Channel (spatial) dropout over (N, C, H, W): whole channels are dropped."""
+    """Channel (spatial) dropout over (N, C, H, W): whole channels are dropped.
+
+    Threads and backward as in Dropout: concurrent forwards reserve distinct
+    streams, each thread's backward pairs with its own last forward and uses
+    that forward's snapshot of p, mode, seed, stream and axis.
+    """
     _channelwise = True
     _ndims = (4,)
     _shape_text = "4-d (N, C, H, W) input"
 
 
 cdef class Dropout3d(Dropout):
-    """Channel (spatial) dropout over (N, C, D, H, W): whole channels are dropped."""
+    """Channel (spatial) dropout over (N, C, D, H, W): whole channels are dropped.
+
+    Threads and backward as in Dropout: concurrent forwards reserve distinct
+    streams, each thread's backward pairs with its own last forward and uses
+    that forward's snapshot of p, mode, seed, stream and axis.
+    """
     _channelwise = True
     _ndims = (5,)
     _shape_text = "5-d (N, C, D, H, W) input"
