@@ -4,6 +4,7 @@
 from libc.stdint cimport int64_t
 
 from dropnorm.libdropnorm cimport *
+from dropnorm._spans cimport Spans, span, spans_overlap, spans_start
 
 import numpy as np
 
@@ -13,11 +14,16 @@ from dropnorm._checks import (
     as_tensor,
     as_vector,
     output_like,
+    raise_overlap,
     same_tensor,
     tensor_extents,
     writable_vector,
 )
 from dropnorm._runtime import raise_status
+
+# the exact in-place uses the C header allows (y == x; dx == dy or dx == x)
+_OUT_IS_X = (("out", "x"),)
+_OUT_IS_X_OR_DY = (("out", "x"), ("out", "dy"))
 
 ctypedef fused floating:
     float
@@ -39,6 +45,18 @@ def _train(const floating[::1] x, const floating[::1] weight, const floating[::1
            double eps, double momentum):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    cdef size_t t = <size_t>x.shape[0] * sizeof(floating), v = <size_t>c * sizeof(floating)
+    cdef Spans sp
+    spans_start(&sp, 3)
+    span(&sp, _out(running_mean), v, False)
+    span(&sp, _out(running_var), v, False)
+    span(&sp, &y[0], t, True)
+    span(&sp, &x[0], t, True)
+    span(&sp, _in(weight), v, False)
+    span(&sp, _in(bias), v, False)
+    if spans_overlap(&sp):
+        raise_overlap(("running_mean", "running_var", "out", "x", "weight", "bias"), 3,
+                       _OUT_IS_X, running_mean, running_var, y, x, weight, bias)
     with nogil:
         st = dn_batchnorm_forward_train(
             n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
@@ -53,6 +71,18 @@ def _infer(const floating[::1] x, const floating[::1] running_mean,
            int64_t n, int64_t c, int64_t s, bint channels_last, double eps):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    cdef size_t t = <size_t>x.shape[0] * sizeof(floating), v = <size_t>c * sizeof(floating)
+    cdef Spans sp
+    spans_start(&sp, 1)
+    span(&sp, &y[0], t, True)
+    span(&sp, &x[0], t, True)
+    span(&sp, &running_mean[0], v, False)
+    span(&sp, &running_var[0], v, False)
+    span(&sp, _in(weight), v, False)
+    span(&sp, _in(bias), v, False)
+    if spans_overlap(&sp):
+        raise_overlap(("out", "x", "running_mean", "running_var", "weight", "bias"), 1,
+                       _OUT_IS_X, y, x, running_mean, running_var, weight, bias)
     with nogil:
         st = dn_batchnorm_forward_infer(
             n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
@@ -61,12 +91,33 @@ def _infer(const floating[::1] x, const floating[::1] running_mean,
         raise_status(st, "batch_norm_infer")
 
 
+cdef _check_grad_overlap(floating[::1] dx, const floating[::1] dy, const floating[::1] x,
+                         const floating[::1] mean, const floating[::1] var,
+                         const floating[::1] weight, names):
+    """ValueError unless dx is apart from every other array (or exactly dy or
+    x); dweight and dbias are always new arrays."""
+    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
+    cdef size_t v = <size_t>mean.shape[0] * sizeof(floating)
+    cdef Spans sp
+    spans_start(&sp, 1)
+    span(&sp, &dx[0], t, True)
+    span(&sp, &dy[0], t, True)
+    span(&sp, &x[0], t, True)
+    span(&sp, &mean[0], v, False)
+    span(&sp, &var[0], v, False)
+    span(&sp, _in(weight), v, False)
+    if spans_overlap(&sp):
+        raise_overlap(names, 1, _OUT_IS_X_OR_DY, dx, dy, x, mean, var, weight)
+
+
 def _backward(const floating[::1] dy, const floating[::1] x,
               const floating[::1] save_mean, const floating[::1] save_invstd,
               const floating[::1] weight, floating[::1] dx, floating[::1] dweight,
               floating[::1] dbias, int64_t n, int64_t c, int64_t s, bint channels_last):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    _check_grad_overlap(dx, dy, x, save_mean, save_invstd, weight,
+                        ("out", "dy", "x", "save_mean", "save_invstd", "weight"))
     with nogil:
         st = dn_batchnorm_backward(
             n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
@@ -82,6 +133,8 @@ def _backward_infer(const floating[::1] dy, const floating[::1] x,
                     bint channels_last, double eps):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    _check_grad_overlap(dx, dy, x, running_mean, running_var, weight,
+                        ("out", "dy", "x", "running_mean", "running_var", "weight"))
     with nogil:
         st = dn_batchnorm_backward_infer(
             n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
@@ -109,9 +162,11 @@ def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=N
     momentum=1/k.
 
     out: an array like x to write y into; it may be x itself (in place).
-    Non-contiguous or byte-swapped (e.g. ``>f4``) read-only inputs are
-    copied; arrays written in place must be C-contiguous and of native byte
-    order.
+    Every array written (out, running_mean, running_var) must not share
+    memory with any other argument (ValueError), except out with x exactly.
+    Non-contiguous, misaligned or byte-swapped (e.g. ``>f4``) read-only
+    inputs are copied; arrays written in place must be C-contiguous, aligned
+    and of native byte order.
 
     eps (finite, >= 0) and momentum (in [0, 1]) are real numbers: int,
     float or a NumPy integer/floating scalar; bool, str, None and complex
@@ -132,7 +187,7 @@ def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=N
     if n * s < 2:
         raise ValueError(
             f"x: training statistics need more than 1 value per channel, got shape {x.shape}")
-    y = output_like("out", out, x, (x,))
+    y = output_like("out", out, x)
     save_mean = np.empty(c, dt)
     save_invstd = np.empty(c, dt)
     _train(x.reshape(-1), weight, bias, running_mean, running_var, y.reshape(-1),
@@ -156,7 +211,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, eps=1
     weight = as_vector("weight", weight, c, dt)
     bias = as_vector("bias", bias, c, dt)
     eps = as_eps(eps)
-    y = output_like("out", out, x, (x,))
+    y = output_like("out", out, x)
     _infer(x.reshape(-1), running_mean, running_var, weight, bias, y.reshape(-1),
            n, c, s, channels_last, eps)
     return y
@@ -172,7 +227,7 @@ def _backward_operands(dy, x, axis, statistics, weight, out):
     stats = [as_vector(name, value, extents[1], x.dtype, optional=False)
              for name, value in statistics.items()]
     weight = as_vector("weight", weight, extents[1], x.dtype)
-    return x, dy, stats, weight, output_like("out", out, x, (x, dy)), extents
+    return x, dy, stats, weight, output_like("out", out, x), extents
 
 
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=None):
@@ -183,7 +238,7 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=
     save_invstd come from batch_norm_train on the same x; save_mean serves as
     a shift only (the exact batch mean is recovered from x). dweight and
     dbias are returned also when weight is None. out: where dx goes; it may
-    be dy itself.
+    be dy or x itself, and must not share memory with any other argument.
     """
     x, dy, (save_mean, save_invstd), weight, dx, extents = _backward_operands(
         dy, x, axis, {"save_mean": save_mean, "save_invstd": save_invstd}, weight, out)

@@ -3,12 +3,21 @@
 Every check runs before any kernel, so bad input raises and changes nothing.
 Errors name the argument and say what was expected.
 
-Policy for memory order: read-only inputs that are not C-contiguous, or
-whose byte order is not the machine's (``>f4`` on a little-endian machine),
-are copied to native, C-contiguous arrays (as NumPy would); arrays that
-dropnorm writes into (``out=``, running statistics) must already be
-C-contiguous, writeable, of the right dtype and of native byte order, and are
-rejected otherwise, since a copy would silently not be updated.
+Policy for memory order: read-only inputs that are not C-contiguous, not
+aligned (a float32 view at an odd byte offset), or whose byte order is not
+the machine's (``>f4`` on a little-endian machine), are copied to native,
+aligned, C-contiguous arrays (as NumPy would); arrays that dropnorm writes
+into (``out=``, running statistics) must already be C-contiguous, aligned,
+writeable, of the right dtype and of native byte order, and are rejected
+otherwise, since a copy would silently not be updated. An input that
+``np.asarray`` cannot read (a torch tensor that requires grad) raises an
+error that names the argument and says what to pass instead.
+
+Policy for aliasing (the C header's contract): every array a call writes
+must not share memory with any other array argument, read or written
+(``check_disjoint``), except that a tensor output may be the very same array
+as a tensor input (out is x; dx is dy or x). Arrays that are only read may
+share memory with each other.
 
 Policy for scalars: real-valued arguments (p, eps, momentum) take a real
 number: a Python int or float, a NumPy integer or floating scalar (or 0-d
@@ -42,10 +51,59 @@ def _native(arr):
     return arr
 
 
+def _unreadable(name, value, exc):
+    """The error for an input ``np.asarray`` could not read: it names the
+    argument and, for a torch tensor (or anything like one), says what to
+    pass instead. dropnorm never imports torch: it looks at attributes only."""
+    def attr(attr_name):
+        try:
+            return getattr(value, attr_name, None)
+        except Exception:
+            return None
+
+    module = getattr(type(value), "__module__", None) or ""
+    what = ("torch tensor" if module.split(".")[0] == "torch"
+            else f"{type(value).__name__} object")
+    reasons, fix = [], name
+    if attr("requires_grad") is True:
+        reasons.append("it requires grad")
+        fix += ".detach()"
+    device = attr("device")
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        reasons.append(f"it is on device {device}")
+        fix += ".cpu()"
+    cls = ValueError if isinstance(exc, ValueError) else TypeError
+    if reasons:
+        return cls(f"{name}: cannot read this {what} as a NumPy array "
+                   f"({'; '.join(reasons)}): pass {fix}")
+    return cls(f"{name}: cannot read this {what} as a NumPy array ({type(exc).__name__}: "
+               f"{exc}); pass a NumPy array or anything numpy.asarray accepts")
+
+
+def _read(name, value):
+    """np.asarray(value), or an error naming the argument (the original
+    error as its __cause__)."""
+    try:
+        return np.asarray(value)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _unreadable(name, value, exc) from exc
+
+
+def _c_aligned(arr):
+    """arr itself if C-contiguous and aligned, else an (aligned) C-contiguous
+    copy: C gets a float*/double* and must never see a misaligned one."""
+    flags = arr.flags
+    if flags.c_contiguous and flags.aligned:
+        return arr
+    return np.array(arr, order="C")
+
+
 def as_float_array(name, value):
     """A read-only input as a float32/float64 array of native byte order
-    (not yet made contiguous)."""
-    arr = value if type(value) is np.ndarray else np.asarray(value)
+    (not yet made contiguous or aligned)."""
+    arr = value if type(value) is np.ndarray else _read(name, value)
     if arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64:
         return arr
     arr = _native(arr)
@@ -55,7 +113,8 @@ def as_float_array(name, value):
 
 
 def as_tensor(name, value):
-    """The input tensor as a C-contiguous float32/float64 array, ndim >= 2."""
+    """The input tensor as a C-contiguous, aligned float32/float64 array,
+    ndim >= 2."""
     arr = as_float_array(name, value)
     if arr.ndim < 2:
         raise ValueError(
@@ -63,7 +122,7 @@ def as_tensor(name, value):
         )
     if arr.size == 0:
         raise ValueError(f"{name}: every extent must be at least 1, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return _c_aligned(arr)
 
 
 def tensor_extents(x, axis):
@@ -107,11 +166,13 @@ def as_vector(name, value, c, dtype, optional=True):
         if optional:
             return None
         raise TypeError(f"{name}: expected an array of {c} values, got None")
-    arr = _native(np.asarray(value))
-    check_dtype(name, arr, dtype)
+    arr = value if type(value) is np.ndarray else _read(name, value)
+    if arr.dtype is not dtype:
+        arr = _native(arr)
+        check_dtype(name, arr, dtype)
     if arr.shape != (c,):
         raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return _c_aligned(arr)
 
 
 def writable_vector(name, value, c, dtype):
@@ -129,11 +190,18 @@ def writable_vector(name, value, c, dtype):
 
 
 def check_writable(name, arr):
-    """ValueError unless arr can be written in place (writeable, C-contiguous)."""
-    if not arr.flags.writeable:
+    """ValueError unless arr can be written in place (writeable, C-contiguous,
+    aligned)."""
+    flags = arr.flags
+    if flags.carray:  # C-contiguous, aligned and writeable
+        return
+    if not flags.writeable:
         raise ValueError(f"{name}: the array is read-only")
-    if not arr.flags.c_contiguous:
+    if not flags.c_contiguous:
         raise ValueError(f"{name}: the array must be C-contiguous (it is written in place)")
+    raise ValueError(f"{name}: the array must be aligned to its {arr.dtype.alignment}-byte "
+                     f"{arr.dtype} elements (it is written in place), but its data starts "
+                     "at a misaligned address (e.g. a view at an odd byte offset)")
 
 
 def same_tensor(name, value, x):
@@ -142,14 +210,13 @@ def same_tensor(name, value, x):
     check_dtype(name, arr, x.dtype)
     if arr.shape != x.shape:
         raise ValueError(f"{name}: shape {arr.shape} does not match x's shape {x.shape}")
-    return np.ascontiguousarray(arr)
+    return _c_aligned(arr)
 
 
-def output_like(name, out, x, inputs=()):
+def output_like(name, out, x):
     """The output array: a new one like x, or ``out`` checked to fit.
 
-    ``out`` may be one of the inputs itself (in place) but must not partly
-    overlap any of them."""
+    Whether ``out`` overlaps another argument is check_disjoint's part."""
     if out is None:
         return np.empty_like(x)
     if not isinstance(out, np.ndarray):
@@ -158,14 +225,52 @@ def output_like(name, out, x, inputs=()):
     if out.shape != x.shape:
         raise ValueError(f"{name}: shape {out.shape} does not match the input's shape {x.shape}")
     check_writable(name, out)
-    for arr in inputs:
-        if arr is not None and np.may_share_memory(out, arr):
-            same = (out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
-                    and out.shape == arr.shape and out.strides == arr.strides)
-            if not same:
-                raise ValueError(f"{name}: partly overlaps an input (only exact in-place use "
-                                 "is allowed)")
     return out
+
+
+def _address(arr):
+    return arr.__array_interface__["data"][0]
+
+
+def check_disjoint(written, read, in_place=()):
+    """ValueError unless every array the call writes is disjoint from every
+    array it reads and from every other array it writes.
+
+    written, read: sequences of (name, array or None), the arrays as they go
+    to C (C-contiguous: the checks above made them so). Running statistics,
+    read and written, are in ``written``. in_place: the (written name, read
+    name) pairs that may be the very same array (out and x: y == x in the C
+    header's terms); a partial overlap of such a pair raises too. The message
+    names the written array first, then the other one.
+
+    The wrappers call it only when their byte-range test in C (_overlap in
+    _batchnorm.pyx, _dropout.pyx) finds a written array that meets another
+    one: a call that passes spends nanoseconds on aliasing, not this
+    function's microsecond. Here two arrays that each own their data (their
+    own allocation) are disjoint unless they are one object; other pairs go
+    to np.may_share_memory, which compares byte bounds in O(1) (exact for
+    contiguous arrays)."""
+    seen = []  # (name, array, owns its data) of the written arrays so far
+    others = None
+    for wname, w in written:
+        if w is None:
+            continue
+        wown = w.flags.owndata
+        if others is None:
+            others = [(n, a, a.flags.owndata) for n, a in read if a is not None]
+        for oname, o, oown in seen + others:
+            if o is not w and ((wown and oown) or not np.may_share_memory(w, o)):
+                continue
+            if (wname, oname) in in_place:
+                if o is w or (_address(o) == _address(w) and o.nbytes == w.nbytes):
+                    continue
+                raise ValueError(f"{wname}: partly overlaps {oname}; it may be {oname} itself "
+                                 "(in place) but must not share only part of its memory")
+            allowed = [r for (n, r) in in_place if n == wname]
+            hint = f" ({wname} may only be {' or '.join(allowed)} itself)" if allowed else ""
+            raise ValueError(f"{wname}: shares memory with {oname}; an array dropnorm writes "
+                             f"must not overlap any other array argument{hint}")
+        seen.append((wname, w, wown))
 
 
 def as_real(name, value, what="a real number"):
@@ -273,13 +378,14 @@ DROPOUT_MODES = {"inverted": 0, "classic": 1}
 
 
 def as_array(name, value, min_ndim=1):
-    """A C-contiguous float32/float64 array with at least ``min_ndim``
-    dimensions; empty arrays are allowed (the caller handles them)."""
+    """A C-contiguous, aligned float32/float64 array with at least
+    ``min_ndim`` dimensions; empty arrays are allowed (the caller handles
+    them)."""
     arr = as_float_array(name, value)
     if arr.ndim < min_ndim:
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimension(s), got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return _c_aligned(arr)
 
 
 def as_probability(name, p):
@@ -328,8 +434,9 @@ def as_count(name, n):
 
 
 def as_mask(name, mask, nbits):
-    """A packed keep mask for ``nbits`` decisions: uint8, shape ((nbits + 7)//8,)."""
-    arr = np.asarray(mask)
+    """A packed keep mask for ``nbits`` decisions: uint8, shape ((nbits + 7)//8,).
+    (uint8 needs no alignment.)"""
+    arr = mask if type(mask) is np.ndarray else _read(name, mask)
     if arr.dtype != np.uint8:
         raise TypeError(f"{name}: expected a uint8 array of packed bits, got dtype {arr.dtype}")
     nbytes = (nbits + 7) // 8
@@ -337,3 +444,12 @@ def as_mask(name, mask, nbits):
         raise ValueError(f"{name}: expected shape ({nbytes},), the packed bits of {nbits} "
                          f"decisions, got {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def raise_overlap(names, written, in_place, *views):
+    """check_disjoint on the arrays behind the typed memoryviews ``views``
+    (named ``names``; the first ``written`` are written): raises ValueError
+    naming the two arguments. Called by the wrappers once their byte-range
+    test (_spans.pxd) has found an overlap."""
+    arrays = [(name, None if v is None else v.base) for name, v in zip(names, views)]
+    check_disjoint(arrays[:written], arrays[written:], in_place)

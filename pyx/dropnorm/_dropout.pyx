@@ -16,6 +16,7 @@ uint8 values, as ``np.packbits(keep, bitorder="little")``.
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from dropnorm.libdropnorm cimport *
+from dropnorm._spans cimport Spans, span, spans_overlap, spans_start
 
 import numpy as np
 
@@ -30,9 +31,14 @@ from dropnorm._checks import (
     as_uint,
     as_words,
     output_like,
+    raise_overlap,
     tensor_extents,
 )
 from dropnorm._runtime import raise_status
+
+# the exact in-place uses the C header allows (y == x; dx == dy)
+_OUT_IS_X = (("out", "x"),)
+_OUT_IS_DY = (("out", "dy"),)
 
 ctypedef fused floating:
     float
@@ -47,11 +53,25 @@ cdef inline const uint8_t *_mask_in(const uint8_t[::1] m) noexcept nogil:
     return NULL if m is None else &m[0]
 
 
+cdef _check_mask_overlap(floating[::1] out, const floating[::1] x, const uint8_t[::1] mask,
+                         size_t nbytes, names, in_place):
+    """ValueError unless out is apart from the mask and from x (or exactly x)."""
+    cdef Spans sp
+    spans_start(&sp, 1)
+    span(&sp, &out[0], nbytes, True)
+    span(&sp, &x[0], nbytes, True)
+    span(&sp, _mask_in(mask), 0 if mask is None else <size_t>mask.shape[0], False)
+    if spans_overlap(&sp):
+        raise_overlap(names, 1, in_place, out, x, mask)
+
+
 def _forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask,
              int64_t n, int64_t c, int64_t s, bint channels_last, bint channelwise,
              double p, uint64_t seed, uint64_t stream, int mode, bint training):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
+    _check_mask_overlap(y, x, mask, t, ("out", "x", "mask"), _OUT_IS_X)  # mask: a new array
     with nogil:
         st = dn_dropout_forward(n, c, s, layout, channelwise, &x[0], p, seed, stream,
                                 <dn_dropout_mode>mode, training, &y[0], _mask_out(mask))
@@ -64,6 +84,8 @@ def _apply_mask(const floating[::1] x, const uint8_t[::1] mask, floating[::1] y,
                 double p, int mode):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
+    _check_mask_overlap(y, x, mask, t, ("out", "x", "mask"), _OUT_IS_X)
     with nogil:
         st = dn_dropout_apply_mask(n, c, s, layout, channelwise, &x[0], &mask[0], p,
                                    <dn_dropout_mode>mode, &y[0])
@@ -76,6 +98,8 @@ def _backward(const floating[::1] dy, const uint8_t[::1] mask, floating[::1] dx,
               double p, uint64_t seed, uint64_t stream, int mode):
     cdef dn_status st
     cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    cdef size_t t = <size_t>dy.shape[0] * sizeof(floating)
+    _check_mask_overlap(dx, dy, mask, t, ("out", "dy", "mask"), _OUT_IS_DY)
     with nogil:
         st = dn_dropout_backward(n, c, s, layout, channelwise, &dy[0], p, seed, stream,
                                  <dn_dropout_mode>mode, _mask_in(mask), &dx[0])
@@ -183,10 +207,11 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
       that channel. x is (N, C, *spatial) with axis=1 or (N, *spatial, C)
       with axis=-1 and needs ndim >= 2. axis is used only when channelwise.
 
-    out: an array like x to write y into; it may be x itself (in place).
-    Non-contiguous or byte-swapped (e.g. ``>f4``) inputs are copied; out must
-    be C-contiguous and of native byte order. An empty x gives an empty y
-    (and an empty mask).
+    out: an array like x to write y into; it may be x itself (in place),
+    and must not share memory with anything else. Non-contiguous, misaligned
+    or byte-swapped (e.g. ``>f4``) inputs are copied; out must be
+    C-contiguous, aligned and of native byte order. An empty x gives an
+    empty y (and an empty mask).
 
     training, channelwise and return_mask are flags: bool or numpy.bool_
     only (a string such as 'False' raises TypeError).
@@ -202,7 +227,7 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
     training = as_flag("training", training)
     return_mask = as_flag("return_mask", return_mask)
     n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
-    y = output_like("out", out, x, (x,))
+    y = output_like("out", out, x)
     mask = np.empty((bits + 7) // 8, np.uint8) if return_mask else None
     if x.size:
         _forward(x.reshape(-1), y.reshape(-1), mask, n, c, s, channels_last,
@@ -218,7 +243,8 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     ignored) and scale = 1/(1-p) rounded to x's dtype ("inverted") or 1
     ("classic"). p sets only the scale; p == 1 gives zeros whatever the mask.
     With the mask of ``dropout(..., return_mask=True)`` this reproduces that
-    call's y exactly. Other arguments as in dropout; out may be x itself.
+    call's y exactly. Other arguments as in dropout; out may be x itself but
+    must not share memory with the mask.
     """
     x = as_array("x", x, 1)
     p = as_probability("p", p)
@@ -226,7 +252,7 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     channelwise = as_flag("channelwise", channelwise)
     n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
     mask = as_mask("mask", mask, bits)
-    y = output_like("out", out, x, (x,))
+    y = output_like("out", out, x)
     if x.size:
         _apply_mask(x.reshape(-1), mask, y.reshape(-1), n, c, s, channels_last,
                     channelwise, p, mode_c)
@@ -245,14 +271,14 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
     "inverted" and dy*(1-p) for "classic".)
 
     dy: float32 or float64, the shape of the forward's x. out: where dx
-    goes; it may be dy itself.
+    goes; it may be dy itself but must not share memory with the mask.
     """
     dy, p, seed, stream, mode_c, channelwise = _dropout_operands(
         "dy", dy, p, seed, stream, mode, channelwise)
     n, c, s, channels_last, bits = _geometry("dy", dy, channelwise, axis)
     if mask is not None:
         mask = as_mask("mask", mask, bits)
-    dx = output_like("out", out, dy, (dy,))
+    dx = output_like("out", out, dy)
     if dy.size:
         _backward(dy.reshape(-1), mask, dx.reshape(-1), n, c, s, channels_last,
                   channelwise, p, seed, stream, mode_c)
