@@ -15,6 +15,8 @@
  * arithmetic is the same in every variant (explicit lanes, no contraction,
  * no reassociation), so they give the same bits; the vector width only
  * changes how fast. */
+#include <float.h>
+
 #include "kernels.h"
 
 #ifndef DN_BATCHNORM_KERNELS_ONCE
@@ -282,6 +284,11 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         /* a multiply per channel, not a divide: wide rows make chunks short */
         const double inv_rows = 1.0 / rows;
         if (r0 == lo) {
+            const T *DN_RESTRICT first_row = x + r0 * C;
+            /* the bound on the error of a sum of `rows` values in T,
+             * relative to their magnitude */
+            const T snap = (T)(rows * (sizeof(T) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON));
+            const T snap2 = snap * snap;
             for (int64_t j = 0; j < W; j++) sum[j] = 0;
             /* a tile of the row at a time (the accumulators stay in L1) */
             for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
@@ -296,7 +303,15 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
                 for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
             }
             FN(fold_wide)(sum, C, per);
+            /* A centre within the sum's rounding of the chunk's first value
+             * is taken as that value: any centre near the mean serves, and
+             * a constant channel then has deviations, and a variance, of
+             * exactly 0. */
             for (int64_t ch = 0; ch < C; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
+            for (int64_t ch = 0; ch < C; ch++) {
+                const T v = first_row[ch], d = centre[ch] - v;
+                centre[ch] = d * d <= snap2 * (v * v) ? v : centre[ch];
+            }
         }
         FN(widen)(p, centre);
         for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
@@ -601,7 +616,8 @@ static void FN(finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t
     FN(merge_groups)(p, f->gmean, f->gm2, f->weights, c0, c1, mean, m2);
     for (int64_t ch = c0; ch < c1; ch++) {
         const double mu = mean[ch - c0];
-        const double var = m2[ch - c0] / (double)p->m;
+        /* rounding can leave a zero variance a hair below 0; NaN stays */
+        const double var = m2[ch - c0] < 0.0 ? 0.0 : m2[ch - c0] / (double)p->m;
         const double invstd = 1.0 / sqrt(var + f->eps);
         mean_hi[ch] = (T)mu;
         mean_lo[ch] = (T)(mu - (double)mean_hi[ch]);
