@@ -7,32 +7,20 @@ import re
 
 import numpy as np
 import pytest
+from test_alignment import SHAPE, C
+from test_alignment import arguments as _alignment_arguments
 
 import dropnorm
 
-SHAPE = (4, 3, 5)
-C = SHAPE[1]
 DTYPES = [np.float32, np.float64]
 
 
 def arguments(dtype):
-    """Fresh, valid, separate arguments for every function below."""
-    rng = np.random.default_rng(0)
-    x = (0.5 + rng.standard_normal(SHAPE)).astype(dtype)
-    _, save_mean, save_invstd = dropnorm.batch_norm_train(x)
-    _, mask = dropnorm.dropout(x, 0.5, seed=1, return_mask=True)
-    return {
-        "x": x,
-        "dy": rng.standard_normal(SHAPE).astype(dtype),
-        "out": np.full(SHAPE, 7.0, dtype),
-        "weight": (1 + rng.random(C)).astype(dtype),
-        "bias": rng.standard_normal(C).astype(dtype),
-        "running_mean": rng.standard_normal(C).astype(dtype),
-        "running_var": (1 + rng.random(C)).astype(dtype),
-        "save_mean": save_mean,
-        "save_invstd": save_invstd,
-        "mask": mask,
-    }
+    """Fresh arrays for every argument (channels first), and an ``out``."""
+    a = _alignment_arguments(dtype)
+    del a["axis"]
+    a["out"] = np.full(SHAPE, 7.0, dtype)
+    return a
 
 
 # name: (call, the arrays it writes, the arrays it only reads)

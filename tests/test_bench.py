@@ -122,11 +122,17 @@ def test_mlp_suite(use_torch):
     json.loads(json.dumps(result))
 
 
-def test_under_load_stops_its_process_and_restores_threads(monkeypatch):
+def _record_load_processes(monkeypatch):
+    """The list that gets every load process bench.start_load starts."""
     started = []
     start_load = bench.start_load
     monkeypatch.setattr(bench, "start_load", lambda s: started.append(start_load(s)) or
                         started[-1])
+    return started
+
+
+def test_under_load_stops_its_process_and_restores_threads(monkeypatch):
+    started = _record_load_processes(monkeypatch)
     threads = dropnorm.get_max_threads()
     result = bench.run_under_load(shapes=[(4, 8), (2, 3, 2, 2)], samples=3, time_limit=5.0,
                                   progress="off")
@@ -149,10 +155,7 @@ def test_under_load_stops_its_process_and_restores_threads(monkeypatch):
 
 
 def test_under_load_stops_its_process_on_error(monkeypatch):
-    started = []
-    start_load = bench.start_load
-    monkeypatch.setattr(bench, "start_load", lambda s: started.append(start_load(s)) or
-                        started[-1])
+    started = _record_load_processes(monkeypatch)
 
     def broken(*args):
         raise RuntimeError("broken case")

@@ -38,28 +38,43 @@ cdef inline floating *_out(floating[::1] a) noexcept nogil:
     return NULL if a is None else &a[0]
 
 
+cdef inline dn_layout _layout(bint channels_last) noexcept nogil:
+    return DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+
+
+cdef inline size_t _nbytes(const floating[::1] a) noexcept nogil:
+    return 0 if a is None else <size_t>a.shape[0] * sizeof(floating)
+
+
+cdef _check_overlap(int written, names, int tensors, in_place,
+                    const floating[::1] a0, const floating[::1] a1, const floating[::1] a2,
+                    const floating[::1] a3, const floating[::1] a4, const floating[::1] a5):
+    """ValueError (naming both) if one of the first ``written`` arrays shares
+    a byte with another array, other than a tensor (bit k of ``tensors``:
+    a<k> is one) that is exactly another tensor in one of the ``in_place``
+    pairs; None arrays are absent."""
+    cdef Spans sp
+    spans_start(&sp, written)
+    span(&sp, _in(a0), _nbytes(a0), tensors & 1)
+    span(&sp, _in(a1), _nbytes(a1), tensors & 2)
+    span(&sp, _in(a2), _nbytes(a2), tensors & 4)
+    span(&sp, _in(a3), _nbytes(a3), tensors & 8)
+    span(&sp, _in(a4), _nbytes(a4), tensors & 16)
+    span(&sp, _in(a5), _nbytes(a5), tensors & 32)
+    if spans_overlap(&sp):
+        raise_overlap(names, written, in_place, a0, a1, a2, a3, a4, a5)
+
+
 def _train(const floating[::1] x, const floating[::1] weight, const floating[::1] bias,
            floating[::1] running_mean, floating[::1] running_var,
            floating[::1] y, floating[::1] save_mean, floating[::1] save_invstd,
-           int64_t n, int64_t c, int64_t s, bint channels_last,
-           double eps, double momentum):
+           int64_t n, int64_t c, int64_t s, bint channels_last, double eps, double momentum):
     cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    cdef size_t t = <size_t>x.shape[0] * sizeof(floating), v = <size_t>c * sizeof(floating)
-    cdef Spans sp
-    spans_start(&sp, 3)
-    span(&sp, _out(running_mean), v, False)
-    span(&sp, _out(running_var), v, False)
-    span(&sp, &y[0], t, True)
-    span(&sp, &x[0], t, True)
-    span(&sp, _in(weight), v, False)
-    span(&sp, _in(bias), v, False)
-    if spans_overlap(&sp):
-        raise_overlap(("running_mean", "running_var", "out", "x", "weight", "bias"), 3,
-                       _OUT_IS_X, running_mean, running_var, y, x, weight, bias)
+    _check_overlap(3, ("running_mean", "running_var", "out", "x", "weight", "bias"), 0b1100,
+                   _OUT_IS_X, running_mean, running_var, y, x, weight, bias)
     with nogil:
         st = dn_batchnorm_forward_train(
-            n, c, s, layout, &x[0], _in(weight), _in(bias), eps, momentum,
+            n, c, s, _layout(channels_last), &x[0], _in(weight), _in(bias), eps, momentum,
             _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_train")
@@ -70,77 +85,36 @@ def _infer(const floating[::1] x, const floating[::1] running_mean,
            const floating[::1] bias, floating[::1] y,
            int64_t n, int64_t c, int64_t s, bint channels_last, double eps):
     cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    cdef size_t t = <size_t>x.shape[0] * sizeof(floating), v = <size_t>c * sizeof(floating)
-    cdef Spans sp
-    spans_start(&sp, 1)
-    span(&sp, &y[0], t, True)
-    span(&sp, &x[0], t, True)
-    span(&sp, &running_mean[0], v, False)
-    span(&sp, &running_var[0], v, False)
-    span(&sp, _in(weight), v, False)
-    span(&sp, _in(bias), v, False)
-    if spans_overlap(&sp):
-        raise_overlap(("out", "x", "running_mean", "running_var", "weight", "bias"), 1,
-                       _OUT_IS_X, y, x, running_mean, running_var, weight, bias)
+    _check_overlap(1, ("out", "x", "running_mean", "running_var", "weight", "bias"), 0b11,
+                   _OUT_IS_X, y, x, running_mean, running_var, weight, bias)
     with nogil:
         st = dn_batchnorm_forward_infer(
-            n, c, s, layout, &x[0], &running_mean[0], &running_var[0],
+            n, c, s, _layout(channels_last), &x[0], &running_mean[0], &running_var[0],
             _in(weight), _in(bias), eps, &y[0])
     if st != DN_OK:
         raise_status(st, "batch_norm_infer")
 
 
-cdef _check_grad_overlap(floating[::1] dx, const floating[::1] dy, const floating[::1] x,
-                         const floating[::1] mean, const floating[::1] var,
-                         const floating[::1] weight, names):
-    """ValueError unless dx is apart from every other array (or exactly dy or
-    x); dweight and dbias are always new arrays."""
-    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
-    cdef size_t v = <size_t>mean.shape[0] * sizeof(floating)
-    cdef Spans sp
-    spans_start(&sp, 1)
-    span(&sp, &dx[0], t, True)
-    span(&sp, &dy[0], t, True)
-    span(&sp, &x[0], t, True)
-    span(&sp, &mean[0], v, False)
-    span(&sp, &var[0], v, False)
-    span(&sp, _in(weight), v, False)
-    if spans_overlap(&sp):
-        raise_overlap(names, 1, _OUT_IS_X_OR_DY, dx, dy, x, mean, var, weight)
-
-
-def _backward(const floating[::1] dy, const floating[::1] x,
-              const floating[::1] save_mean, const floating[::1] save_invstd,
-              const floating[::1] weight, floating[::1] dx, floating[::1] dweight,
-              floating[::1] dbias, int64_t n, int64_t c, int64_t s, bint channels_last):
+def _backward(const floating[::1] dy, const floating[::1] x, const floating[::1] mean,
+              const floating[::1] var, const floating[::1] weight, floating[::1] dx,
+              floating[::1] dweight, floating[::1] dbias, int64_t n, int64_t c, int64_t s,
+              bint channels_last, bint frozen, double eps, names):
+    """Through batch statistics (mean, var: save_mean, save_invstd) or,
+    frozen, through running ones (running_mean, running_var, eps); names:
+    the six arguments' names for errors."""
     cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    _check_grad_overlap(dx, dy, x, save_mean, save_invstd, weight,
-                        ("out", "dy", "x", "save_mean", "save_invstd", "weight"))
+    _check_overlap(1, names, 0b111, _OUT_IS_X_OR_DY, dx, dy, x, mean, var, weight)
     with nogil:
-        st = dn_batchnorm_backward(
-            n, c, s, layout, &dy[0], &x[0], &save_mean[0], &save_invstd[0],
-            _in(weight), &dx[0], &dweight[0], &dbias[0])
+        if frozen:
+            st = dn_batchnorm_backward_infer(
+                n, c, s, _layout(channels_last), &dy[0], &x[0], &mean[0], &var[0],
+                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
+        else:
+            st = dn_batchnorm_backward(
+                n, c, s, _layout(channels_last), &dy[0], &x[0], &mean[0], &var[0],
+                _in(weight), &dx[0], &dweight[0], &dbias[0])
     if st != DN_OK:
-        raise_status(st, "batch_norm_backward")
-
-
-def _backward_infer(const floating[::1] dy, const floating[::1] x,
-                    const floating[::1] running_mean, const floating[::1] running_var,
-                    const floating[::1] weight, floating[::1] dx, floating[::1] dweight,
-                    floating[::1] dbias, int64_t n, int64_t c, int64_t s,
-                    bint channels_last, double eps):
-    cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    _check_grad_overlap(dx, dy, x, running_mean, running_var, weight,
-                        ("out", "dy", "x", "running_mean", "running_var", "weight"))
-    with nogil:
-        st = dn_batchnorm_backward_infer(
-            n, c, s, layout, &dy[0], &x[0], &running_mean[0], &running_var[0],
-            _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
-    if st != DN_OK:
-        raise_status(st, "batch_norm_infer_backward")
+        raise_status(st, "batch_norm_infer_backward" if frozen else "batch_norm_backward")
 
 
 def _flat(a):
@@ -230,6 +204,19 @@ def _backward_operands(dy, x, axis, statistics, weight, out):
     return x, dy, stats, weight, output_like("out", out, x), extents
 
 
+def _gradients(dy, x, axis, statistics, weight, out, frozen, eps):
+    """(dx, dweight, dbias) through batch statistics or, frozen, through
+    running ones with eps; statistics: the two per-channel arrays by name."""
+    x, dy, (mean, var), weight, dx, extents = _backward_operands(
+        dy, x, axis, statistics, weight, out)
+    eps = as_eps(eps) if frozen else 0.0
+    dweight = np.empty(extents[1], x.dtype)
+    dbias = np.empty(extents[1], x.dtype)
+    _backward(dy.reshape(-1), x.reshape(-1), mean, var, weight, dx.reshape(-1), dweight, dbias,
+              *extents, frozen, eps, ("out", "dy", "x", *statistics, "weight"))
+    return dx, dweight, dbias
+
+
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=None):
     """Gradients of batch_norm_train: (dx, dweight, dbias).
 
@@ -240,13 +227,8 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=
     dbias are returned also when weight is None. out: where dx goes; it may
     be dy or x itself, and must not share memory with any other argument.
     """
-    x, dy, (save_mean, save_invstd), weight, dx, extents = _backward_operands(
-        dy, x, axis, {"save_mean": save_mean, "save_invstd": save_invstd}, weight, out)
-    dweight = np.empty(extents[1], x.dtype)
-    dbias = np.empty(extents[1], x.dtype)
-    _backward(dy.reshape(-1), x.reshape(-1), save_mean, save_invstd, weight,
-              dx.reshape(-1), dweight, dbias, *extents)
-    return dx, dweight, dbias
+    return _gradients(dy, x, axis, {"save_mean": save_mean, "save_invstd": save_invstd},
+                      weight, out, False, 0.0)
 
 
 def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps=1e-5,
@@ -256,11 +238,5 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps
     dx = weight/sqrt(running_var + eps) * dy; dbias = sum(dy);
     dweight = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
     """
-    x, dy, (running_mean, running_var), weight, dx, extents = _backward_operands(
-        dy, x, axis, {"running_mean": running_mean, "running_var": running_var}, weight, out)
-    eps = as_eps(eps)
-    dweight = np.empty(extents[1], x.dtype)
-    dbias = np.empty(extents[1], x.dtype)
-    _backward_infer(dy.reshape(-1), x.reshape(-1), running_mean, running_var, weight,
-                    dx.reshape(-1), dweight, dbias, *extents, eps)
-    return dx, dweight, dbias
+    return _gradients(dy, x, axis, {"running_mean": running_mean, "running_var": running_var},
+                      weight, out, True, eps)

@@ -375,6 +375,14 @@ def _table(head, lines):
     return "\n".join(out)
 
 
+def _timing_fields(m, dtype_name, threads, nbytes):
+    """The columns every suite row shares, from measure()'s result m."""
+    return {"dtype": dtype_name, "threads": threads, "bytes": nbytes,
+            "time_ms": m["time_s"] * 1e3, "memcpy_ms": m["memcpy_s"] * 1e3,
+            "x_memcpy": m["x_memcpy"], "alloc_time_ms": m["alloc_time_s"] * 1e3,
+            "torch_ms": _ms(m["torch_s"]), "speedup_vs_torch": m["speedup"]}
+
+
 def _ms(seconds):
     return None if seconds is None else seconds * 1e3
 
@@ -463,22 +471,9 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
                 bar.step(f"{layout} layer {index}/{len(layers)} {_shape_text(shape)} {name}")
                 case = _Case(kernel, shape, layout, dtype, torch)
                 m = measure(case, threads, repeats)
-                rows.append({
-                    "layer": index,
-                    "layout": layout,
-                    "shape": list(shape),
-                    "pass": name,
-                    "kernel": kernel,
-                    "dtype": dtype_name,
-                    "threads": threads,
-                    "bytes": case.nbytes,
-                    "time_ms": m["time_s"] * 1e3,
-                    "memcpy_ms": m["memcpy_s"] * 1e3,
-                    "x_memcpy": m["x_memcpy"],
-                    "alloc_time_ms": m["alloc_time_s"] * 1e3,
-                    "torch_ms": _ms(m["torch_s"]),
-                    "speedup_vs_torch": m["speedup"],
-                })
+                rows.append({"layer": index, "layout": layout, "shape": list(shape),
+                             "pass": name, "kernel": kernel,
+                             **_timing_fields(m, dtype_name, threads, case.nbytes)})
                 del case
     bar.close()
     totals = []
@@ -625,20 +620,9 @@ def run_mlp(shapes=None, overhead_shape=None, dtype=np.float32, repeats=11, use_
         bar.step(f"BatchNorm1d {_shape_text(shape)}")
         case = _LayerCase(shape, dtype, torch)
         m = measure(case, threads, repeats)
-        rows.append({
-            "part": "layer",
-            "name": "BatchNorm1d forward+backward",
-            "shape": list(shape),
-            "dtype": dtype_name,
-            "threads": threads,
-            "bytes": case.nbytes,
-            "time_ms": m["time_s"] * 1e3,
-            "memcpy_ms": m["memcpy_s"] * 1e3,
-            "x_memcpy": m["x_memcpy"],
-            "alloc_time_ms": m["alloc_time_s"] * 1e3,
-            "torch_ms": _ms(m["torch_s"]),
-            "speedup_vs_torch": m["speedup"],
-        })
+        rows.append({"part": "layer", "name": "BatchNorm1d forward+backward",
+                     "shape": list(shape),
+                     **_timing_fields(m, dtype_name, threads, case.nbytes)})
         del case
     functions, reference = _overhead_calls(overhead_shape, dtype)
     for name in OVERHEAD_KERNELS:
