@@ -5,11 +5,6 @@
 
 #include "keep_window.h"
 
-/* Inlined whatever the compiler's size heuristics say: the window count
- * and element type must be constants in the loops, and the masks must stay
- * in mask registers (a call spills them: 13% slower here). */
-#define DN_AVX512_INLINE static inline __attribute__((always_inline))
-
 /* The high words of the 32x32 -> 64-bit products from the even and odd
  * lanes' multiplies; the low words from one vpmulld (one instruction where
  * a shift and a blend were two: 9% faster here). */
@@ -75,8 +70,8 @@ static inline void dn_masks_avx512(const __m512i x[4], __m512i thr, __mmask16 q[
  * windows side by side measured faster than one and than four (which
  * runs out of registers). */
 #define DN_AVX512_WINDOWS 2
-DN_AVX512_INLINE void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
-                                             int count, __mmask16 *q)
+static inline void dn_window_masks_avx512(const dn_philox_stream *ps, uint64_t block0,
+                                          int count, __mmask16 *q)
 {
     const __m512i m0 = _mm512_set1_epi32((int)DN_PHILOX_M0);
     const __m512i m1 = _mm512_set1_epi32((int)DN_PHILOX_M1);
@@ -101,6 +96,13 @@ static inline uint64_t dn_bits_avx512(const __mmask16 q[4])
          | ((uint64_t)q[3] << 48);
 }
 
+/* The packed bits of `count` windows' masks, when bits is not NULL. */
+static inline void dn_store_bits_avx512(const __mmask16 *q, int count, uint64_t *bits)
+{
+    if (bits != NULL)
+        for (int c = 0; c < count; c++) bits[c] = dn_bits_avx512(q + 4 * c);
+}
+
 void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
                            uint32_t *DN_RESTRICT keep, uint64_t *bits)
 {
@@ -112,62 +114,55 @@ void dn_keep_window_avx512(const dn_philox_stream *ps, uint64_t block0,
     if (bits != NULL) *bits = dn_bits_avx512(q);
 }
 
-/* `count` windows of float (f64 == 0) or double values (count and f64 are
- * constants where this is inlined, so that the loops unroll and the masks
- * stay in mask registers). Zero-masking: a dropped element is +0 whatever
- * x holds. */
-DN_AVX512_INLINE void dn_drop_some_avx512(const dn_philox_stream *ps, uint64_t block0, int count,
-                                          int f64, const void *x, void *y, double scale, int mul,
-                                          uint64_t *bits)
+/* `count` windows (a constant where this is inlined, so that the loops
+ * unroll and the masks stay in mask registers). */
+static inline void dn_drop_some_avx512_f32(const dn_philox_stream *ps, uint64_t block0,
+                                           int count, const float *x, float *y, __m512 s,
+                                           int mul, uint64_t *bits)
 {
     __mmask16 q[4 * DN_AVX512_WINDOWS];
     dn_window_masks_avx512(ps, block0, count, q);
-    if (f64) {
-        const __m512d s = _mm512_set1_pd(scale);
-        for (int v = 0; v < 8 * count; v++) {
-            const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));
-            const __m512d val = _mm512_loadu_pd((const double *)x + 8 * v);
-            _mm512_storeu_pd((double *)y + 8 * v, mul ? _mm512_maskz_mul_pd(k, val, s)
-                                                      : _mm512_maskz_mov_pd(k, val));
-        }
-    } else {
-        const __m512 s = _mm512_set1_ps((float)scale);
-        for (int v = 0; v < 4 * count; v++) {
-            const __m512 val = _mm512_loadu_ps((const float *)x + 16 * v);
-            _mm512_storeu_ps((float *)y + 16 * v, mul ? _mm512_maskz_mul_ps(q[v], val, s)
-                                                      : _mm512_maskz_mov_ps(q[v], val));
-        }
+    for (int v = 0; v < 4 * count; v++) {
+        const __m512 val = _mm512_loadu_ps(x + 16 * v);
+        /* zero-masking: a dropped element is +0 whatever x holds */
+        _mm512_storeu_ps(y + 16 * v, mul ? _mm512_maskz_mul_ps(q[v], val, s)
+                                         : _mm512_maskz_mov_ps(q[v], val));
     }
-    if (bits != NULL)
-        for (int c = 0; c < count; c++) bits[c] = dn_bits_avx512(q + 4 * c);
+    dn_store_bits_avx512(q, count, bits);
 }
 
-/* The windows of either element type: pairs of windows, then the odd one. */
-DN_AVX512_INLINE void dn_drop_windows_avx512(const dn_philox_stream *ps, uint64_t block0,
-                                             int64_t windows, int f64, const void *x, void *y,
-                                             double scale, int mul, uint64_t *bits)
+static inline void dn_drop_some_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int count,
+                                           const double *x, double *y, __m512d s, int mul,
+                                           uint64_t *bits)
 {
-    const int64_t window_bytes = DN_WIN * (f64 ? 8 : 4);
-    int64_t w = 0;
-    for (; w + DN_AVX512_WINDOWS <= windows; w += DN_AVX512_WINDOWS)
-        dn_drop_some_avx512(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), DN_AVX512_WINDOWS, f64,
-                            (const char *)x + w * window_bytes, (char *)y + w * window_bytes,
-                            scale, mul, bits ? bits + w : NULL);
-    for (; w < windows; w++)
-        dn_drop_some_avx512(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), 1, f64,
-                            (const char *)x + w * window_bytes, (char *)y + w * window_bytes,
-                            scale, mul, bits ? bits + w : NULL);
+    __mmask16 q[4 * DN_AVX512_WINDOWS];
+    dn_window_masks_avx512(ps, block0, count, q);
+    for (int v = 0; v < 8 * count; v++) {
+        const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));
+        const __m512d val = _mm512_loadu_pd(x + 8 * v);
+        _mm512_storeu_pd(y + 8 * v, mul ? _mm512_maskz_mul_pd(k, val, s)
+                                        : _mm512_maskz_mov_pd(k, val));
+    }
+    dn_store_bits_avx512(q, count, bits);
 }
 
-void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
-                                const float *x, float *y, float scale, int mul, uint64_t *bits)
-{
-    dn_drop_windows_avx512(ps, block0, windows, 0, x, y, scale, mul, bits);
-}
+/* The public windows functions: pairs of windows, then the odd one. */
+#define DN_DEFINE_DROP_WINDOWS(SFX, T, VEC, SET1)                                               \
+    void dn_drop_windows_avx512_##SFX(const dn_philox_stream *ps, uint64_t block0,              \
+                                      int64_t windows, const T *x, T *y, T scale,               \
+                                      int mul, uint64_t *bits)                                  \
+    {                                                                                           \
+        const VEC s = SET1(scale);                                                              \
+        int64_t w = 0;                                                                          \
+        for (; w + DN_AVX512_WINDOWS <= windows; w += DN_AVX512_WINDOWS)                        \
+            dn_drop_some_avx512_##SFX(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS),               \
+                                      DN_AVX512_WINDOWS, x + w * DN_WIN, y + w * DN_WIN,        \
+                                      s, mul, bits ? bits + w : NULL);                          \
+        for (; w < windows; w++)                                                                \
+            dn_drop_some_avx512_##SFX(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), 1,            \
+                                      x + w * DN_WIN, y + w * DN_WIN, s, mul,                   \
+                                      bits ? bits + w : NULL);                                  \
+    }
 
-void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
-                                const double *x, double *y, double scale, int mul,
-                                uint64_t *bits)
-{
-    dn_drop_windows_avx512(ps, block0, windows, 1, x, y, scale, mul, bits);
-}
+DN_DEFINE_DROP_WINDOWS(f32, float, __m512, _mm512_set1_ps)
+DN_DEFINE_DROP_WINDOWS(f64, double, __m512d, _mm512_set1_pd)
