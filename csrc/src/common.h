@@ -87,10 +87,6 @@
 
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
-/* The threads a kernel may use: OpenMP's count, or 1 in a child of fork()
- * (libgomp's pool does not survive it; core.c). */
-int dn_max_threads(void);
-
 static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Threads for a kernel over `elems` elements: enough to pay for themselves,
@@ -98,7 +94,8 @@ static inline int64_t dn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b
 static inline int dn_threads_for(int64_t elems)
 {
 #ifdef _OPENMP
-    int64_t limit = dn_max_threads();
+    /* OpenMP's count, or 1 in a child of fork() (core.c) */
+    int64_t limit = dn_get_max_threads();
     int64_t want = elems / DN_MIN_ELEMS_PER_THREAD;
     if (want < 1) return 1;
     return (int)(want < limit ? want : limit);

@@ -78,7 +78,7 @@ __attribute__((constructor)) static void dn_fork_guard_at_load(void)
 #  endif
 #endif
 
-int dn_max_threads(void)
+int dn_get_max_threads(void)
 {
 #ifdef _OPENMP
 #  if defined(DN_FORK_GUARD)
@@ -91,7 +91,6 @@ int dn_max_threads(void)
 #endif
 }
 
-int dn_get_max_threads(void) { return dn_max_threads(); }
 
 dn_status dn_set_num_threads(int n)
 {
