@@ -10,11 +10,12 @@
  * double; elementwise passes are in T. */
 
 /* ---- The two-pass schedule of training and backward. -------------------
- * One parallel region (three fork/joins measured slower on small tensors):
- * every group reduced, then every channel finished (its elementwise terms,
- * from the group reductions merged in group order), then the elementwise
- * pass. The bits do not depend on the threads: each group's reduction and
- * each channel's merge runs in the same order whatever the team. */
+ * One team (three fork/joins measured slower on small tensors), phase by
+ * phase (parallel.c): every group reduced, then every channel finished (its
+ * elementwise terms, from the group reductions merged in group order), then
+ * the elementwise pass. The bits do not depend on the threads: each group's
+ * reduction and each channel's merge runs in the same order whatever the
+ * team. */
 typedef struct FN(pass) {
     /* group g's reduction; scratch is the calling thread's */
     void (*reduce)(const void *ctx, int64_t g, void *scratch);
@@ -36,55 +37,78 @@ static void FN(widen_terms)(const dn_plan *p, T *const *terms)
             for (int64_t j = p->c; j < p->wide; j++) terms[q][j] = terms[q][j - p->c];
 }
 
-/* The elementwise pass alone, in parallel fixed blocks. */
+/* What the team's tasks share: the pass and how its output is stored. */
+typedef struct FN(pass_job) {
+    const dn_plan *p;
+    const dn_bn_kernels *kern;
+    const FN(pass) *ps;
+    const dn_elementwise *op;
+    T *out;
+    int stream;
+} FN(pass_job);
+
+static void FN(reduce_task)(const void *ctx, int64_t g, int worker)
+{
+    const FN(pass) *ps = ((const FN(pass_job) *)ctx)->ps;
+    ps->reduce(ps->ctx, g, ps->scratch + ps->scratch_bytes * (size_t)worker);
+}
+
+static void FN(finish_task)(const void *ctx, int64_t f, int worker)
+{
+    const FN(pass_job) *job = (const FN(pass_job) *)ctx;
+    (void)worker;
+    job->ps->finish(job->ps->ctx, f * DN_FINISH_CHANNELS,
+                    dn_min64((f + 1) * DN_FINISH_CHANNELS, job->p->c));
+}
+
+static void FN(widen_task)(const void *ctx, int64_t task, int worker)
+{
+    const FN(pass_job) *job = (const FN(pass_job) *)ctx;
+    (void)task;
+    (void)worker;
+    FN(widen_terms)(job->p, job->ps->wide_terms);
+}
+
+static void FN(elementwise_task)(const void *ctx, int64_t blk, int worker)
+{
+    const FN(pass_job) *job = (const FN(pass_job) *)ctx;
+    (void)worker;
+    job->kern->elementwise(job->p, job->op, blk * DN_APPLY_BLOCK,
+                           dn_min64((blk + 1) * DN_APPLY_BLOCK, job->p->total), job->out,
+                           job->stream);
+    /* the next reader may be another thread */
+    if (job->stream) dn_stream_fence();
+}
+
+/* The elementwise pass alone, in fixed blocks. */
 static void FN(elementwise_all)(const dn_plan *p, const dn_bn_kernels *kern,
                                 const dn_elementwise *op, T *out)
 {
-    const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
-    const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
-    DN_OMP(parallel num_threads(p->threads))
-    {
-        DN_OMP(for schedule(static))
-        for (int64_t blk = 0; blk < blocks; blk++)
-            kern->elementwise(p, op, blk * DN_APPLY_BLOCK,
-                              dn_min64((blk + 1) * DN_APPLY_BLOCK, p->total), out, stream);
-        if (stream) dn_stream_fence();
-    }
+    const FN(pass_job) job = {
+        .p = p, .kern = kern, .op = op, .out = out,
+        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
+    };
+    dn_parallel_tasks(p->threads, dn_ceil_div(p->total, DN_APPLY_BLOCK), FN(elementwise_task),
+                      &job);
 }
 
 static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(pass) *ps)
 {
-    const int64_t G = p->groups;
-    const int64_t fblocks = dn_ceil_div(p->c, DN_FINISH_CHANNELS);
-    const int64_t blocks = dn_ceil_div(p->total, DN_APPLY_BLOCK);
-    const int stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T));
-    (void)kern;
-    DN_OMP(parallel num_threads(p->threads))
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        DN_OMP(for schedule(static))
-        for (int64_t g = 0; g < G; g++)
-            ps->reduce(ps->ctx, g, ps->scratch + ps->scratch_bytes * (size_t)tid);
-        DN_OMP(for schedule(static))
-        for (int64_t f = 0; f < fblocks; f++)
-            ps->finish(ps->ctx, f * DN_FINISH_CHANNELS,
-                       dn_min64((f + 1) * DN_FINISH_CHANNELS, p->c));
-        if (ps->op != NULL) {
-            if (p->wide > p->c) {
-                DN_OMP(single)
-                FN(widen_terms)(p, ps->wide_terms);
-            }
-            DN_OMP(for schedule(static))
-            for (int64_t blk = 0; blk < blocks; blk++)
-                kern->elementwise(p, ps->op, blk * DN_APPLY_BLOCK,
-                                  dn_min64((blk + 1) * DN_APPLY_BLOCK, p->total), ps->out,
-                                  stream);
-            if (stream) dn_stream_fence();
-        }
+    const FN(pass_job) job = {
+        .p = p, .kern = kern, .ps = ps, .op = ps->op, .out = ps->out,
+        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
+    };
+    dn_phase phases[DN_MAX_PHASES] = {
+        {p->groups, FN(reduce_task), &job},
+        {dn_ceil_div(p->c, DN_FINISH_CHANNELS), FN(finish_task), &job},
+    };
+    int nphases = 2;
+    if (ps->op != NULL) {
+        if (p->wide > p->c) phases[nphases++] = (dn_phase){1, FN(widen_task), &job};
+        phases[nphases++] =
+            (dn_phase){dn_ceil_div(p->total, DN_APPLY_BLOCK), FN(elementwise_task), &job};
     }
+    dn_parallel_phases(p->threads, phases, nphases);
 }
 
 /* ---- Training forward. -------------------------------------------------- */

@@ -105,6 +105,25 @@ static inline int dn_threads_for(int64_t elems)
 #endif
 }
 
+/* ---- The team (parallel.c): phases of independent tasks. --------------
+ * run(ctx, task, worker) computes task `task`; its result must not depend
+ * on `worker` (0 .. threads-1, the index of per-thread scratch). Every task
+ * of a phase finishes before any task of the next one starts. */
+#define DN_MAX_PHASES 4
+
+typedef void (*dn_task_fn)(const void *ctx, int64_t task, int worker);
+
+typedef struct dn_phase {
+    int64_t tasks;
+    dn_task_fn run;
+    const void *ctx;
+} dn_phase;
+
+void dn_parallel_phases(int threads, const dn_phase *phases, int nphases);
+void dn_parallel_tasks(int threads, int64_t tasks, dn_task_fn run, const void *ctx);
+/* 1 while recent calls met stragglers and new ones run on one thread. */
+int dn_parallel_backing_off(void);
+
 /* ---- Streaming stores (x86-64: SSE2, always there; elsewhere memcpy). ---- */
 
 static inline int dn_stream_worthwhile(int64_t bytes)

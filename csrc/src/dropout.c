@@ -131,21 +131,31 @@ static void dn_mask_fill(int64_t nbits, int kept, uint8_t *mask)
     if (nbits % 8) mask[full] = kept ? (uint8_t)((1u << (nbits % 8)) - 1u) : 0u;
 }
 
+typedef struct dn_mask_job {
+    const dn_keep_src *src;
+    uint8_t *mask;
+} dn_mask_job;
+
+static void dn_mask_task(const void *ctx, int64_t blk, int worker)
+{
+    const dn_keep_src *src = ((const dn_mask_job *)ctx)->src;
+    uint8_t *mask = ((const dn_mask_job *)ctx)->mask;
+    const int64_t i0 = blk * DN_APPLY_BLOCK;
+    const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, src->nbits);
+    uint32_t keep[DN_WIN];
+    (void)worker;
+    for (int64_t base = i0; base < i1; base += DN_WIN) {
+        const int len = (int)dn_min64(DN_WIN, i1 - base);
+        dn_window_keep(src, base, len, keep, mask + base / 8);
+    }
+}
+
 /* The packed mask of src's decisions, in parallel. */
 static void dn_mask_from_src(const dn_keep_src *src, uint8_t *mask)
 {
-    const int64_t nbits = src->nbits;
-    const int64_t blocks = dn_ceil_div(nbits, DN_APPLY_BLOCK);
-    DN_OMP(parallel for num_threads(dn_threads_for(nbits)) schedule(static))
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t i0 = blk * DN_APPLY_BLOCK;
-        const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, nbits);
-        uint32_t keep[DN_WIN];
-        for (int64_t base = i0; base < i1; base += DN_WIN) {
-            const int len = (int)dn_min64(DN_WIN, i1 - base);
-            dn_window_keep(src, base, len, keep, mask + base / 8);
-        }
-    }
+    const dn_mask_job job = {src, mask};
+    dn_parallel_tasks(dn_threads_for(src->nbits), dn_ceil_div(src->nbits, DN_APPLY_BLOCK),
+                      dn_mask_task, &job);
 }
 
 dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask)

@@ -49,18 +49,38 @@ static inline void FN(dn_run)(const T *x, T *y, uint32_t keep, int64_t len, T sc
     }
 }
 
-/* ---- Whole-tensor passes. ----------------------------------------------- */
+/* ---- Whole-tensor passes: fixed tasks run by the team (parallel.c). ---- */
 
-/* y = x*a over all elements (classic eval), in parallel fixed blocks. */
+/* What the tasks of one pass share; the task-shape fields are those of the
+ * pass that uses them. */
+typedef struct FN(drop_job) {
+    const dn_drop_plan *dp;
+    const dn_keep_src *src;
+    const T *x;
+    T *y;
+    T scale;
+    int mul;
+    uint8_t *mask_out;
+    FN(dn_drop_windows_fn) fused;
+    int64_t per, windows;              /* short NCS rows: windows per task, in all */
+    int64_t width, rows, chunks, runs; /* NSC: a task's channels and rows; tiles */
+} FN(drop_job);
+
+static void FN(dn_scale_task)(const void *ctx, int64_t blk, int worker)
+{
+    const FN(drop_job) *j = (const FN(drop_job) *)ctx;
+    const int64_t i0 = blk * DN_APPLY_BLOCK;
+    (void)worker;
+    FN(dn_run)(j->x + i0, j->y + i0, 1u, dn_min64(DN_APPLY_BLOCK, j->dp->t.total - i0), j->scale,
+               1);
+}
+
+/* y = x*a over all elements (classic eval), in fixed blocks. */
 static void FN(dn_scale_all)(const dn_drop_plan *dp, const T *x, T *y, T a)
 {
-    const int64_t total = dp->t.total;
-    const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
-    DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t i0 = blk * DN_APPLY_BLOCK;
-        FN(dn_run)(x + i0, y + i0, 1u, dn_min64(DN_APPLY_BLOCK, total - i0), a, 1);
-    }
+    const FN(drop_job) job = {.dp = dp, .x = x, .y = y, .scale = a};
+    dn_parallel_tasks(dp->t.threads, dn_ceil_div(dp->t.total, DN_APPLY_BLOCK), FN(dn_scale_task),
+                      &job);
 }
 
 /* y = x (nothing to do in place) or y = 0. */
@@ -71,63 +91,57 @@ static void FN(dn_copy_or_zero)(const dn_drop_plan *dp, const T *x, T *y, int co
 }
 
 /* Elementwise: decision i for element i (flat index). Windows never cross a
- * thread block, so each byte of mask_out (may be NULL) has one writer. */
-static void FN(dn_drop_flat)(const dn_drop_plan *dp, const dn_keep_src *src, const T *x,
-                             T *y, T scale, int mul, uint8_t *mask_out)
+ * task, so each byte of mask_out (may be NULL) has one writer. */
+static void FN(dn_drop_flat_task)(const void *ctx, int64_t blk, int worker)
 {
-    const int64_t total = dp->t.total;
-    const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
-    /* the SIMD variants generate and apply whole windows in registers */
-    const FN(dn_drop_windows_fn) fused = src->mask == NULL ? dn_kernels()->FN(drop_windows) : NULL;
-    DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t i0 = blk * DN_APPLY_BLOCK;
-        const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, total);
-        int64_t base = i0;
-        uint32_t keep[DN_WIN];
-        if (fused != NULL) {
-            /* i0 is a multiple of DN_WIN (DN_APPLY_BLOCK is) */
-            const int64_t windows = (i1 - i0) / DN_WIN;
-            uint64_t bits[DN_APPLY_BLOCK / DN_WIN];
-            fused(&src->ps, (uint64_t)i0 >> 2, windows, x + i0, y + i0, scale, mul,
-                  mask_out ? bits : NULL);
-            if (mask_out)
-                for (int64_t w = 0; w < windows; w++)
-                    dn_store_bits(bits[w], DN_WIN, mask_out + (i0 + w * DN_WIN) / 8);
-            base += windows * DN_WIN;
-        }
-        for (; base < i1; base += DN_WIN) {
-            const int len = (int)dn_min64(DN_WIN, i1 - base);
-            dn_window_keep(src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
-            FN(dn_sel)(x + base, y + base, keep, len, scale, mul);
-        }
+    const FN(drop_job) *j = (const FN(drop_job) *)ctx;
+    const int64_t i0 = blk * DN_APPLY_BLOCK;
+    const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, j->dp->t.total);
+    const T *x = j->x;
+    T *y = j->y;
+    uint8_t *mask_out = j->mask_out;
+    int64_t base = i0;
+    uint32_t keep[DN_WIN];
+    (void)worker;
+    if (j->fused != NULL) {
+        /* i0 is a multiple of DN_WIN (DN_APPLY_BLOCK is) */
+        const int64_t windows = (i1 - i0) / DN_WIN;
+        uint64_t bits[DN_APPLY_BLOCK / DN_WIN];
+        j->fused(&j->src->ps, (uint64_t)i0 >> 2, windows, x + i0, y + i0, j->scale, j->mul,
+                 mask_out ? bits : NULL);
+        if (mask_out)
+            for (int64_t w = 0; w < windows; w++)
+                dn_store_bits(bits[w], DN_WIN, mask_out + (i0 + w * DN_WIN) / 8);
+        base += windows * DN_WIN;
+    }
+    for (; base < i1; base += DN_WIN) {
+        const int len = (int)dn_min64(DN_WIN, i1 - base);
+        dn_window_keep(j->src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
+        FN(dn_sel)(x + base, y + base, keep, len, j->scale, j->mul);
     }
 }
 
 /* Channel dropout, channels first: row r = n*C + c holds the s values of
- * decision r. Thread blocks are flat element ranges (they may split rows);
- * the window of decisions is regenerated only when a row leaves it. */
-static void FN(dn_drop_chan_ncs)(const dn_drop_plan *dp, const dn_keep_src *src,
-                                 const T *x, T *y, T scale, int mul)
+ * decision r. Tasks are flat element ranges (they may split rows); the
+ * window of decisions is regenerated only when a row leaves it. */
+static void FN(dn_drop_chan_ncs_task)(const void *ctx, int64_t blk, int worker)
 {
-    const int64_t total = dp->t.total, S = dp->t.s;
-    const int64_t blocks = dn_ceil_div(total, DN_APPLY_BLOCK);
-    DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t e1 = dn_min64(blk * DN_APPLY_BLOCK + DN_APPLY_BLOCK, total);
-        int64_t wbase = -1;
-        uint32_t keep[DN_WIN];
-        for (int64_t e = blk * DN_APPLY_BLOCK; e < e1;) {
-            const int64_t r = e / S;
-            const int64_t len = dn_min64(S - e % S, e1 - e);
-            const int64_t wb = r - r % DN_WIN;
-            if (wb != wbase) {
-                dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), keep, NULL);
-                wbase = wb;
-            }
-            FN(dn_run)(x + e, y + e, keep[r - wb], len, scale, mul);
-            e += len;
+    const FN(drop_job) *j = (const FN(drop_job) *)ctx;
+    const int64_t S = j->dp->t.s;
+    const int64_t e1 = dn_min64(blk * DN_APPLY_BLOCK + DN_APPLY_BLOCK, j->dp->t.total);
+    int64_t wbase = -1;
+    uint32_t keep[DN_WIN];
+    (void)worker;
+    for (int64_t e = blk * DN_APPLY_BLOCK; e < e1;) {
+        const int64_t r = e / S;
+        const int64_t len = dn_min64(S - e % S, e1 - e);
+        const int64_t wb = r - r % DN_WIN;
+        if (wb != wbase) {
+            dn_window_keep(j->src, wb, (int)dn_min64(DN_WIN, j->src->nbits - wb), keep, NULL);
+            wbase = wb;
         }
+        FN(dn_run)(j->x + e, j->y + e, keep[r - wb], len, j->scale, j->mul);
+        e += len;
     }
 }
 
@@ -135,24 +149,20 @@ static void FN(dn_drop_chan_ncs)(const dn_drop_plan *dp, const dn_keep_src *src,
  * window of DN_WIN decisions, the decisions are spread over the DN_WIN*s
  * elements they cover, then one select runs over them all, instead of one
  * tiny run per row. Tasks are fixed runs of windows. */
-static void FN(dn_drop_chan_ncs_short)(const dn_drop_plan *dp, const dn_keep_src *src,
-                                       const T *x, T *y, T scale, int mul)
+static void FN(dn_drop_chan_ncs_short_task)(const void *ctx, int64_t t, int worker)
 {
-    const int64_t S = dp->t.s, nbits = src->nbits;
-    const int64_t per = dn_max64(1, DN_APPLY_BLOCK / (S * DN_WIN)); /* windows per task */
-    const int64_t windows = dn_ceil_div(nbits, DN_WIN), tasks = dn_ceil_div(windows, per);
-    DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t w1 = dn_min64((t + 1) * per, windows);
-        uint32_t win[DN_WIN], wide[DN_WIN * DN_NCS_SHORT];
-        for (int64_t w = t * per; w < w1; w++) {
-            const int64_t wb = w * DN_WIN;
-            const int len = (int)dn_min64(DN_WIN, nbits - wb);
-            dn_window_keep(src, wb, len, win, NULL);
-            for (int k = 0; k < len; k++)
-                for (int64_t j = 0; j < S; j++) wide[k * S + j] = win[k];
-            FN(dn_sel)(x + wb * S, y + wb * S, wide, len * S, scale, mul);
-        }
+    const FN(drop_job) *j = (const FN(drop_job) *)ctx;
+    const int64_t S = j->dp->t.s, nbits = j->src->nbits;
+    const int64_t w1 = dn_min64((t + 1) * j->per, j->windows);
+    uint32_t win[DN_WIN], wide[DN_WIN * DN_NCS_SHORT];
+    (void)worker;
+    for (int64_t w = t * j->per; w < w1; w++) {
+        const int64_t wb = w * DN_WIN;
+        const int len = (int)dn_min64(DN_WIN, nbits - wb);
+        dn_window_keep(j->src, wb, len, win, NULL);
+        for (int k = 0; k < len; k++)
+            for (int64_t i = 0; i < S; i++) wide[k * S + i] = win[k];
+        FN(dn_sel)(j->x + wb * S, j->y + wb * S, wide, len * S, j->scale, j->mul);
     }
 }
 
@@ -161,30 +171,24 @@ static void FN(dn_drop_chan_ncs_short)(const dn_drop_plan *dp, const dn_keep_src
  * channels, a run of rows of that n): it generates the decisions of its
  * channels once and applies them to each of its rows, so the Philox work
  * stays a small fraction of the elements whatever the shape. */
-static void FN(dn_drop_chan_nsc)(const dn_drop_plan *dp, const dn_keep_src *src,
-                                 const T *x, T *y, T scale, int mul)
+static void FN(dn_drop_chan_nsc_task)(const void *ctx, int64_t t, int worker)
 {
-    const int64_t S = dp->t.s, C = dp->t.c;
-    const int64_t width = dn_min64(C, DN_NSC_CHUNK);
-    const int64_t rows = dn_min64(S, dn_max64(DN_NSC_MIN_ROWS, DN_APPLY_BLOCK / width));
-    const int64_t chunks = dn_ceil_div(C, width), runs = dn_ceil_div(S, rows);
-    const int64_t tasks = dp->t.n * chunks * runs;
-    DN_OMP(parallel for num_threads(dp->t.threads) schedule(static))
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t nn = t / (chunks * runs), rem = t % (chunks * runs);
-        const int64_t c0 = rem / runs * width, c1 = dn_min64(c0 + width, C);
-        const int64_t s0 = rem % runs * rows, s1 = dn_min64(s0 + rows, S);
-        const int64_t d0 = nn * C + c0, d1 = nn * C + c1;
-        uint32_t keep[DN_NSC_CHUNK], win[DN_WIN];
-        for (int64_t wb = d0 - d0 % DN_WIN; wb < d1; wb += DN_WIN) {
-            const int64_t lo = dn_max64(wb, d0), hi = dn_min64(wb + DN_WIN, d1);
-            dn_window_keep(src, wb, (int)dn_min64(DN_WIN, src->nbits - wb), win, NULL);
-            memcpy(keep + (lo - d0), win + (lo - wb), sizeof(uint32_t) * (size_t)(hi - lo));
-        }
-        for (int64_t s = s0; s < s1; s++) {
-            const int64_t e = (nn * S + s) * C + c0;
-            FN(dn_sel)(x + e, y + e, keep, c1 - c0, scale, mul);
-        }
+    const FN(drop_job) *j = (const FN(drop_job) *)ctx;
+    const int64_t S = j->dp->t.s, C = j->dp->t.c;
+    const int64_t nn = t / (j->chunks * j->runs), rem = t % (j->chunks * j->runs);
+    const int64_t c0 = rem / j->runs * j->width, c1 = dn_min64(c0 + j->width, C);
+    const int64_t s0 = rem % j->runs * j->rows, s1 = dn_min64(s0 + j->rows, S);
+    const int64_t d0 = nn * C + c0, d1 = nn * C + c1;
+    uint32_t keep[DN_NSC_CHUNK], win[DN_WIN];
+    (void)worker;
+    for (int64_t wb = d0 - d0 % DN_WIN; wb < d1; wb += DN_WIN) {
+        const int64_t lo = dn_max64(wb, d0), hi = dn_min64(wb + DN_WIN, d1);
+        dn_window_keep(j->src, wb, (int)dn_min64(DN_WIN, j->src->nbits - wb), win, NULL);
+        memcpy(keep + (lo - d0), win + (lo - wb), sizeof(uint32_t) * (size_t)(hi - lo));
+    }
+    for (int64_t s = s0; s < s1; s++) {
+        const int64_t e = (nn * S + s) * C + c0;
+        FN(dn_sel)(j->x + e, j->y + e, keep, c1 - c0, j->scale, j->mul);
     }
 }
 
@@ -192,14 +196,33 @@ static void FN(dn_drop_chan_nsc)(const dn_drop_plan *dp, const dn_keep_src *src,
 static void FN(dn_drop_apply)(const dn_drop_plan *dp, const dn_keep_src *src, const T *x,
                               T *y, T scale, int mul, uint8_t *mask_out)
 {
+    FN(drop_job) job = {.dp = dp, .src = src, .x = x, .y = y, .scale = scale, .mul = mul};
+    const int64_t S = dp->t.s;
     if (!dp->chan) {
-        FN(dn_drop_flat)(dp, src, x, y, scale, mul, mask_out);
+        /* the SIMD variants generate and apply whole windows in registers */
+        job.fused = src->mask == NULL ? dn_kernels()->FN(drop_windows) : NULL;
+        job.mask_out = mask_out;
+        dn_parallel_tasks(dp->t.threads, dn_ceil_div(dp->t.total, DN_APPLY_BLOCK),
+                          FN(dn_drop_flat_task), &job);
         return;
     }
     if (mask_out) dn_mask_from_src(src, mask_out);
-    if (dp->t.nsc) FN(dn_drop_chan_nsc)(dp, src, x, y, scale, mul);
-    else if (dp->t.s < DN_NCS_SHORT) FN(dn_drop_chan_ncs_short)(dp, src, x, y, scale, mul);
-    else FN(dn_drop_chan_ncs)(dp, src, x, y, scale, mul);
+    if (dp->t.nsc) {
+        job.width = dn_min64(dp->t.c, DN_NSC_CHUNK);
+        job.rows = dn_min64(S, dn_max64(DN_NSC_MIN_ROWS, DN_APPLY_BLOCK / job.width));
+        job.chunks = dn_ceil_div(dp->t.c, job.width);
+        job.runs = dn_ceil_div(S, job.rows);
+        dn_parallel_tasks(dp->t.threads, dp->t.n * job.chunks * job.runs,
+                          FN(dn_drop_chan_nsc_task), &job);
+    } else if (S < DN_NCS_SHORT) {
+        job.per = dn_max64(1, DN_APPLY_BLOCK / (S * DN_WIN)); /* windows per task */
+        job.windows = dn_ceil_div(src->nbits, DN_WIN);
+        dn_parallel_tasks(dp->t.threads, dn_ceil_div(job.windows, job.per),
+                          FN(dn_drop_chan_ncs_short_task), &job);
+    } else {
+        dn_parallel_tasks(dp->t.threads, dn_ceil_div(dp->t.total, DN_APPLY_BLOCK),
+                          FN(dn_drop_chan_ncs_task), &job);
+    }
 }
 
 /* The training scale of kept values: 1/(1-p) rounded once to T (inverted),
