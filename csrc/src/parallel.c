@@ -96,7 +96,7 @@ typedef struct dn_counter {
 
 typedef struct dn_team {
     const dn_phase *phases;
-    int nphases, ranges, size; /* size: threads in the team (set by the first) */
+    int nphases, ranges;
     dn_cursor cursor[DN_MAX_PHASES][DN_MAX_RANGES];
     dn_counter done[DN_MAX_PHASES]; /* tasks finished in each phase */
     dn_counter checked_in;          /* threads that have finished every phase */
@@ -130,11 +130,10 @@ int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_alo
  * then the next calls run alone for the back-off, which doubles with each
  * straggler that counts and starts again from DN_BACKOFF_MIN_NS after a
  * quiet spell. Races between calls only blur the hint. */
-static void dn_learn(int straggled)
+static void dn_learn_straggler(int64_t now)
 {
-    const int64_t now = dn_now_ns(), last = DN_LOAD_RELAXED(&dn_straggler_ns);
+    const int64_t last = DN_LOAD_RELAXED(&dn_straggler_ns);
     int64_t backoff = DN_LOAD_RELAXED(&dn_backoff_ns);
-    if (!straggled) return;
     DN_STORE_RELAXED(&dn_straggler_ns, now);
     if (last == 0 || now - last > DN_BACKOFF_MAX_NS) {
         DN_STORE_RELAXED(&dn_backoff_ns, (int64_t)0);
@@ -276,11 +275,15 @@ void dn_parallel_phases(int threads, const dn_phase *phases, int nphases)
     team.joined_ns = 0;
 #if defined(_OPENMP)
     if (threads > 1 && !dn_parallel_backing_off()) {
+        int64_t left_ns;
         team.start_ns = dn_now_ns();
         DN_OMP(parallel num_threads(threads))
         dn_team_member(&team, omp_get_thread_num(), omp_get_num_threads());
-        /* ... and its join for them to leave */
-        dn_learn(team.straggled > 0 || dn_now_ns() - team.joined_ns > DN_STRAGGLE_NS);
+        /* a straggler held up the fork or a wait (team.straggled), or
+         * OpenMP's join waited for one to leave */
+        left_ns = dn_now_ns();
+        if (team.straggled > 0 || left_ns - team.joined_ns > DN_STRAGGLE_NS)
+            dn_learn_straggler(left_ns);
         return;
     }
 #endif
