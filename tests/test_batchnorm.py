@@ -32,6 +32,21 @@ SHAPES = [
     (3, 2, 71, 67),
 ]
 
+# Channels-first schedules change at rows of 128 (gradient sums) and 256
+# (statistics) values: below, a reduction task is a block of channels over
+# groups of whole images. Shapes on both sides, with a last channel block
+# shorter than the others, several image groups, and one channel.
+SCHEDULE_SHAPES = [
+    (9, 40, 127),
+    (9, 40, 128),
+    (5, 33, 255),
+    (5, 33, 256),
+    (17, 300, 7, 7),
+    (2, 1000, 5, 5),
+    (300, 5, 127),
+    (70, 1, 9, 9),
+]
+
 
 def make(shape, dtype, axis, seed=0, loc=0.5, scale=2.0):
     """A random tensor of ``shape`` = (N, C, *sp) laid out for ``axis``."""
@@ -54,7 +69,7 @@ def assert_close(actual, expected, dtype, scale=1.0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [1, -1])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + SCHEDULE_SHAPES)
 @pytest.mark.parametrize("affine", [True, False])
 def test_train_forward_and_backward_match_oracle(shape, axis, dtype, affine):
     x = make(shape, dtype, axis)
@@ -341,7 +356,8 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
     h = hashlib.sha256()
     rng = np.random.default_rng(7)
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((6000, 70), 1),
-                        ((3, 1, 300001), 1), ((40, 3, 160, 180), 1)]:
+                        ((3, 1, 300001), 1), ((40, 3, 160, 180), 1), ((17, 300, 7, 7), 1),
+                        ((300, 5, 127), 1), ((16, 64, 200), 1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)

@@ -17,8 +17,8 @@
  * reduction and each channel's merge runs in the same order whatever the
  * team. */
 typedef struct FN(pass) {
-    /* group g's reduction; scratch is the calling thread's */
-    void (*reduce)(const void *ctx, int64_t g, void *scratch);
+    /* reduction task t (dn_reduce_task); scratch is the calling thread's */
+    void (*reduce)(const void *ctx, int64_t t, void *scratch);
     /* the terms and per-channel outputs of channels [c0, c1) (at most
      * DN_FINISH_CHANNELS) */
     void (*finish)(const void *ctx, int64_t c0, int64_t c1);
@@ -47,10 +47,10 @@ typedef struct FN(pass_job) {
     int stream;
 } FN(pass_job);
 
-static void FN(reduce_task)(const void *ctx, int64_t g, int worker)
+static void FN(reduce_task)(const void *ctx, int64_t t, int worker)
 {
     const FN(pass) *ps = ((const FN(pass_job) *)ctx)->ps;
-    ps->reduce(ps->ctx, g, ps->scratch + ps->scratch_bytes * (size_t)worker);
+    ps->reduce(ps->ctx, t, ps->scratch + ps->scratch_bytes * (size_t)worker);
 }
 
 static void FN(finish_task)(const void *ctx, int64_t f, int worker)
@@ -99,7 +99,7 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
         .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
     };
     dn_phase phases[DN_MAX_PHASES] = {
-        {p->groups, FN(reduce_task), &job},
+        {p->groups * p->cblocks, FN(reduce_task), &job},
         {dn_ceil_div(p->c, DN_FINISH_CHANNELS), FN(finish_task), &job},
     };
     int nphases = 2;
@@ -120,10 +120,10 @@ typedef struct FN(train_ctx) {
     dn_train_finish finish;
 } FN(train_ctx);
 
-static void FN(train_reduce)(const void *ctx, int64_t g, void *scratch)
+static void FN(train_reduce)(const void *ctx, int64_t t, void *scratch)
 {
     const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
-    o->kern->group_moments(o->p, o->x, g, o->finish.gmean, o->finish.gm2, scratch);
+    o->kern->group_moments(o->p, o->x, t, o->finish.gmean, o->finish.gm2, scratch);
 }
 
 static void FN(train_channels)(const void *ctx, int64_t c0, int64_t c1)
@@ -149,6 +149,7 @@ dn_status FN(dn_batchnorm_forward_train)(
     if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
+    dn_plan_short_rows(&p, DN_SHORT_ROW);
     G = p.groups;
     {
         /* groups x channels moments, merge weights, the four per-channel
@@ -244,10 +245,10 @@ typedef struct FN(grad_ctx) {
     dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
 } FN(grad_ctx);
 
-static void FN(grad_reduce)(const void *ctx, int64_t g, void *scratch)
+static void FN(grad_reduce)(const void *ctx, int64_t t, void *scratch)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
-    o->kern->group_grad_sums(o->p, o->dy, o->x, o->finish.shift, g, o->finish.sums, scratch);
+    o->kern->group_grad_sums(o->p, o->dy, o->x, o->finish.shift, t, o->finish.sums, scratch);
 }
 
 static void FN(backward_channels)(const void *ctx, int64_t c0, int64_t c1)
@@ -297,6 +298,7 @@ dn_status FN(dn_batchnorm_backward)(
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
+    dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
     work = FN(grad_workspace)(&p, 4, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
@@ -342,6 +344,7 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
     /* dx = scale*dy + shift, with shift 0 */
+    dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
     work = FN(grad_workspace)(&p, 2, &scale, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     shift = scale + p.wide;

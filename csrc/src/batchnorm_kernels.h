@@ -143,75 +143,129 @@ static inline double FN(lanes_total)(FN(lanes) a, T tail)
     return t[0] + (double)tail;
 }
 
-/* ---- Reductions over one contiguous run. -------------------------------- */
+/* ---- Reductions over rows. ----------------------------------------------
+ * `rows` rows of len <= DN_INNER values, row r at x + r*stride, summed in
+ * lanes of T over at most DN_INNER values at a time (whole rows), each such
+ * partial sum added in double, in order. A contiguous run (run_*) is
+ * blocks of DN_INNER values, one row each. */
 
-/* sum(x) over [0, len) */
-static double FN(run_sum)(const T *x, int64_t len)
+/* sum(x) */
+static double FN(rows_sum)(const T *x, int64_t stride, int64_t rows, int64_t len)
 {
     double total = 0.0;
-    for (int64_t b = 0; b < len; b += DN_INNER) {
-        const T *q = x + b;
-        const int64_t n = dn_min64(DN_INNER, len - b);
-        FN(lanes) s = FN(lanes_splat)(0);
-        T tail = 0;
+    FN(lanes) s = FN(lanes_splat)(0);
+    T tail = 0;
+    int64_t held = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const T *q = x + r * stride;
         int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load)(q + i));
-        for (; i < n; i++) tail += q[i];
-        total += FN(lanes_total)(s, tail);
+        if (held + len > DN_INNER) {
+            total += FN(lanes_total)(s, tail);
+            s = FN(lanes_splat)(0);
+            tail = 0;
+            held = 0;
+        }
+        for (; i + DN_LANES <= len; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load)(q + i));
+        for (; i < len; i++) tail += q[i];
+        held += len;
     }
-    return total;
+    return held > 0 ? total + FN(lanes_total)(s, tail) : total;
 }
 
 /* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
-static void FN(run_deviations)(const T *x, int64_t len, T c, double *sums)
+static void FN(rows_deviations)(const T *x, int64_t stride, int64_t rows, int64_t len, T c,
+                                double *sums)
 {
     const FN(lanes) cv = FN(lanes_splat)(c);
-    for (int64_t b = 0; b < len; b += DN_INNER) {
-        const T *q = x + b;
-        const int64_t n = dn_min64(DN_INNER, len - b);
-        FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0;
-        T t0 = 0, t1 = 0;
+    FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0;
+    T t0 = 0, t1 = 0;
+    int64_t held = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const T *q = x + r * stride;
         int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES) {
+        if (held + len > DN_INNER) {
+            sums[0] += FN(lanes_total)(s0, t0);
+            sums[1] += FN(lanes_total)(s1, t1);
+            s0 = s1 = FN(lanes_splat)(0);
+            t0 = t1 = 0;
+            held = 0;
+        }
+        for (; i + DN_LANES <= len; i += DN_LANES) {
             const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), cv);
             s0 = FN(lanes_add)(s0, d);
             s1 = FN(lanes_add)(s1, FN(lanes_mul)(d, d));
         }
-        for (; i < n; i++) {
+        for (; i < len; i++) {
             t0 += q[i] - c;
             t1 += (q[i] - c) * (q[i] - c);
         }
+        held += len;
+    }
+    if (held > 0) {
         sums[0] += FN(lanes_total)(s0, t0);
         sums[1] += FN(lanes_total)(s1, t1);
     }
 }
 
-/* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)) */
-static void FN(run_grad_sums)(const T *dy, const T *x, int64_t len, T h, double *sums)
+/* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)); dy's
+ * rows at the same offsets as x's */
+static void FN(rows_grad_sums)(const T *dy, const T *x, int64_t stride, int64_t rows,
+                               int64_t len, T h, double *sums)
 {
     const FN(lanes) hv = FN(lanes_splat)(h);
-    for (int64_t b = 0; b < len; b += DN_INNER) {
-        const T *g = dy + b, *q = x + b;
-        const int64_t n = dn_min64(DN_INNER, len - b);
-        FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0, s2 = s0;
-        T t0 = 0, t1 = 0, t2 = 0;
+    FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0, s2 = s0;
+    T t0 = 0, t1 = 0, t2 = 0;
+    int64_t held = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const T *g = dy + r * stride, *q = x + r * stride;
         int64_t i = 0;
-        for (; i + DN_LANES <= n; i += DN_LANES) {
+        if (held + len > DN_INNER) {
+            sums[0] += FN(lanes_total)(s0, t0);
+            sums[1] += FN(lanes_total)(s1, t1);
+            sums[2] += FN(lanes_total)(s2, t2);
+            s0 = s1 = s2 = FN(lanes_splat)(0);
+            t0 = t1 = t2 = 0;
+            held = 0;
+        }
+        for (; i + DN_LANES <= len; i += DN_LANES) {
             const FN(lanes) gi = FN(lanes_load)(g + i);
             const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), hv);
             s0 = FN(lanes_add)(s0, gi);
             s1 = FN(lanes_add)(s1, d);
             s2 = FN(lanes_add)(s2, FN(lanes_mul)(gi, d));
         }
-        for (; i < n; i++) {
+        for (; i < len; i++) {
             t0 += g[i];
             t1 += q[i] - h;
             t2 += g[i] * (q[i] - h);
         }
+        held += len;
+    }
+    if (held > 0) {
         sums[0] += FN(lanes_total)(s0, t0);
         sums[1] += FN(lanes_total)(s1, t1);
         sums[2] += FN(lanes_total)(s2, t2);
     }
+}
+
+static double FN(run_sum)(const T *x, int64_t len)
+{
+    double total = 0.0;
+    for (int64_t b = 0; b < len; b += DN_INNER)
+        total += FN(rows_sum)(x + b, 0, 1, dn_min64(DN_INNER, len - b));
+    return total;
+}
+
+static void FN(run_deviations)(const T *x, int64_t len, T c, double *sums)
+{
+    for (int64_t b = 0; b < len; b += DN_INNER)
+        FN(rows_deviations)(x + b, 0, 1, dn_min64(DN_INNER, len - b), c, sums);
+}
+
+static void FN(run_grad_sums)(const T *dy, const T *x, int64_t len, T h, double *sums)
+{
+    for (int64_t b = 0; b < len; b += DN_INNER)
+        FN(rows_grad_sums)(dy + b, x + b, 0, 1, dn_min64(DN_INNER, len - b), h, sums);
 }
 
 /* ---- Statistics of one group. ------------------------------------------- */
@@ -228,6 +282,7 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
     dn_ncs_pieces it;
     dn_ncs_piece pc;
     for (int64_t ch = 0; ch < p->c; ch++) count[ch] = 0.0;
+    /* not short_rows: one task per group, task g */
     for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);) {
         const T *run = x + pc.off;
         const int64_t at = pc.ch * G + g;
@@ -238,6 +293,35 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
         if (count[pc.ch] == 0.0) gmean[at] = gm2[at] = 0.0;
         dn_merge_moments(&count[pc.ch], &gmean[at], &gm2[at], rows,
                          (double)centre + dev[0] / rows, dev[1] - dev[0] * dev[0] / rows);
+    }
+}
+
+/* Channels first, short rows (p->short_rows): task t's channels, each over
+ * the rows of group g's images, in chunks of whole rows of at most
+ * DN_CHUNK_ELEMS values reduced by the same corrected two-pass and merged
+ * in order. */
+static void FN(ncs_short_moments)(const dn_plan *p, const T *x, int64_t t, double *gmean,
+                                  double *gm2)
+{
+    const int64_t G = p->groups, S = p->s, stride = p->c * S;
+    const int64_t per = dn_max64(1, DN_CHUNK_ELEMS / S); /* rows per chunk */
+    int64_t g, c0, c1, lo, hi;
+    dn_reduce_task(p, t, &g, &c0, &c1);
+    dn_group_range(p, g, &lo, &hi);
+    for (int64_t ch = c0; ch < c1; ch++) {
+        double count = 0.0, mean = 0.0, m2 = 0.0;
+        for (int64_t img = lo / S; img < hi / S; img += per) {
+            const int64_t rows = dn_min64(per, hi / S - img);
+            const T *first = x + (img * p->c + ch) * S;
+            const double vals = (double)(rows * S);
+            const T centre = (T)(FN(rows_sum)(first, stride, rows, S) / vals);
+            double dev[2] = {0.0, 0.0};
+            FN(rows_deviations)(first, stride, rows, S, centre, dev);
+            dn_merge_moments(&count, &mean, &m2, vals, (double)centre + dev[0] / vals,
+                             dev[1] - dev[0] * dev[0] / vals);
+        }
+        gmean[ch * G + g] = mean;
+        gm2[ch * G + g] = m2;
     }
 }
 
@@ -370,31 +454,48 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
     }
 }
 
-static void FN(group_moments)(const dn_plan *p, const void *x, int64_t g, double *gmean,
+static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double *gmean,
                               double *gm2, void *scratch)
 {
+    /* t is the group itself unless p->short_rows (one task per group) */
     if (p->nsc)
-        FN(nsc_group_moments)(p, (const T *)x, g, gmean + g * p->c, gm2 + g * p->c,
+        FN(nsc_group_moments)(p, (const T *)x, t, gmean + t * p->c, gm2 + t * p->c,
                               (T *)scratch);
+    else if (p->short_rows)
+        FN(ncs_short_moments)(p, (const T *)x, t, gmean, gm2);
     else
-        FN(ncs_group_moments)(p, (const T *)x, g, gmean, gm2, (double *)scratch);
+        FN(ncs_group_moments)(p, (const T *)x, t, gmean, gm2, (double *)scratch);
 }
 
 /* ---- Gradient sums of one group. ---------------------------------------- */
 
-/* Channels first: per (channel, group), as run_grad_sums over its pieces. */
+/* Channels first: per (channel, group) of task t, as run_grad_sums over
+ * its pieces in memory order; short_rows channel by channel, all of a
+ * channel's rows in the group summed together. */
 static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
-                              int64_t g, double *sums)
+                              int64_t t, double *sums)
 {
-    const int64_t G = p->groups;
+    const int64_t G = p->groups, S = p->s;
     dn_ncs_pieces it;
     dn_ncs_piece pc;
-    for (int64_t ch = 0; ch < p->c; ch++) {
-        double *w = sums + 3 * (ch * G + g);
+    dn_ncs_pieces_start(p, t, &it);
+    for (int64_t ch = it.c0; ch < it.c1; ch++) {
+        double *w = sums + 3 * (ch * G + it.g);
         w[0] = w[1] = w[2] = 0.0;
     }
-    for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);)
-        FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch], sums + 3 * (pc.ch * G + g));
+    if (p->short_rows) {
+        /* short_rows groups are whole images: rows img*c + ch, img in [it.img, hi/S) */
+        const int64_t rows = it.hi / S - it.img;
+        for (int64_t ch = it.c0; ch < it.c1; ch++) {
+            const int64_t first = (it.img * p->c + ch) * S;
+            FN(rows_grad_sums)(dy + first, x + first, p->c * S, rows, S, h[ch],
+                               sums + 3 * (ch * G + it.g));
+        }
+        return;
+    }
+    while (dn_ncs_pieces_next(p, &it, &pc))
+        FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch],
+                          sums + 3 * (pc.ch * G + it.g));
 }
 
 /* Channels last: per channel, rows summed in T over wide rows (as
@@ -451,13 +552,14 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
 }
 
 static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
-                                const void *shift, int64_t g, double *sums, void *scratch)
+                                const void *shift, int64_t t, double *sums, void *scratch)
 {
+    /* t is the group itself for channels last (one task per group) */
     if (p->nsc)
-        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, g,
-                          sums + 3 * p->c * g, (T *)scratch);
+        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t,
+                          sums + 3 * p->c * t, (T *)scratch);
     else
-        FN(ncs_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, g, sums);
+        FN(ncs_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t, sums);
 }
 
 /* ---- Elementwise passes. -------------------------------------------------

@@ -68,6 +68,14 @@
 /* Channels first: with at least this many images, a group is whole images
  * (splitting rows makes short runs); with fewer, rows are split. */
 #define DN_WHOLE_IMAGE_GROUPS 16
+/* Channels first, statistics over rows shorter than this: a reduction task
+ * is a block of channels over a group's images, each channel's rows taken
+ * together (a row per piece costs more in horizontal sums and merges than
+ * in adds)... */
+#define DN_SHORT_ROW 256
+/* ...and the same for gradient sums (two strided streams per channel
+ * measured slower than the per-piece sums from 14x14 rows on). */
+#define DN_SHORT_GRAD_ROW 128
 /* Channels finished together (their group merges vectorise across them). */
 #define DN_FINISH_CHANNELS 256
 /* Bytes of a cache line: per-thread scratch is a whole number of them. */
@@ -242,6 +250,9 @@ typedef struct dn_plan {
     int64_t row_parts; /* NCS: 0 if groups are whole images, else parts per image */
     int64_t chunk;    /* NCS: elements per stats chunk; NSC: rows per chunk */
     int64_t wide;     /* NSC: values of a wide row (a multiple of c); NCS: c */
+    int short_rows;   /* NCS with s < DN_SHORT_ROW: rows of a channel reduced together */
+    int64_t cblock;   /* channels of one reduction task (c unless short_rows) */
+    int64_t cblocks;  /* reduction tasks per group: ceil(c / cblock) */
     int threads;
 } dn_plan;
 
@@ -270,6 +281,9 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     p->groups = dn_max64(1, dn_min64(dn_min64(dn_ceil_div(p->total, DN_GROUP_ELEMS),
                                               DN_MAX_GROUPS), p->m));
     p->row_parts = 0;
+    p->short_rows = 0;
+    p->cblock = c;
+    p->cblocks = 1;
     if (!p->nsc && p->groups > n) {
         if (n >= DN_WHOLE_IMAGE_GROUPS) {
             /* NCS: whole images, so that runs stay whole rows */
@@ -294,6 +308,21 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     return DN_OK;
 }
 
+/* A reduction over channels-first rows shorter than short_row
+ * (DN_SHORT_ROW, DN_SHORT_GRAD_ROW) runs as short_rows: groups of whole
+ * images, as few as keep a task near DN_GROUP_ELEMS values per channel,
+ * and tasks that split the channels. */
+static inline void dn_plan_short_rows(dn_plan *p, int64_t short_row)
+{
+    if (p->nsc || p->s >= short_row) return;
+    p->short_rows = 1;
+    p->row_parts = 0;
+    p->groups = dn_max64(1, dn_min64(dn_min64(dn_ceil_div(p->m, DN_GROUP_ELEMS), DN_MAX_GROUPS),
+                                     p->n));
+    p->cblock = dn_min64(p->c, dn_max64(1, DN_GROUP_ELEMS / dn_ceil_div(p->m, p->groups)));
+    p->cblocks = dn_ceil_div(p->c, p->cblock);
+}
+
 /* The range [lo, hi) of each channel's m values (index n*s + j) that
  * group g reduces. NCS groups hold whole images where there are enough. */
 static inline void dn_group_range(const dn_plan *p, int64_t g, int64_t *lo, int64_t *hi)
@@ -312,6 +341,15 @@ static inline void dn_group_range(const dn_plan *p, int64_t g, int64_t *lo, int6
     }
 }
 
+/* Reduction task t (of groups * cblocks): group *g, channels [*c0, *c1). */
+static inline void dn_reduce_task(const dn_plan *p, int64_t t, int64_t *g, int64_t *c0,
+                                  int64_t *c1)
+{
+    *g = t / p->cblocks;
+    *c0 = t % p->cblocks * p->cblock;
+    *c1 = dn_min64(*c0 + p->cblock, p->c);
+}
+
 /* The run of flat elements that starts at i, ends by i1 and shares its
  * per-channel terms' layout: channels first, a stretch of one channel's row
  * (*at = the channel, the same term for the whole run); channels last, a
@@ -327,26 +365,29 @@ static inline int64_t dn_run_at(const dn_plan *p, int64_t i, int64_t i1, int64_t
     return dn_min64(p->s - i % p->s, i1 - i);
 }
 
-/* Channels first: the pieces of group g in memory order (image, then
- * channel, then at most p->chunk values of that channel's row), each a
- * contiguous run of one channel: a sequential sweep of memory.
- *   for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);) */
+/* Channels first: the pieces of reduction task t (group g, channels
+ * [c0, c1)) in memory order (image, then channel, then at most p->chunk
+ * values of that channel's row), each a contiguous run of one channel: a
+ * sequential sweep of memory.
+ *   for (dn_ncs_pieces_start(p, t, &it); dn_ncs_pieces_next(p, &it, &pc);) */
 typedef struct dn_ncs_piece {
     int64_t ch, off, len; /* channel, first element, length */
 } dn_ncs_piece;
 
 typedef struct dn_ncs_pieces {
-    int64_t hi, img, s0, s1, ch, j; /* group end; position of the next piece */
+    int64_t g, c0, c1;                 /* the task's group and channels */
+    int64_t hi, img, s0, s1, ch, j;    /* group end; position of the next piece */
 } dn_ncs_pieces;
 
-static inline void dn_ncs_pieces_start(const dn_plan *p, int64_t g, dn_ncs_pieces *it)
+static inline void dn_ncs_pieces_start(const dn_plan *p, int64_t t, dn_ncs_pieces *it)
 {
     int64_t lo;
-    dn_group_range(p, g, &lo, &it->hi);
+    dn_reduce_task(p, t, &it->g, &it->c0, &it->c1);
+    dn_group_range(p, it->g, &lo, &it->hi);
     it->img = lo / p->s;
     it->s0 = lo - it->img * p->s;
     it->s1 = dn_min64(it->hi - it->img * p->s, p->s);
-    it->ch = 0;
+    it->ch = it->c0;
     it->j = it->s0;
 }
 
@@ -354,8 +395,8 @@ static inline int dn_ncs_pieces_next(const dn_plan *p, dn_ncs_pieces *it, dn_ncs
 {
     if (it->j >= it->s1) { /* this channel's row is done: the next channel, or image */
         it->j = it->s0;
-        if (++it->ch == p->c) {
-            it->ch = 0;
+        if (++it->ch == it->c1) {
+            it->ch = it->c0;
             it->img++;
             if (it->img * p->s >= it->hi) return 0;
             it->s0 = 0;

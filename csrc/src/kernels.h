@@ -83,16 +83,17 @@ typedef struct dn_grad_finish {
 /* The batch-norm kernels of one element type: tensor pointers point to
  * that type; the group layout is dn_group_range's (common.h). */
 typedef struct dn_bn_kernels {
-    /* Group g's per-channel count-weighted mean and sum of squared
-     * deviations, at gmean/gm2[ch*groups + g] (channels first) or
-     * [g*c + ch] (channels last). scratch: the calling thread's. */
-    void (*group_moments)(const dn_plan *p, const void *x, int64_t g, double *gmean,
+    /* Reduction task t (dn_reduce_task: group g, channels [c0, c1)): the
+     * per-channel count-weighted mean and sum of squared deviations of
+     * group g, at gmean/gm2[ch*groups + g] (channels first) or [g*c + ch]
+     * (channels last). scratch: the calling thread's. */
+    void (*group_moments)(const dn_plan *p, const void *x, int64_t t, double *gmean,
                           double *gm2, void *scratch);
-    /* Group g's per-channel sums of dy, x - shift[ch] and dy*(x - shift[ch]),
-     * three doubles at sums + 3*(ch*groups + g) (channels first) or
-     * 3*(g*c + ch) (channels last). */
+    /* Reduction task t's per-channel sums of dy, x - shift[ch] and
+     * dy*(x - shift[ch]), three doubles at sums + 3*(ch*groups + g)
+     * (channels first) or 3*(g*c + ch) (channels last). */
     void (*group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
-                            const void *shift, int64_t g, double *sums, void *scratch);
+                            const void *shift, int64_t t, double *sums, void *scratch);
     /* The pass over flat elements [i0, i1) into out (which may be op->in or
      * op->x itself); with stream, through an L1 tile and streaming stores
      * (the caller fences). */
