@@ -1,8 +1,9 @@
 """dropnorm: dropout and batch normalization on the CPU.
 
 A C99 core (OpenMP-parallel, bitwise identical for every thread count) with
-Cython wrappers over typed memoryviews. Tensors are (N, C, *spatial) with
-axis=1 or (N, *spatial, C) with axis=-1, float32 or float64.
+Cython wrappers that hand NumPy arrays straight to C. Tensors are
+(N, C, *spatial) with axis=1 or (N, *spatial, C) with axis=-1, float32 or
+float64.
 """
 
 from dropnorm._batchnorm import (

@@ -1,27 +1,35 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""Batch normalization: typed-memoryview wrappers over the C kernels."""
+# cython: language_level=3
+"""Batch normalization: wrappers over the C kernels."""
 
 from libc.stdint cimport int64_t
 
-from dropnorm.libdropnorm cimport *
-from dropnorm._spans cimport Spans, span, spans_overlap, spans_start
+cimport numpy as cnp
 
-import numpy as np
-
-from dropnorm._checks import (
+from dropnorm._checks cimport (
     as_eps,
     as_momentum,
     as_tensor,
     as_vector,
     output_like,
-    raise_overlap,
     same_tensor,
     tensor_extents,
     writable_vector,
 )
+from dropnorm._spans cimport Spans, spans_of
+from dropnorm.libdropnorm cimport *
+
 from dropnorm._runtime import raise_status
 
-# the exact in-place uses the C header allows (y == x; dx == dy or dx == x)
+cnp.import_array()
+
+# The arrays of each call as they go to spans_of, written ones first, and
+# the exact in-place uses the C header allows (y == x; dx == dy or dx == x).
+_TRAIN_NAMES = ("running_mean", "running_var", "out", "save_mean", "save_invstd",
+                "x", "weight", "bias")
+_INFER_NAMES = ("out", "x", "running_mean", "running_var", "weight", "bias")
+_BACKWARD_NAMES = ("out", "dweight", "dbias", "dy", "x", "save_mean", "save_invstd", "weight")
+_INFER_BACKWARD_NAMES = ("out", "dweight", "dbias", "dy", "x", "running_mean", "running_var",
+                         "weight")
 _OUT_IS_X = (("out", "x"),)
 _OUT_IS_X_OR_DY = (("out", "x"), ("out", "dy"))
 
@@ -30,95 +38,50 @@ ctypedef fused floating:
     double
 
 
-cdef inline const floating *_in(const floating[::1] a) noexcept nogil:
-    return NULL if a is None else &a[0]
-
-
-cdef inline floating *_out(floating[::1] a) noexcept nogil:
-    return NULL if a is None else &a[0]
-
-
 cdef inline dn_layout _layout(bint channels_last) noexcept nogil:
     return DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
 
 
-cdef inline size_t _nbytes(const floating[::1] a) noexcept nogil:
-    return 0 if a is None else <size_t>a.shape[0] * sizeof(floating)
+cdef inline cnp.ndarray _per_channel(int64_t c, cnp.ndarray x):
+    """A new vector of c values of x's dtype."""
+    cdef cnp.npy_intp shape = c
+    return cnp.PyArray_EMPTY(1, &shape, cnp.PyArray_TYPE(x), 0)
 
 
-cdef _check_overlap(int written, names, int tensors, in_place,
-                    const floating[::1] a0, const floating[::1] a1, const floating[::1] a2,
-                    const floating[::1] a3, const floating[::1] a4, const floating[::1] a5):
-    """ValueError (naming both) if one of the first ``written`` arrays shares
-    a byte with another array, other than a tensor (bit k of ``tensors``:
-    a<k> is one) that is exactly another tensor in one of the ``in_place``
-    pairs; None arrays are absent."""
-    cdef Spans sp
-    spans_start(&sp, written)
-    span(&sp, _in(a0), _nbytes(a0), tensors & 1)
-    span(&sp, _in(a1), _nbytes(a1), tensors & 2)
-    span(&sp, _in(a2), _nbytes(a2), tensors & 4)
-    span(&sp, _in(a3), _nbytes(a3), tensors & 8)
-    span(&sp, _in(a4), _nbytes(a4), tensors & 16)
-    span(&sp, _in(a5), _nbytes(a5), tensors & 32)
-    if spans_overlap(&sp):
-        raise_overlap(names, written, in_place, a0, a1, a2, a3, a4, a5)
+# The C calls, one per kernel: x's pointer type (float or double) picks the
+# C function; the other arrays are those of the Spans, in _TRAIN_NAMES or
+# _INFER_NAMES order, or for the backward (out, dweight, dbias, dy, x, mean,
+# var, weight).
+
+cdef dn_status _train_c(const floating *x, const Spans *a, int64_t n, int64_t c, int64_t s,
+                        bint channels_last, double eps, double momentum) noexcept nogil:
+    return dn_batchnorm_forward_train(
+        n, c, s, _layout(channels_last), x, <const floating *>a.data[6],
+        <const floating *>a.data[7], eps, momentum, <floating *>a.data[0],
+        <floating *>a.data[1], <floating *>a.data[2], <floating *>a.data[3],
+        <floating *>a.data[4])
 
 
-def _train(const floating[::1] x, const floating[::1] weight, const floating[::1] bias,
-           floating[::1] running_mean, floating[::1] running_var,
-           floating[::1] y, floating[::1] save_mean, floating[::1] save_invstd,
-           int64_t n, int64_t c, int64_t s, bint channels_last, double eps, double momentum):
-    cdef dn_status st
-    _check_overlap(3, ("running_mean", "running_var", "out", "x", "weight", "bias"), 0b1100,
-                   _OUT_IS_X, running_mean, running_var, y, x, weight, bias)
-    with nogil:
-        st = dn_batchnorm_forward_train(
-            n, c, s, _layout(channels_last), &x[0], _in(weight), _in(bias), eps, momentum,
-            _out(running_mean), _out(running_var), &y[0], &save_mean[0], &save_invstd[0])
-    if st != DN_OK:
-        raise_status(st, "batch_norm_train")
+cdef dn_status _infer_c(const floating *x, const Spans *a, int64_t n, int64_t c, int64_t s,
+                        bint channels_last, double eps) noexcept nogil:
+    return dn_batchnorm_forward_infer(
+        n, c, s, _layout(channels_last), x, <const floating *>a.data[2],
+        <const floating *>a.data[3], <const floating *>a.data[4], <const floating *>a.data[5],
+        eps, <floating *>a.data[0])
 
 
-def _infer(const floating[::1] x, const floating[::1] running_mean,
-           const floating[::1] running_var, const floating[::1] weight,
-           const floating[::1] bias, floating[::1] y,
-           int64_t n, int64_t c, int64_t s, bint channels_last, double eps):
-    cdef dn_status st
-    _check_overlap(1, ("out", "x", "running_mean", "running_var", "weight", "bias"), 0b11,
-                   _OUT_IS_X, y, x, running_mean, running_var, weight, bias)
-    with nogil:
-        st = dn_batchnorm_forward_infer(
-            n, c, s, _layout(channels_last), &x[0], &running_mean[0], &running_var[0],
-            _in(weight), _in(bias), eps, &y[0])
-    if st != DN_OK:
-        raise_status(st, "batch_norm_infer")
-
-
-def _backward(const floating[::1] dy, const floating[::1] x, const floating[::1] mean,
-              const floating[::1] var, const floating[::1] weight, floating[::1] dx,
-              floating[::1] dweight, floating[::1] dbias, int64_t n, int64_t c, int64_t s,
-              bint channels_last, bint frozen, double eps, names):
-    """Through batch statistics (mean, var: save_mean, save_invstd) or,
-    frozen, through running ones (running_mean, running_var, eps); names:
-    the six arguments' names for errors."""
-    cdef dn_status st
-    _check_overlap(1, names, 0b111, _OUT_IS_X_OR_DY, dx, dy, x, mean, var, weight)
-    with nogil:
-        if frozen:
-            st = dn_batchnorm_backward_infer(
-                n, c, s, _layout(channels_last), &dy[0], &x[0], &mean[0], &var[0],
-                _in(weight), eps, &dx[0], &dweight[0], &dbias[0])
-        else:
-            st = dn_batchnorm_backward(
-                n, c, s, _layout(channels_last), &dy[0], &x[0], &mean[0], &var[0],
-                _in(weight), &dx[0], &dweight[0], &dbias[0])
-    if st != DN_OK:
-        raise_status(st, "batch_norm_infer_backward" if frozen else "batch_norm_backward")
-
-
-def _flat(a):
-    return None if a is None else a.reshape(-1)
+cdef dn_status _backward_c(const floating *x, const Spans *a, int64_t n, int64_t c, int64_t s,
+                           bint channels_last, bint frozen, double eps) noexcept nogil:
+    if frozen:
+        return dn_batchnorm_backward_infer(
+            n, c, s, _layout(channels_last), <const floating *>a.data[3], x,
+            <const floating *>a.data[5], <const floating *>a.data[6],
+            <const floating *>a.data[7], eps, <floating *>a.data[0], <floating *>a.data[1],
+            <floating *>a.data[2])
+    return dn_batchnorm_backward(
+        n, c, s, _layout(channels_last), <const floating *>a.data[3], x,
+        <const floating *>a.data[5], <const floating *>a.data[6], <const floating *>a.data[7],
+        <floating *>a.data[0], <floating *>a.data[1], <floating *>a.data[2])
 
 
 def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=None,
@@ -149,23 +112,39 @@ def batch_norm_train(x, weight=None, bias=None, running_mean=None, running_var=N
     Returns (y, save_mean, save_invstd), all of x's dtype, for
     batch_norm_backward.
     """
+    cdef int64_t n, c, s
+    cdef bint channels_last
+    cdef double eps_c, momentum_c
+    cdef dn_status st
+    cdef bint f64
+    cdef Spans a
     x = as_tensor("x", x)
     n, c, s, channels_last = tensor_extents(x, axis)
-    dt = x.dtype
+    dt = (<cnp.ndarray>x).descr
     weight = as_vector("weight", weight, c, dt)
     bias = as_vector("bias", bias, c, dt)
     running_mean = writable_vector("running_mean", running_mean, c, dt)
     running_var = writable_vector("running_var", running_var, c, dt)
-    eps = as_eps(eps)
-    momentum = as_momentum(momentum)
+    eps_c = as_eps(eps)
+    momentum_c = as_momentum(momentum)
     if n * s < 2:
         raise ValueError(
             f"x: training statistics need more than 1 value per channel, got shape {x.shape}")
     y = output_like("out", out, x)
-    save_mean = np.empty(c, dt)
-    save_invstd = np.empty(c, dt)
-    _train(x.reshape(-1), weight, bias, running_mean, running_var, y.reshape(-1),
-           save_mean, save_invstd, n, c, s, channels_last, eps, momentum)
+    save_mean = _per_channel(c, x)
+    save_invstd = _per_channel(c, x)
+    spans_of(&a, (running_mean, running_var, y, save_mean, save_invstd, x, weight, bias), 5,
+             0b100100, _TRAIN_NAMES, _OUT_IS_X)
+    f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+    with nogil:
+        if f64:
+            st = _train_c(<const double *>a.data[5], &a, n, c, s, channels_last, eps_c,
+                          momentum_c)
+        else:
+            st = _train_c(<const float *>a.data[5], &a, n, c, s, channels_last, eps_c,
+                          momentum_c)
+    if st != DN_OK:
+        raise_status(st, "batch_norm_train")
     return y, save_mean, save_invstd
 
 
@@ -177,43 +156,69 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, eps=1
     b = bias - running_mean*a, folded once per channel. Arguments as in
     batch_norm_train; running_mean and running_var are required and read only.
     """
+    cdef int64_t n, c, s
+    cdef bint channels_last
+    cdef double eps_c
+    cdef dn_status st
+    cdef bint f64
+    cdef Spans a
     x = as_tensor("x", x)
     n, c, s, channels_last = tensor_extents(x, axis)
-    dt = x.dtype
+    dt = (<cnp.ndarray>x).descr
     running_mean = as_vector("running_mean", running_mean, c, dt, optional=False)
     running_var = as_vector("running_var", running_var, c, dt, optional=False)
     weight = as_vector("weight", weight, c, dt)
     bias = as_vector("bias", bias, c, dt)
-    eps = as_eps(eps)
+    eps_c = as_eps(eps)
     y = output_like("out", out, x)
-    _infer(x.reshape(-1), running_mean, running_var, weight, bias, y.reshape(-1),
-           n, c, s, channels_last, eps)
+    spans_of(&a, (y, x, running_mean, running_var, weight, bias), 1, 0b11, _INFER_NAMES,
+             _OUT_IS_X)
+    f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+    with nogil:
+        if f64:
+            st = _infer_c(<const double *>a.data[1], &a, n, c, s, channels_last, eps_c)
+        else:
+            st = _infer_c(<const float *>a.data[1], &a, n, c, s, channels_last, eps_c)
+    if st != DN_OK:
+        raise_status(st, "batch_norm_infer")
     return y
 
 
-def _backward_operands(dy, x, axis, statistics, weight, out):
-    """The checked operands of a backward: x, dy, the per-channel statistics
-    (a dict of name: value, required), weight, dx and (n, c, s,
-    channels_last)."""
+cdef tuple _gradients(dy, x, axis, mean, var, weight, out, bint frozen, eps, tuple names):
+    """(dx, dweight, dbias) through batch statistics (mean, var: save_mean,
+    save_invstd) or, frozen, through running ones (running_mean,
+    running_var, eps); names: the arguments' names (out, dweight, dbias, dy,
+    x, mean, var, weight) for errors."""
+    cdef int64_t n, c, s
+    cdef bint channels_last
+    cdef double eps_c = 0.0
+    cdef dn_status st
+    cdef bint f64
+    cdef Spans a
     x = as_tensor("x", x)
-    extents = tensor_extents(x, axis)
+    n, c, s, channels_last = tensor_extents(x, axis)
+    dt = (<cnp.ndarray>x).descr
     dy = same_tensor("dy", dy, x)
-    stats = [as_vector(name, value, extents[1], x.dtype, optional=False)
-             for name, value in statistics.items()]
-    weight = as_vector("weight", weight, extents[1], x.dtype)
-    return x, dy, stats, weight, output_like("out", out, x), extents
-
-
-def _gradients(dy, x, axis, statistics, weight, out, frozen, eps):
-    """(dx, dweight, dbias) through batch statistics or, frozen, through
-    running ones with eps; statistics: the two per-channel arrays by name."""
-    x, dy, (mean, var), weight, dx, extents = _backward_operands(
-        dy, x, axis, statistics, weight, out)
-    eps = as_eps(eps) if frozen else 0.0
-    dweight = np.empty(extents[1], x.dtype)
-    dbias = np.empty(extents[1], x.dtype)
-    _backward(dy.reshape(-1), x.reshape(-1), mean, var, weight, dx.reshape(-1), dweight, dbias,
-              *extents, frozen, eps, ("out", "dy", "x", *statistics, "weight"))
+    mean = as_vector(names[5], mean, c, dt, optional=False)
+    var = as_vector(names[6], var, c, dt, optional=False)
+    weight = as_vector("weight", weight, c, dt)
+    dx = output_like("out", out, x)
+    if frozen:
+        eps_c = as_eps(eps)
+    dweight = _per_channel(c, x)
+    dbias = _per_channel(c, x)
+    spans_of(&a, (dx, dweight, dbias, dy, x, mean, var, weight), 3, 0b11001, names,
+             _OUT_IS_X_OR_DY)
+    f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+    with nogil:
+        if f64:
+            st = _backward_c(<const double *>a.data[4], &a, n, c, s, channels_last, frozen,
+                             eps_c)
+        else:
+            st = _backward_c(<const float *>a.data[4], &a, n, c, s, channels_last, frozen,
+                             eps_c)
+    if st != DN_OK:
+        raise_status(st, "batch_norm_infer_backward" if frozen else "batch_norm_backward")
     return dx, dweight, dbias
 
 
@@ -227,8 +232,8 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=
     dbias are returned also when weight is None. out: where dx goes; it may
     be dy or x itself, and must not share memory with any other argument.
     """
-    return _gradients(dy, x, axis, {"save_mean": save_mean, "save_invstd": save_invstd},
-                      weight, out, False, 0.0)
+    return _gradients(dy, x, axis, save_mean, save_invstd, weight, out, False, 0.0,
+                      _BACKWARD_NAMES)
 
 
 def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps=1e-5,
@@ -238,5 +243,5 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps
     dx = weight/sqrt(running_var + eps) * dy; dbias = sum(dy);
     dweight = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
     """
-    return _gradients(dy, x, axis, {"running_mean": running_mean, "running_var": running_var},
-                      weight, out, True, eps)
+    return _gradients(dy, x, axis, running_mean, running_var, weight, out, True, eps,
+                      _INFER_BACKWARD_NAMES)

@@ -1,5 +1,5 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""Dropout: Philox4x32-10 keep masks and typed-memoryview wrappers over the C kernels.
+# cython: language_level=3
+"""Dropout: Philox4x32-10 keep masks and wrappers over the C kernels.
 
 Decision i (element i in flat C order, or the pair (n, c) as i = n*C + c in
 channel dropout) is a pure function of (seed, stream, i): with
@@ -15,28 +15,34 @@ uint8 values, as ``np.packbits(keep, bitorder="little")``.
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
-from dropnorm.libdropnorm cimport *
-from dropnorm._spans cimport Spans, span, spans_overlap, spans_start
+cimport numpy as cnp
 
-import numpy as np
-
-from dropnorm._checks import (
+from dropnorm._checks cimport (
     as_array,
-    as_count,
     as_dropout_mode,
     as_flag,
     as_int,
     as_mask,
     as_probability,
     as_uint,
-    as_words,
     output_like,
-    raise_overlap,
     tensor_extents,
 )
+from dropnorm._spans cimport Spans, spans_of
+from dropnorm.libdropnorm cimport *
+
+import numpy as np
+
+from dropnorm._checks import as_count, as_words
 from dropnorm._runtime import raise_status
 
-# the exact in-place uses the C header allows (y == x; dx == dy)
+cnp.import_array()
+
+# The arrays of each call as they go to spans_of, written ones first, and
+# the exact in-place uses the C header allows (y == x; dx == dy).
+_FORWARD_NAMES = ("out", "mask", "x")
+_APPLY_NAMES = ("out", "x", "mask")
+_BACKWARD_NAMES = ("out", "dy", "mask")
 _OUT_IS_X = (("out", "x"),)
 _OUT_IS_DY = (("out", "dy"),)
 
@@ -45,82 +51,56 @@ ctypedef fused floating:
     double
 
 
-cdef inline uint8_t *_mask_out(uint8_t[::1] m) noexcept nogil:
-    return NULL if m is None else &m[0]
+cdef struct Geometry:
+    int64_t n, c, s
+    dn_layout layout
+    bint channelwise
 
 
-cdef inline const uint8_t *_mask_in(const uint8_t[::1] m) noexcept nogil:
-    return NULL if m is None else &m[0]
+# The C calls, one per kernel: x's (dy's) pointer type (float or double)
+# picks the C function; the other arrays are those of the Spans, in the
+# order of the names above.
+
+cdef dn_status _forward_c(const floating *x, const Spans *a, const Geometry *g, double p,
+                          uint64_t seed, uint64_t stream, int mode,
+                          bint training) noexcept nogil:
+    return dn_dropout_forward(g.n, g.c, g.s, g.layout, g.channelwise, x, p, seed, stream,
+                              <dn_dropout_mode>mode, training, <floating *>a.data[0],
+                              <uint8_t *>a.data[1])
 
 
-cdef _check_mask_overlap(floating[::1] out, const floating[::1] x, const uint8_t[::1] mask,
-                         size_t nbytes, names, in_place):
-    """ValueError unless out is apart from the mask and from x (or exactly x)."""
-    cdef Spans sp
-    spans_start(&sp, 1)
-    span(&sp, &out[0], nbytes, True)
-    span(&sp, &x[0], nbytes, True)
-    span(&sp, _mask_in(mask), 0 if mask is None else <size_t>mask.shape[0], False)
-    if spans_overlap(&sp):
-        raise_overlap(names, 1, in_place, out, x, mask)
+cdef dn_status _apply_mask_c(const floating *x, const Spans *a, const Geometry *g, double p,
+                             int mode) noexcept nogil:
+    return dn_dropout_apply_mask(g.n, g.c, g.s, g.layout, g.channelwise, x,
+                                 <const uint8_t *>a.data[2], p, <dn_dropout_mode>mode,
+                                 <floating *>a.data[0])
 
 
-def _forward(const floating[::1] x, floating[::1] y, uint8_t[::1] mask,
-             int64_t n, int64_t c, int64_t s, bint channels_last, bint channelwise,
-             double p, uint64_t seed, uint64_t stream, int mode, bint training):
-    cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
-    _check_mask_overlap(y, x, mask, t, ("out", "x", "mask"), _OUT_IS_X)  # mask: a new array
-    with nogil:
-        st = dn_dropout_forward(n, c, s, layout, channelwise, &x[0], p, seed, stream,
-                                <dn_dropout_mode>mode, training, &y[0], _mask_out(mask))
-    if st != DN_OK:
-        raise_status(st, "dropout")
+cdef dn_status _backward_c(const floating *dy, const Spans *a, const Geometry *g, double p,
+                           uint64_t seed, uint64_t stream, int mode) noexcept nogil:
+    return dn_dropout_backward(g.n, g.c, g.s, g.layout, g.channelwise, dy, p, seed, stream,
+                               <dn_dropout_mode>mode, <const uint8_t *>a.data[2],
+                               <floating *>a.data[0])
 
 
-def _apply_mask(const floating[::1] x, const uint8_t[::1] mask, floating[::1] y,
-                int64_t n, int64_t c, int64_t s, bint channels_last, bint channelwise,
-                double p, int mode):
-    cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    cdef size_t t = <size_t>x.shape[0] * sizeof(floating)
-    _check_mask_overlap(y, x, mask, t, ("out", "x", "mask"), _OUT_IS_X)
-    with nogil:
-        st = dn_dropout_apply_mask(n, c, s, layout, channelwise, &x[0], &mask[0], p,
-                                   <dn_dropout_mode>mode, &y[0])
-    if st != DN_OK:
-        raise_status(st, "dropout_apply_mask")
+cdef int64_t _geometry(Geometry *g, name, x, bint channelwise, axis) except -1:
+    """g: the geometry of a dropout call on the ndarray x; returns the number
+    of decisions (x.size, or N*C with channelwise).
 
-
-def _backward(const floating[::1] dy, const uint8_t[::1] mask, floating[::1] dx,
-              int64_t n, int64_t c, int64_t s, bint channels_last, bint channelwise,
-              double p, uint64_t seed, uint64_t stream, int mode):
-    cdef dn_status st
-    cdef dn_layout layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
-    cdef size_t t = <size_t>dy.shape[0] * sizeof(floating)
-    _check_mask_overlap(dx, dy, mask, t, ("out", "dy", "mask"), _OUT_IS_DY)
-    with nogil:
-        st = dn_dropout_backward(n, c, s, layout, channelwise, &dy[0], p, seed, stream,
-                                 <dn_dropout_mode>mode, _mask_in(mask), &dx[0])
-    if st != DN_OK:
-        raise_status(st, "dropout_backward")
-
-
-def _geometry(name, x, channelwise, axis):
-    """(n, c, s, channels_last, bits) of a dropout call on x.
-
-    channelwise must already be a checked bool. axis must be an integer
-    always; its value matters (and is checked against x) only when
-    channelwise."""
+    axis must be an integer always; its value matters (and is checked
+    against x) only when channelwise."""
+    cdef bint channels_last = False
+    g.channelwise = channelwise
     if not channelwise:
         as_int("axis", axis)
-        return x.size, 1, 1, False, x.size
-    if x.ndim < 2:
+        g.n, g.c, g.s = cnp.PyArray_SIZE(<cnp.ndarray>x), 1, 1
+    elif cnp.PyArray_NDIM(<cnp.ndarray>x) < 2:
         raise ValueError(f"{name}: channelwise dropout needs at least 2 dimensions "
                          f"(N, C, *spatial), got shape {x.shape}")
-    n, c, s, channels_last = tensor_extents(x, axis)
-    return n, c, s, channels_last, n * c
+    else:
+        g.n, g.c, g.s, channels_last = tensor_extents(x, axis)
+    g.layout = DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
+    return g.n * g.c if channelwise else g.n
 
 
 def philox4x32_10(ctr, key):
@@ -161,20 +141,20 @@ def dropout_mask(n, p, seed=0, stream=0):
     seed = as_uint("seed", seed, 64)
     stream = as_uint("stream", stream, 64)
     mask = np.empty((n + 7) // 8, np.uint8)
-    cdef uint8_t[::1] m = mask
+    cdef uint8_t *m = <uint8_t *>cnp.PyArray_DATA(mask)
     cdef dn_status st
     cdef int64_t cn = n
     cdef double cp = p
     cdef uint64_t cseed = seed, cstream = stream
     if n:
         with nogil:
-            st = dn_dropout_mask(cn, cp, cseed, cstream, &m[0])
+            st = dn_dropout_mask(cn, cp, cseed, cstream, m)
         if st != DN_OK:
             raise_status(st, "dropout_mask")
     return mask
 
 
-def _dropout_operands(name, x, p, seed, stream, mode, channelwise):
+cdef tuple _dropout_operands(name, x, p, seed, stream, mode, channelwise):
     """The checked arguments every dropout call with (seed, stream) takes:
     the array (named name), p, seed, stream, the mode's C value and
     channelwise."""
@@ -222,16 +202,33 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
 
     Returns y, or (y, mask) with return_mask=True.
     """
-    x, p, seed, stream, mode_c, channelwise = _dropout_operands(
+    cdef Geometry g
+    cdef int64_t bits
+    cdef double p_c
+    cdef uint64_t seed_c, stream_c
+    cdef int mode_c
+    cdef bint training_c, f64
+    cdef dn_status st
+    cdef Spans a
+    x, p_c, seed_c, stream_c, mode_c, channelwise = _dropout_operands(
         "x", x, p, seed, stream, mode, channelwise)
-    training = as_flag("training", training)
+    training_c = as_flag("training", training)
     return_mask = as_flag("return_mask", return_mask)
-    n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
+    bits = _geometry(&g, "x", x, channelwise, axis)
     y = output_like("out", out, x)
     mask = np.empty((bits + 7) // 8, np.uint8) if return_mask else None
-    if x.size:
-        _forward(x.reshape(-1), y.reshape(-1), mask, n, c, s, channels_last,
-                 channelwise, p, seed, stream, mode_c, training)
+    if cnp.PyArray_SIZE(<cnp.ndarray>x):
+        spans_of(&a, (y, mask, x), 2, 0b101, _FORWARD_NAMES, _OUT_IS_X)
+        f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+        with nogil:
+            if f64:
+                st = _forward_c(<const double *>a.data[2], &a, &g, p_c, seed_c,
+                                stream_c, mode_c, training_c)
+            else:
+                st = _forward_c(<const float *>a.data[2], &a, &g, p_c, seed_c,
+                                stream_c, mode_c, training_c)
+        if st != DN_OK:
+            raise_status(st, "dropout")
     return (y, mask) if return_mask else y
 
 
@@ -246,16 +243,30 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     call's y exactly. Other arguments as in dropout; out may be x itself but
     must not share memory with the mask.
     """
+    cdef Geometry g
+    cdef int64_t bits
+    cdef double p_c
+    cdef int mode_c
+    cdef bint f64
+    cdef dn_status st
+    cdef Spans a
     x = as_array("x", x, 1)
-    p = as_probability("p", p)
+    p_c = as_probability("p", p)
     mode_c = as_dropout_mode(mode)
     channelwise = as_flag("channelwise", channelwise)
-    n, c, s, channels_last, bits = _geometry("x", x, channelwise, axis)
+    bits = _geometry(&g, "x", x, channelwise, axis)
     mask = as_mask("mask", mask, bits)
     y = output_like("out", out, x)
-    if x.size:
-        _apply_mask(x.reshape(-1), mask, y.reshape(-1), n, c, s, channels_last,
-                    channelwise, p, mode_c)
+    if cnp.PyArray_SIZE(<cnp.ndarray>x):
+        spans_of(&a, (y, x, mask), 1, 0b11, _APPLY_NAMES, _OUT_IS_X)
+        f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+        with nogil:
+            if f64:
+                st = _apply_mask_c(<const double *>a.data[1], &a, &g, p_c, mode_c)
+            else:
+                st = _apply_mask_c(<const float *>a.data[1], &a, &g, p_c, mode_c)
+        if st != DN_OK:
+            raise_status(st, "dropout_apply_mask")
     return y
 
 
@@ -273,13 +284,30 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
     dy: float32 or float64, the shape of the forward's x. out: where dx
     goes; it may be dy itself but must not share memory with the mask.
     """
-    dy, p, seed, stream, mode_c, channelwise = _dropout_operands(
+    cdef Geometry g
+    cdef int64_t bits
+    cdef double p_c
+    cdef uint64_t seed_c, stream_c
+    cdef int mode_c
+    cdef bint f64
+    cdef dn_status st
+    cdef Spans a
+    dy, p_c, seed_c, stream_c, mode_c, channelwise = _dropout_operands(
         "dy", dy, p, seed, stream, mode, channelwise)
-    n, c, s, channels_last, bits = _geometry("dy", dy, channelwise, axis)
+    bits = _geometry(&g, "dy", dy, channelwise, axis)
     if mask is not None:
         mask = as_mask("mask", mask, bits)
     dx = output_like("out", out, dy)
-    if dy.size:
-        _backward(dy.reshape(-1), mask, dx.reshape(-1), n, c, s, channels_last,
-                  channelwise, p, seed, stream, mode_c)
+    if cnp.PyArray_SIZE(<cnp.ndarray>dy):
+        spans_of(&a, (dx, dy, mask), 1, 0b11, _BACKWARD_NAMES, _OUT_IS_DY)
+        f64 = cnp.PyArray_TYPE(<cnp.ndarray>dy) == cnp.NPY_DOUBLE
+        with nogil:
+            if f64:
+                st = _backward_c(<const double *>a.data[1], &a, &g, p_c, seed_c,
+                                 stream_c, mode_c)
+            else:
+                st = _backward_c(<const float *>a.data[1], &a, &g, p_c, seed_c,
+                                 stream_c, mode_c)
+        if st != DN_OK:
+            raise_status(st, "dropout_backward")
     return dx

@@ -1,3 +1,4 @@
+# cython: language_level=3
 """Argument checks shared by the wrappers.
 
 Every check runs before any kernel, so bad input raises and changes nothing.
@@ -27,6 +28,15 @@ num_features) take anything with ``__index__`` except bool. Flags
 (training, channelwise, ...) take only bool or numpy.bool_. The same
 functions check the functional API and the layer classes, so both accept
 and reject the same values with the same messages.
+
+Speed: the kernel of a small tensor takes a microsecond or two, so the
+checks of a call must cost far less. This module is compiled, the wrappers
+call its checks as C functions (cpdef, declared in _checks.pxd), and each
+check starts with a fast path for the common, valid case: an exact float,
+int or bool, or an exact ndarray of the float32/float64 dtype object whose
+NumPy flags (read in C) say C-contiguous and aligned, and writeable for an
+array written in place. The fast path returns the argument itself, as the
+full check after it would; anything else takes the full check.
 """
 
 import math
@@ -36,12 +46,59 @@ from collections.abc import Mapping
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_FLOAT32, _FLOAT64 = FLOAT_DTYPES
+cimport numpy as cnp
+from libc.math cimport isfinite
+from libc.string cimport memcmp
 
-# Each check starts with a fast path for the common, valid case (an exact
-# float, int or bool; a native float32/float64 ndarray): small tensors spend
-# more time here than in the kernels.
+cnp.import_array()
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+cdef object _FLOAT32 = FLOAT_DTYPES[0]
+cdef object _FLOAT64 = FLOAT_DTYPES[1]
+
+# NumPy flags of arrays that go to C as they are: C-contiguous and aligned;
+# writeable too for those written in place
+cdef int _READ_FLAGS = cnp.NPY_ARRAY_CARRAY_RO
+cdef int _WRITE_FLAGS = cnp.NPY_ARRAY_CARRAY
+
+
+cdef inline bint _has(value, dtype, int flags):
+    """Whether value is an exact ndarray of the dtype object ``dtype`` (the
+    very object: a swapped or merely equal dtype takes the full check) with
+    the NumPy flags ``flags``."""
+    return (type(value) is cnp.ndarray
+            and <void *>cnp.PyArray_DESCR(<cnp.ndarray>value) == <void *>dtype
+            and cnp.PyArray_FLAGS(<cnp.ndarray>value) & flags == flags)
+
+
+cdef inline bint _is_float(value, int flags):
+    """_has(value, float32 or float64, flags)."""
+    return _has(value, _FLOAT32, flags) or _has(value, _FLOAT64, flags)
+
+
+cdef inline bint _like(cnp.ndarray a, cnp.ndarray x):
+    """Whether a has x's dtype object and shape."""
+    cdef int ndim = cnp.PyArray_NDIM(x)
+    return (<void *>cnp.PyArray_DESCR(a) == <void *>cnp.PyArray_DESCR(x)
+            and cnp.PyArray_NDIM(a) == ndim
+            and (ndim == 0  # no dims pointer to compare
+                 or memcmp(cnp.PyArray_DIMS(a), cnp.PyArray_DIMS(x),
+                           ndim * sizeof(cnp.npy_intp)) == 0))
+
+
+cdef inline bint _is_vector(cnp.ndarray a, c):
+    """Whether a has shape (c,)."""
+    return cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_DIMS(a)[0] == c
+
+
+cdef inline cnp.npy_intp _prod(const cnp.npy_intp *dims, int lo, int hi) noexcept:
+    """dims[lo] * ... * dims[hi - 1] (1 when lo >= hi); NumPy keeps every
+    product of an array's extents within npy_intp."""
+    cdef cnp.npy_intp p = 1
+    cdef int i
+    for i in range(lo, hi):
+        p *= dims[i]
+    return p
 
 
 def _native(arr):
@@ -112,9 +169,12 @@ def as_float_array(name, value):
     return arr
 
 
-def as_tensor(name, value):
+cpdef as_tensor(name, value):
     """The input tensor as a C-contiguous, aligned float32/float64 array,
     ndim >= 2."""
+    if (_is_float(value, _READ_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>value) >= 2
+            and cnp.PyArray_SIZE(<cnp.ndarray>value) > 0):
+        return value
     arr = as_float_array(name, value)
     if arr.ndim < 2:
         raise ValueError(
@@ -125,18 +185,21 @@ def as_tensor(name, value):
     return _c_aligned(arr)
 
 
-def tensor_extents(x, axis):
-    """(n, c, s, channels_last) for x with its channel axis at ``axis``.
+cpdef tensor_extents(x, axis):
+    """(n, c, s, channels_last) for the ndarray x with its channel axis at
+    ``axis``.
 
     axis=1 is channels first, (N, C, *spatial); axis=-1 (or ndim-1) is
     channels last, (N, *spatial, C). Errors report the axis as given."""
     axis = as_int("axis", axis)
-    ndim = x.ndim
+    cdef cnp.ndarray arr = x
+    cdef int ndim = cnp.PyArray_NDIM(arr)
+    cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(arr)
     k = axis + ndim if axis < 0 else axis
-    if k == 1:
-        return x.shape[0], x.shape[1], math.prod(x.shape[2:]), False
-    if k == ndim - 1:
-        return x.shape[0], x.shape[-1], math.prod(x.shape[1:-1]), True
+    if k == 1 and ndim >= 2:
+        return dims[0], dims[1], _prod(dims, 2, ndim), False
+    if k == ndim - 1 and ndim >= 1:
+        return dims[0], dims[ndim - 1], _prod(dims, 1, ndim - 1), True
     raise ValueError(
         f"axis: expected 1 (channels first) or -1 (channels last) for a {ndim}-d input, got {axis}"
     )
@@ -160,12 +223,14 @@ def check_dtype(name, arr, dtype):
         raise TypeError(f"{name}: dtype {arr.dtype} does not match the input's dtype {dtype}")
 
 
-def as_vector(name, value, c, dtype, optional=True):
+cpdef as_vector(name, value, c, dtype, optional=True):
     """A read-only per-channel vector of c values with the input's dtype."""
     if value is None:
         if optional:
             return None
         raise TypeError(f"{name}: expected an array of {c} values, got None")
+    if _has(value, dtype, _READ_FLAGS) and _is_vector(value, c):
+        return value
     arr = value if type(value) is np.ndarray else _read(name, value)
     if arr.dtype is not dtype:
         arr = _native(arr)
@@ -175,10 +240,10 @@ def as_vector(name, value, c, dtype, optional=True):
     return _c_aligned(arr)
 
 
-def writable_vector(name, value, c, dtype):
+cpdef writable_vector(name, value, c, dtype):
     """A per-channel vector dropnorm updates in place (running statistics)."""
-    if value is None:
-        return None
+    if value is None or (_has(value, dtype, _WRITE_FLAGS) and _is_vector(value, c)):
+        return value
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array (it is updated in place), "
                         f"got {type(value).__name__}")
@@ -204,8 +269,11 @@ def check_writable(name, arr):
                      "at a misaligned address (e.g. a view at an odd byte offset)")
 
 
-def same_tensor(name, value, x):
+cpdef same_tensor(name, value, x):
     """A second input of x's shape and dtype (dy beside x)."""
+    if (type(x) is cnp.ndarray and _is_float(value, _READ_FLAGS)
+            and _like(value, x)):
+        return value
     arr = as_float_array(name, value)
     check_dtype(name, arr, x.dtype)
     if arr.shape != x.shape:
@@ -213,12 +281,15 @@ def same_tensor(name, value, x):
     return _c_aligned(arr)
 
 
-def output_like(name, out, x):
+cpdef output_like(name, out, x):
     """The output array: a new one like x, or ``out`` checked to fit.
 
     Whether ``out`` overlaps another argument is check_disjoint's part."""
     if out is None:
         return np.empty_like(x)
+    if (type(x) is cnp.ndarray and _is_float(out, _WRITE_FLAGS)
+            and _like(out, x)):
+        return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(out).__name__}")
     check_dtype(name, out, x.dtype)
@@ -273,7 +344,7 @@ def check_disjoint(written, read, in_place=()):
         seen.append((wname, w, wown))
 
 
-def as_real(name, value, what="a real number"):
+cpdef as_real(name, value, what="a real number"):
     """A real number as a Python float.
 
     Accepted: int, float, NumPy integer and floating scalars, 0-d arrays of
@@ -294,7 +365,7 @@ def as_real(name, value, what="a real number"):
         return math.inf if value > 0 else -math.inf
 
 
-def as_int(name, value):
+cpdef as_int(name, value):
     """An integer as a Python int: anything with ``__index__`` (int, NumPy
     integer scalars) except bool and numpy.bool_; TypeError naming the
     argument otherwise (float, str, None, ...)."""
@@ -308,7 +379,7 @@ def as_int(name, value):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
 
 
-def as_flag(name, value):
+cpdef as_flag(name, value):
     """A flag: True or False (bool or numpy.bool_) as a Python bool.
 
     Anything else, 0 and 1 and strings like 'False' included, raises a
@@ -352,22 +423,24 @@ def as_mapping(name, value):
     return value
 
 
-def as_eps(eps):
+cpdef as_eps(eps):
     """eps: a finite real number >= 0, as a float."""
     eps = as_real("eps", eps)
-    if not (math.isfinite(eps) and eps >= 0.0):
+    cdef double e = eps
+    if not (isfinite(e) and e >= 0.0):
         raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
     return eps
 
 
-def as_momentum(momentum, allow_none=False):
+cpdef as_momentum(momentum, allow_none=False):
     """momentum: a real number in [0, 1], as a float; None too (returned as
     None) with allow_none, for layers, where it means a cumulative average."""
     if momentum is None and allow_none:
         return None
     what = "a real number or None" if allow_none else "a real number"
     momentum = as_real("momentum", momentum, what)
-    if not (0.0 <= momentum <= 1.0):
+    cdef double m = momentum
+    if not (0.0 <= m <= 1.0):
         raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
     return momentum
 
@@ -377,10 +450,12 @@ def as_momentum(momentum, allow_none=False):
 DROPOUT_MODES = {"inverted": 0, "classic": 1}
 
 
-def as_array(name, value, min_ndim=1):
+cpdef as_array(name, value, min_ndim=1):
     """A C-contiguous, aligned float32/float64 array with at least
     ``min_ndim`` dimensions; empty arrays are allowed (the caller handles
     them)."""
+    if _is_float(value, _READ_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>value) >= min_ndim:
+        return value
     arr = as_float_array(name, value)
     if arr.ndim < min_ndim:
         raise ValueError(
@@ -388,15 +463,16 @@ def as_array(name, value, min_ndim=1):
     return _c_aligned(arr)
 
 
-def as_probability(name, p):
+cpdef as_probability(name, p):
     """A drop probability: a real number in [0, 1] (not NaN)."""
     p = as_real(name, p, "a real number in [0, 1]")
-    if not (0.0 <= p <= 1.0):
+    cdef double q = p
+    if not (0.0 <= q <= 1.0):
         raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
     return p
 
 
-def as_uint(name, value, bits):
+cpdef as_uint(name, value, bits):
     """A Python int in [0, 2**bits) (seed, stream, Philox words)."""
     value = as_int(name, value)
     if not (0 <= value < (1 << bits)):
@@ -416,7 +492,7 @@ def as_words(name, value, count):
     return tuple(as_uint(f"{name}[{i}]", v, 32) for i, v in enumerate(items))
 
 
-def as_dropout_mode(mode):
+cpdef as_dropout_mode(mode):
     """The C value of a dropout mode name: "inverted" or "classic"."""
     if not isinstance(mode, str):
         raise TypeError(f"mode: expected 'inverted' or 'classic', got {type(mode).__name__}")
@@ -433,7 +509,7 @@ def as_count(name, n):
     return n
 
 
-def as_mask(name, mask, nbits):
+cpdef as_mask(name, mask, nbits):
     """A packed keep mask for ``nbits`` decisions: uint8, shape ((nbits + 7)//8,).
     (uint8 needs no alignment.)"""
     arr = mask if type(mask) is np.ndarray else _read(name, mask)
@@ -446,10 +522,9 @@ def as_mask(name, mask, nbits):
     return np.ascontiguousarray(arr)
 
 
-def raise_overlap(names, written, in_place, *views):
-    """check_disjoint on the arrays behind the typed memoryviews ``views``
-    (named ``names``; the first ``written`` are written): raises ValueError
-    naming the two arguments. Called by the wrappers once their byte-range
-    test (_spans.pxd) has found an overlap."""
-    arrays = [(name, None if v is None else v.base) for name, v in zip(names, views)]
-    check_disjoint(arrays[:written], arrays[written:], in_place)
+cpdef raise_overlap(names, written, in_place, arrays):
+    """check_disjoint on ``arrays`` (named ``names``; the first ``written``
+    are written): raises ValueError naming the two arguments. Called by the
+    wrappers once their byte-range test (_spans.pxd) has found an overlap."""
+    named = list(zip(names, arrays))
+    check_disjoint(named[:written], named[written:], in_place)
