@@ -34,9 +34,14 @@ SHAPES = [
 
 # Channels-first schedules change at rows of 128 (gradient sums) and 256
 # (statistics) values: below, a reduction task is a block of channels over
-# groups of whole images. Shapes on both sides, with a last channel block
-# shorter than the others, several image groups, and one channel.
+# groups of whole images. Channels last with at least 256 channels, a task is
+# a block of 512 channels of a group of rows. Shapes on both sides, with a
+# last channel block shorter than the others, several groups, one channel.
 SCHEDULE_SHAPES = [
+    (40, 255),
+    (600, 256),
+    (300, 1030),
+    (3, 1100, 5, 7),
     (9, 40, 127),
     (9, 40, 128),
     (5, 33, 255),
@@ -357,7 +362,8 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(7)
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((6000, 70), 1),
                         ((3, 1, 300001), 1), ((40, 3, 160, 180), 1), ((17, 300, 7, 7), 1),
-                        ((300, 5, 127), 1), ((16, 64, 200), 1)]:
+                        ((300, 5, 127), 1), ((16, 64, 200), 1), ((600, 1100), 1),
+                        ((5, 9, 11, 1030), -1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)

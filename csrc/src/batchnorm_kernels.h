@@ -353,13 +353,19 @@ static void FN(widen)(const dn_plan *p, T *v)
  * - centre)^2 within the chunk, which, when large, is between-chunk
  * variance that the merged variance holds too. w: scratch of 3*p->wide
  * values. gmean/gm2: group g's c values. */
-static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
+static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
                                   double *gmean, double *gm2, T *DN_RESTRICT w)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
     T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
-    int64_t lo, hi;
+    int64_t g, c0, c1, w1, lo, hi;
     double cnt = 0.0;
+    /* channels [c0, c1): the wide row's columns [c0, w1) (a block of a
+     * row when p->cblocks > 1, which needs per == 1; else all) */
+    dn_reduce_task(p, t, &g, &c0, &c1);
+    w1 = c1 == C ? W : c1;
+    gmean += g * C;
+    gm2 += g * C;
     dn_group_range(p, g, &lo, &hi);
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
@@ -373,10 +379,10 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
              * relative to their magnitude */
             const T snap = (T)(rows * (sizeof(T) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON));
             const T snap2 = snap * snap;
-            for (int64_t j = 0; j < W; j++) sum[j] = 0;
+            for (int64_t j = c0; j < w1; j++) sum[j] = 0;
             /* a tile of the row at a time (the accumulators stay in L1) */
-            for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
-                const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+            for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
+                const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
                 for (int64_t q = 0; q < full; q++) {
                     const T *DN_RESTRICT row = x + (r0 + q * per) * C;
                     for (int64_t j = j0; j < j1; j++) sum[j] += row[j];
@@ -384,27 +390,27 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
             }
             for (int64_t r = r0 + full * per; r < r1; r++) {
                 const T *DN_RESTRICT row = x + r * C;
-                for (int64_t ch = 0; ch < C; ch++) sum[ch] += row[ch];
+                for (int64_t ch = c0; ch < c1; ch++) sum[ch] += row[ch];
             }
             FN(fold_wide)(sum, C, per);
             /* A centre within the sum's rounding of the chunk's first value
              * is taken as that value: any centre near the mean serves, and
              * a constant channel then has deviations, and a variance, of
              * exactly 0. */
-            for (int64_t ch = 0; ch < C; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
-            for (int64_t ch = 0; ch < C; ch++) {
+            for (int64_t ch = c0; ch < c1; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
+            for (int64_t ch = c0; ch < c1; ch++) {
                 const T v = first_row[ch], d = centre[ch] - v;
                 centre[ch] = d * d <= snap2 * (v * v) ? v : centre[ch];
             }
         }
         FN(widen)(p, centre);
-        for (int64_t j = 0; j < W; j++) sum[j] = dev[j] = 0;
+        for (int64_t j = c0; j < w1; j++) sum[j] = dev[j] = 0;
         /* From the cache (a first chunk) four wide rows per sweep, a quarter
          * of the accumulator traffic; from memory one, since one sequential
          * stream is what the prefetchers follow best (four measured 25%
          * slower over the whole kernel). */
-        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
-            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+        for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
             int64_t q = 0;
             if (r0 == lo) {
                 for (; q + 4 <= full; q += 4) {
@@ -430,7 +436,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT row = x + r * C;
-            for (int64_t ch = 0; ch < C; ch++) {
+            for (int64_t ch = c0; ch < c1; ch++) {
                 const T d = row[ch] - centre[ch];
                 sum[ch] += d;
                 dev[ch] += d * d;
@@ -439,7 +445,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
         FN(fold_wide)(sum, C, per);
         FN(fold_wide)(dev, C, per);
         /* dn_merge_moments, vectorised over channels */
-        for (int64_t ch = 0; ch < C; ch++) {
+        for (int64_t ch = c0; ch < c1; ch++) {
             const double s1 = (double)sum[ch];
             const double cm = (double)centre[ch] + s1 * inv_rows;
             const double cq = (double)dev[ch] - s1 * s1 * inv_rows;
@@ -457,10 +463,8 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t g,
 static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double *gmean,
                               double *gm2, void *scratch)
 {
-    /* t is the group itself unless p->short_rows (one task per group) */
     if (p->nsc)
-        FN(nsc_group_moments)(p, (const T *)x, t, gmean + t * p->c, gm2 + t * p->c,
-                              (T *)scratch);
+        FN(nsc_group_moments)(p, (const T *)x, t, gmean, gm2, (T *)scratch);
     else if (p->short_rows)
         FN(ncs_short_moments)(p, (const T *)x, t, gmean, gm2);
     else
@@ -502,23 +506,27 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
  * w in double. acc: scratch of 4*p->wide values. */
 static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
-                              int64_t g, double *DN_RESTRICT w, T *DN_RESTRICT acc)
+                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
     T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
     T *DN_RESTRICT hw = acc + 3 * W;
-    int64_t lo, hi;
+    int64_t g, c0, c1, w1, lo, hi;
+    /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
+    dn_reduce_task(p, t, &g, &c0, &c1);
+    w1 = c1 == C ? W : c1;
+    w += 3 * C * g;
     dn_group_range(p, g, &lo, &hi);
-    for (int64_t ch = 0; ch < C; ch++) hw[ch] = h[ch];
+    for (int64_t ch = c0; ch < c1; ch++) hw[ch] = h[ch];
     FN(widen)(p, hw);
-    for (int64_t i = 0; i < 3 * C; i++) w[i] = 0.0;
+    for (int64_t i = 3 * c0; i < 3 * c1; i++) w[i] = 0.0;
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const int64_t full = (r1 - r0) / per;
-        for (int64_t j = 0; j < W; j++) a0[j] = a1[j] = a2[j] = 0;
+        for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
         /* a tile of the row at a time: the accumulators stay in L1 */
-        for (int64_t j0 = 0; j0 < W; j0 += DN_ROW_TILE) {
-            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, W);
+        for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
+            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
             for (int64_t q = 0; q < full; q++) {
                 const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
                 const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
@@ -533,7 +541,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
         for (int64_t r = r0 + full * per; r < r1; r++) {
             const T *DN_RESTRICT gr = dy + r * C;
             const T *DN_RESTRICT xr = x + r * C;
-            for (int64_t ch = 0; ch < C; ch++) {
+            for (int64_t ch = c0; ch < c1; ch++) {
                 const T d = xr[ch] - hw[ch];
                 a0[ch] += gr[ch];
                 a1[ch] += d;
@@ -543,7 +551,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
         FN(fold_wide)(a0, C, per);
         FN(fold_wide)(a1, C, per);
         FN(fold_wide)(a2, C, per);
-        for (int64_t ch = 0; ch < C; ch++) {
+        for (int64_t ch = c0; ch < c1; ch++) {
             w[3 * ch] += (double)a0[ch];
             w[3 * ch + 1] += (double)a1[ch];
             w[3 * ch + 2] += (double)a2[ch];
@@ -554,10 +562,9 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
 static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
                                 const void *shift, int64_t t, double *sums, void *scratch)
 {
-    /* t is the group itself for channels last (one task per group) */
     if (p->nsc)
-        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t,
-                          sums + 3 * p->c * t, (T *)scratch);
+        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t, sums,
+                          (T *)scratch);
     else
         FN(ncs_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t, sums);
 }

@@ -251,7 +251,7 @@ typedef struct dn_plan {
     int64_t chunk;    /* NCS: elements per stats chunk; NSC: rows per chunk */
     int64_t wide;     /* NSC: values of a wide row (a multiple of c); NCS: c */
     int short_rows;   /* NCS with s < DN_SHORT_ROW: rows of a channel reduced together */
-    int64_t cblock;   /* channels of one reduction task (c unless short_rows) */
+    int64_t cblock;   /* channels of one reduction task (c unless short_rows or rows >= DN_WIDE) */
     int64_t cblocks;  /* reduction tasks per group: ceil(c / cblock) */
     int threads;
 } dn_plan;
@@ -300,10 +300,19 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
         const int64_t per_wide = dn_max64(1, DN_WIDE / c);
         p->wide = c * per_wide;
         p->chunk = per_wide * dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / p->wide));
+        if (per_wide == 1) {
+            /* long rows: a task is DN_ROW_TILE channels of a group, so that
+             * groups can be long (a chunk of DN_CHUNK_ROWS rows at least;
+             * each group costs c partial sums in the workspace) */
+            p->groups = dn_min64(p->groups, dn_ceil_div(p->m, DN_CHUNK_ROWS));
+            p->cblock = dn_min64(c, DN_ROW_TILE);
+            p->chunk = dn_max64(1, dn_min64(DN_CHUNK_ROWS, DN_GROUP_ELEMS / p->cblock));
+        }
     } else {
         p->wide = c;
         p->chunk = DN_CHUNK_ELEMS;
     }
+    p->cblocks = dn_ceil_div(c, p->cblock);
     p->threads = dn_threads_for(p->total);
     return DN_OK;
 }
