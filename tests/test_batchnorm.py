@@ -34,7 +34,8 @@ SHAPES = [
 
 # Channels-first schedules change at rows of 128 (gradient sums) and 256
 # (statistics) values: below, a reduction task is a block of channels over
-# groups of whole images. Channels last with at least 256 channels, a task is
+# groups of whole images; so too with fewer than 16 images whose rows, shorter
+# than 4096 values, would be split. Channels last with at least 256 channels, a task is
 # a block of 512 channels of a group of rows. Shapes on both sides, with a
 # last channel block shorter than the others, several groups, one channel.
 SCHEDULE_SHAPES = [
@@ -50,6 +51,9 @@ SCHEDULE_SHAPES = [
     (2, 1000, 5, 5),
     (300, 5, 127),
     (70, 1, 9, 9),
+    (3, 40, 1000),
+    (2, 13, 4095),
+    (2, 13, 4096),
 ]
 
 
@@ -363,7 +367,7 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((6000, 70), 1),
                         ((3, 1, 300001), 1), ((40, 3, 160, 180), 1), ((17, 300, 7, 7), 1),
                         ((300, 5, 127), 1), ((16, 64, 200), 1), ((600, 1100), 1),
-                        ((5, 9, 11, 1030), -1)]:
+                        ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)

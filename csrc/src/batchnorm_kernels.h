@@ -629,8 +629,9 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
     const T *in = (const T *)op->in, *x = (const T *)op->x;
     const dn_train_terms *tr = &op->train;
     const dn_affine_terms *af = &op->affine;
-    for (int64_t i = i0, at; i < i1;) {
-        const int64_t len = dn_run_at(p, i, i1, &at);
+    dn_runs runs;
+    int64_t i, len, at;
+    for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
         T *dst = out + (i - i0);
         switch (op->kind) {
         case DN_ELEMENTWISE_TRAIN:
@@ -654,7 +655,6 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
             else FN(backward_run)(in + i, x + i, &op->backward, at, len, dst);
             break;
         }
-        i += len;
     }
 }
 

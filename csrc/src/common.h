@@ -318,12 +318,15 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
 }
 
 /* A reduction over channels-first rows shorter than short_row
- * (DN_SHORT_ROW, DN_SHORT_GRAD_ROW) runs as short_rows: groups of whole
+ * (DN_SHORT_ROW, DN_SHORT_GRAD_ROW), or over the rows of fewer than
+ * DN_WHOLE_IMAGE_GROUPS images shorter than DN_CHUNK_ELEMS, runs as short_rows: groups of whole
  * images, as few as keep a task near DN_GROUP_ELEMS values per channel,
  * and tasks that split the channels. */
 static inline void dn_plan_short_rows(dn_plan *p, int64_t short_row)
 {
-    if (p->nsc || p->s >= short_row) return;
+    /* also when few images would have their rows split into pieces
+     * shorter than a chunk */
+    if (p->nsc || (p->s >= short_row && !(p->row_parts > 0 && p->s < DN_CHUNK_ELEMS))) return;
     p->short_rows = 1;
     p->row_parts = 0;
     p->groups = dn_max64(1, dn_min64(dn_min64(dn_ceil_div(p->m, DN_GROUP_ELEMS), DN_MAX_GROUPS),
@@ -359,19 +362,44 @@ static inline void dn_reduce_task(const dn_plan *p, int64_t t, int64_t *g, int64
     *c1 = dn_min64(*c0 + p->cblock, p->c);
 }
 
-/* The run of flat elements that starts at i, ends by i1 and shares its
- * per-channel terms' layout: channels first, a stretch of one channel's row
- * (*at = the channel, the same term for the whole run); channels last, a
- * stretch of one wide row (*at = the position in it, one term per element).
- * Returns its length. */
-static inline int64_t dn_run_at(const dn_plan *p, int64_t i, int64_t i1, int64_t *at)
+/* The runs of flat elements [i0, i1) that share their per-channel terms'
+ * layout: channels first, stretches of one channel's row (at = the
+ * channel, one term for the whole run); channels last, stretches of one
+ * wide row (at = the position in it, one term per element). Divides once,
+ * then steps:
+ *   for (dn_runs_start(p, i0, &r); dn_runs_next(p, &r, i1, &i, &len, &at);) */
+typedef struct dn_runs {
+    int64_t i, at, left; /* the next run's first element, term, room in its row */
+} dn_runs;
+
+static inline void dn_runs_start(const dn_plan *p, int64_t i0, dn_runs *r)
 {
+    r->i = i0;
     if (p->nsc) {
-        *at = i % p->wide;
-        return dn_min64(p->wide - *at, i1 - i);
+        r->at = i0 % p->wide;
+        r->left = p->wide - r->at;
+    } else {
+        r->at = (i0 / p->s) % p->c;
+        r->left = p->s - i0 % p->s;
     }
-    *at = (i / p->s) % p->c;
-    return dn_min64(p->s - i % p->s, i1 - i);
+}
+
+static inline int dn_runs_next(const dn_plan *p, dn_runs *r, int64_t i1, int64_t *i,
+                               int64_t *len, int64_t *at)
+{
+    if (r->i >= i1) return 0;
+    *i = r->i;
+    *at = r->at;
+    *len = dn_min64(r->left, i1 - r->i);
+    r->i += *len;
+    if (p->nsc) {
+        r->at = 0;
+        r->left = p->wide;
+    } else {
+        r->at = r->at + 1 == p->c ? 0 : r->at + 1;
+        r->left = p->s;
+    }
+    return 1;
 }
 
 /* Channels first: the pieces of reduction task t (group g, channels
