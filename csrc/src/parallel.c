@@ -128,8 +128,8 @@ int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_alo
 /* A straggler counts when another came less than DN_BACKOFF_MAX_NS before
  * it (the first region of a process waits for its threads to be created);
  * then the next calls run alone for the back-off, which doubles with each
- * straggler that counts and starts again from DN_BACKOFF_MIN_NS after a
- * quiet spell. Races between calls only blur the hint. */
+ * straggler that comes soon after the last back-off, and starts again from
+ * DN_BACKOFF_MIN_NS otherwise. Races between calls only blur the hint. */
 static void dn_learn_straggler(int64_t now)
 {
     const int64_t last = DN_LOAD_RELAXED(&dn_straggler_ns);
@@ -139,6 +139,9 @@ static void dn_learn_straggler(int64_t now)
         DN_STORE_RELAXED(&dn_backoff_ns, (int64_t)0);
         return;
     }
+    /* a load keeps stragglers coming as soon as a back-off ends; a virtual
+     * machine's occasional stalls come long after it: those start again */
+    if (now - last > 4 * backoff + DN_BACKOFF_MIN_NS) backoff = 0;
     backoff = backoff < DN_BACKOFF_MIN_NS ? DN_BACKOFF_MIN_NS
                                           : dn_min64(2 * backoff, DN_BACKOFF_MAX_NS);
     DN_STORE_RELAXED(&dn_backoff_ns, backoff);
