@@ -18,3 +18,41 @@
 #undef T
 #undef FN
 #undef BN_TABLE
+
+dn_status dn_batchnorm_merge_stats(int64_t k, int64_t c, const double *stats, double *mean,
+                                   double *var, double *var_unbiased)
+{
+    if (k < 1 || c < 1) return DN_ERR_BAD_SHAPE;
+    if (k > (int64_t)(PTRDIFF_MAX / (ptrdiff_t)sizeof(double)) / 3 / c)
+        return DN_ERR_SIZE_OVERFLOW;
+    if (stats == NULL || mean == NULL || var == NULL) return DN_ERR_NULL_POINTER;
+    for (int64_t ch = 0; ch < c; ch++) {
+        double total = 0.0;
+        for (int64_t r = 0; r < k; r++) {
+            const double count = stats[r * 3 * c + ch];
+            if (!(count >= 0.0) || !isfinite(count) || count != floor(count))
+                return DN_ERR_BAD_VALUE;
+            total += count;
+        }
+        if (total < 2.0) return DN_ERR_BATCH_TOO_SMALL;
+    }
+    for (int64_t ch = 0; ch < c; ch++) {
+        double na = 0.0, ma = 0.0, qa = 0.0;
+        for (int64_t r = 0; r < k; r++) {
+            const double *part = stats + r * 3 * c;
+            if (part[ch] == 0.0) continue;
+            if (na == 0.0) {
+                /* the first shard as it is: one shard merges to itself bitwise */
+                na = part[ch];
+                ma = part[c + ch];
+                qa = part[2 * c + ch];
+            } else {
+                dn_merge_moments(&na, &ma, &qa, part[ch], part[c + ch], part[2 * c + ch]);
+            }
+        }
+        mean[ch] = ma;
+        var[ch] = dn_biased_var(qa, na);
+        if (var_unbiased) var_unbiased[ch] = dn_unbiased_var(var[ch], na);
+    }
+    return DN_OK;
+}

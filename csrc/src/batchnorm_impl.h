@@ -17,7 +17,8 @@
  * reduction and each channel's merge runs in the same order whatever the
  * team. */
 typedef struct FN(pass) {
-    /* reduction task t (dn_reduce_task); scratch is the calling thread's */
+    /* reduction task t (dn_reduce_task); scratch is the calling thread's;
+     * NULL: no reduction (the statistics or sums are given) */
     void (*reduce)(const void *ctx, int64_t t, void *scratch);
     /* the terms and per-channel outputs of channels [c0, c1) (at most
      * DN_FINISH_CHANNELS) */
@@ -98,11 +99,12 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
         .p = p, .kern = kern, .ps = ps, .op = ps->op, .out = ps->out,
         .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
     };
-    dn_phase phases[DN_MAX_PHASES] = {
-        {p->groups * p->cblocks, FN(reduce_task), &job},
-        {dn_ceil_div(p->c, DN_FINISH_CHANNELS), FN(finish_task), &job},
-    };
-    int nphases = 2;
+    dn_phase phases[DN_MAX_PHASES];
+    int nphases = 0;
+    if (ps->reduce != NULL)
+        phases[nphases++] = (dn_phase){p->groups * p->cblocks, FN(reduce_task), &job};
+    phases[nphases++] =
+        (dn_phase){dn_ceil_div(p->c, DN_FINISH_CHANNELS), FN(finish_task), &job};
     if (ps->op != NULL) {
         if (p->wide > p->c) phases[nphases++] = (dn_phase){1, FN(widen_task), &job};
         phases[nphases++] =
@@ -118,6 +120,7 @@ typedef struct FN(train_ctx) {
     const dn_bn_kernels *kern;
     const T *x;
     dn_train_finish finish;
+    double *stats; /* partial_stats: the caller's 3*c doubles */
 } FN(train_ctx);
 
 static void FN(train_reduce)(const void *ctx, int64_t t, void *scratch)
@@ -243,6 +246,7 @@ typedef struct FN(grad_ctx) {
     const dn_bn_kernels *kern;
     const T *dy, *x;
     dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
+    double *sums;          /* backward_reduce: the caller's 3*c doubles */
 } FN(grad_ctx);
 
 static void FN(grad_reduce)(const void *ctx, int64_t t, void *scratch)
@@ -376,5 +380,204 @@ dn_status FN(dn_batchnorm_backward_infer)(
         }
     }
     free(work);
+    return DN_OK;
+}
+
+/* ---- Training over shards (SyncBatchNorm): the pieces. ------------------
+ * Each is a part of the single-process functions above, with the same
+ * plans, reductions and per-channel arithmetic: training forward =
+ * partial_stats, merge_stats (one shard), forward_apply; backward =
+ * backward_reduce, backward_apply with count n*s; both bitwise. A shard
+ * may be empty (n == 0). */
+
+static void FN(stats_channels)(const void *ctx, int64_t c0, int64_t c1)
+{
+    const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
+    const int64_t c = o->p->c;
+    double *stats = o->stats;
+    o->kern->merge_moments(o->p, o->finish.gmean, o->finish.gm2, o->finish.weights, c0, c1,
+                           stats + c + c0, stats + 2 * c + c0);
+    for (int64_t ch = c0; ch < c1; ch++) stats[ch] = (double)o->p->m;
+}
+
+dn_status FN(dn_batchnorm_partial_stats)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const T *x, double *stats)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    int64_t G;
+    size_t scratch_bytes;
+    double *work;
+    if (st != DN_OK) return st;
+    if ((x == NULL && n != 0) || stats == NULL) return DN_ERR_NULL_POINTER;
+    if (n == 0) {
+        memset(stats, 0, sizeof(double) * 3 * (size_t)c);
+        return DN_OK;
+    }
+    dn_plan_short_rows(&p, DN_SHORT_ROW);
+    G = p.groups;
+    {
+        dn_bytes need = {0, 0};
+        scratch_bytes = dn_cache_lines_for(&need, p.wide, 3 * sizeof(T));
+        dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
+        dn_bytes_add(&need, G, 2 * sizeof(double));
+        dn_bytes_add(&need, p.threads, scratch_bytes);
+        work = (double *)dn_workspace(&need, &st);
+        if (work == NULL) return st;
+    }
+    {
+        const FN(train_ctx) o = {
+            .p = &p, .kern = dn_kernels()->BN_TABLE, .x = x,
+            .finish = {.gmean = work, .gm2 = work + G * c, .weights = work + 2 * G * c},
+            .stats = stats,
+        };
+        const FN(pass) ps = {
+            .reduce = FN(train_reduce), .finish = FN(stats_channels), .ctx = &o,
+            .scratch = (char *)(work + 2 * G * c + 2 * G), .scratch_bytes = scratch_bytes,
+        };
+        dn_group_weights(&p, work + 2 * G * c);
+        FN(run_pass)(&p, o.kern, &ps);
+    }
+    free(work);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_forward_apply)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *x, const double *mean, const double *var, const double *var_unbiased,
+    const T *DN_RESTRICT gamma, const T *DN_RESTRICT beta, double eps, double momentum,
+    T *running_mean, T *running_var, T *y, T *save_mean, T *save_invstd)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    T *terms;
+    if (st != DN_OK) return st;
+    if (((x == NULL || y == NULL) && n != 0) || mean == NULL || var == NULL
+        || (running_var != NULL && var_unbiased == NULL))
+        return DN_ERR_NULL_POINTER;
+    if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
+    {
+        dn_bytes need = {0, 0};
+        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
+        terms = (T *)dn_workspace(&need, &st);
+        if (terms == NULL) return st;
+    }
+    {
+        T *const mean_hi = terms, *const mean_lo = terms + p.wide;
+        T *const scale = terms + 2 * p.wide, *const shift = terms + 3 * p.wide;
+        const FN(train_ctx) o = {
+            .p = &p, .kern = dn_kernels()->BN_TABLE, .x = x,
+            .finish = {
+                .mean = mean, .var = var, .var_unbiased = var_unbiased,
+                .gamma = gamma, .beta = beta, .eps = eps, .momentum = momentum,
+                .running_mean = running_mean, .running_var = running_var,
+                .save_mean = save_mean, .save_invstd = save_invstd,
+                .mean_hi = mean_hi, .mean_lo = mean_lo, .scale = scale, .shift = shift,
+            },
+        };
+        const dn_elementwise op = {
+            .kind = DN_ELEMENTWISE_TRAIN, .in = x,
+            .train = {mean_hi, mean_lo, scale, shift},
+        };
+        const FN(pass) ps = {
+            .finish = FN(train_channels), .ctx = &o, .op = n != 0 ? &op : NULL,
+            .wide_terms = {mean_hi, mean_lo, scale, shift}, .out = y,
+        };
+        FN(run_pass)(&p, o.kern, &ps);
+    }
+    free(terms);
+    return DN_OK;
+}
+
+static void FN(grad_sums_channels)(const void *ctx, int64_t c0, int64_t c1)
+{
+    const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
+    const int64_t c = o->p->c;
+    double *sums = o->sums;
+    o->kern->add_grad_sums(o->p, o->finish.sums, c0, c1, sums + c0, sums + c + c0,
+                           sums + 2 * c + c0);
+}
+
+dn_status FN(dn_batchnorm_backward_reduce)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *dy, const T *x, const T *DN_RESTRICT save_mean, double *sums)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    double *work;
+    T *terms;
+    char *scratch;
+    size_t scratch_bytes;
+    if (st != DN_OK) return st;
+    if (((dy == NULL || x == NULL) && n != 0) || save_mean == NULL || sums == NULL)
+        return DN_ERR_NULL_POINTER;
+    if (n == 0) {
+        memset(sums, 0, sizeof(double) * 3 * (size_t)c);
+        return DN_OK;
+    }
+    dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
+    work = FN(grad_workspace)(&p, 0, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
+    {
+        const FN(grad_ctx) o = {
+            .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x,
+            .finish = {.sums = work, .shift = save_mean},
+            .sums = sums,
+        };
+        const FN(pass) ps = {
+            .reduce = FN(grad_reduce), .finish = FN(grad_sums_channels), .ctx = &o,
+            .scratch = scratch, .scratch_bytes = scratch_bytes,
+        };
+        FN(run_pass)(&p, o.kern, &ps);
+    }
+    free(work);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_backward_apply)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const T *dy, const T *x,
+    const T *DN_RESTRICT save_mean, const T *DN_RESTRICT save_invstd,
+    const T *DN_RESTRICT gamma, const double *sums, int64_t count, const double *local_sums,
+    T *dx, T *dgamma, T *dbeta)
+{
+    dn_plan p;
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    T *terms;
+    if (st != DN_OK) return st;
+    if (((dy == NULL || x == NULL || dx == NULL) && n != 0) || save_mean == NULL
+        || save_invstd == NULL || sums == NULL)
+        return DN_ERR_NULL_POINTER;
+    /* the whole batch holds this shard */
+    if (count < 1 || count < (n == 0 ? 1 : p.m)) return DN_ERR_BAD_VALUE;
+    {
+        dn_bytes need = {0, 0};
+        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
+        terms = (T *)dn_workspace(&need, &st);
+        if (terms == NULL) return st;
+    }
+    {
+        T *const dy_scale = terms, *const x_scale = terms + p.wide;
+        T *const centre = terms + 2 * p.wide, *const offset = terms + 3 * p.wide;
+        const FN(grad_ctx) o = {
+            .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x,
+            .finish = {
+                .given_sums = sums, .local_sums = local_sums, .count = (double)count,
+                .shift = save_mean, .save_invstd = save_invstd, .gamma = gamma,
+                .dgamma = dgamma, .dbeta = dbeta,
+                .dy_scale = dy_scale, .x_scale = x_scale, .centre = centre, .offset = offset,
+            },
+        };
+        const dn_elementwise op = {
+            .kind = DN_ELEMENTWISE_BACKWARD, .in = dy, .x = x,
+            .backward = {dy_scale, x_scale, centre, offset},
+        };
+        const FN(pass) ps = {
+            .finish = FN(backward_channels), .ctx = &o, .op = n != 0 ? &op : NULL,
+            .wide_terms = {dy_scale, x_scale, centre, offset}, .out = dx,
+        };
+        FN(run_pass)(&p, o.kern, &ps);
+    }
+    free(terms);
     return DN_OK;
 }

@@ -699,39 +699,43 @@ static void FN(merge_groups)(const dn_plan *p, const double *gmean, const double
 }
 
 /* Adds up the three gradient sums of channels [c0, c1) in group order,
- * vectorised across the channels: sums[3*j + q] for channel c0 + j. */
+ * vectorised across the channels: sdy[j], sxc[j], sdyxc[j] for channel
+ * c0 + j (the sums of dy, x - shift and dy*(x - shift)). */
 static void FN(add_grad_groups)(const dn_plan *p, const double *work, int64_t c0, int64_t c1,
-                                double *DN_RESTRICT sums)
+                                double *DN_RESTRICT sdy, double *DN_RESTRICT sxc,
+                                double *DN_RESTRICT sdyxc)
 {
     const int64_t G = p->groups, C = p->c, nc = c1 - c0;
-    for (int64_t j = 0; j < 3 * nc; j++) sums[j] = 0.0;
+    for (int64_t j = 0; j < nc; j++) sdy[j] = sxc[j] = sdyxc[j] = 0.0;
     for (int64_t g = 0; g < G; g++)
         for (int64_t j = 0; j < nc; j++) {
             const double *w = work + 3 * (p->nsc ? g * C + c0 + j : (c0 + j) * G + g);
-            sums[3 * j] += w[0];
-            sums[3 * j + 1] += w[1];
-            sums[3 * j + 2] += w[2];
+            sdy[j] += w[0];
+            sxc[j] += w[1];
+            sdyxc[j] += w[2];
         }
 }
 
-static void FN(finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t c0, int64_t c1)
+/* The terms of the elementwise pass and the saved and running statistics of
+ * channels [c0, c1) from their mean, biased and unbiased variance (j = ch -
+ * c0; vu is read only when running_var is updated). */
+static void FN(train_terms)(const dn_train_finish *f, int64_t c0, int64_t c1,
+                            const double *mean, const double *var, const double *vu)
 {
     const T *gamma = (const T *)f->gamma, *beta = (const T *)f->beta;
     T *running_mean = (T *)f->running_mean, *running_var = (T *)f->running_var;
     T *save_mean = (T *)f->save_mean, *save_invstd = (T *)f->save_invstd;
     T *mean_hi = (T *)f->mean_hi, *mean_lo = (T *)f->mean_lo;
     T *scale = (T *)f->scale, *shift = (T *)f->shift;
-    double mean[DN_FINISH_CHANNELS], m2[DN_FINISH_CHANNELS];
-    FN(merge_groups)(p, f->gmean, f->gm2, f->weights, c0, c1, mean, m2);
     for (int64_t ch = c0; ch < c1; ch++) {
         const double mu = mean[ch - c0];
-        /* rounding can leave a zero variance a hair below 0; NaN stays */
-        const double var = m2[ch - c0] < 0.0 ? 0.0 : m2[ch - c0] / (double)p->m;
-        const double invstd = 1.0 / sqrt(var + f->eps);
-        mean_hi[ch] = (T)mu;
-        mean_lo[ch] = (T)(mu - (double)mean_hi[ch]);
-        scale[ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * invstd);
-        shift[ch] = beta ? beta[ch] : (T)0;
+        const double invstd = 1.0 / sqrt(var[ch - c0] + f->eps);
+        if (mean_hi) {
+            mean_hi[ch] = (T)mu;
+            mean_lo[ch] = (T)(mu - (double)mean_hi[ch]);
+            scale[ch] = (T)((gamma ? (double)gamma[ch] : 1.0) * invstd);
+            shift[ch] = beta ? beta[ch] : (T)0;
+        }
         if (save_mean) save_mean[ch] = (T)mu;
         if (save_invstd) save_invstd[ch] = (T)invstd;
         if (running_mean)
@@ -739,38 +743,76 @@ static void FN(finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t
                 (T)((1.0 - f->momentum) * (double)running_mean[ch] + f->momentum * mu);
         if (running_var)
             running_var[ch] = (T)((1.0 - f->momentum) * (double)running_var[ch]
-                                  + f->momentum * var * ((double)p->m / (double)(p->m - 1)));
+                                  + f->momentum * vu[ch - c0]);
     }
+}
+
+/* From the group moments merged in group order, or (forward_apply) from
+ * the given statistics. */
+static void FN(finish_train)(const dn_plan *p, const dn_train_finish *f, int64_t c0, int64_t c1)
+{
+    double mean[DN_FINISH_CHANNELS], m2[DN_FINISH_CHANNELS];
+    double var[DN_FINISH_CHANNELS], vu[DN_FINISH_CHANNELS];
+    if (f->mean != NULL) {
+        FN(train_terms)(f, c0, c1, f->mean + c0, f->var + c0,
+                        f->var_unbiased ? f->var_unbiased + c0 : NULL);
+        return;
+    }
+    FN(merge_groups)(p, f->gmean, f->gm2, f->weights, c0, c1, mean, m2);
+    for (int64_t j = 0; j < c1 - c0; j++) {
+        var[j] = dn_biased_var(m2[j], (double)p->m);
+        vu[j] = dn_unbiased_var(var[j], (double)p->m);
+    }
+    FN(train_terms)(f, c0, c1, mean, var, vu);
 }
 
 /* Through batch statistics: dx = dy_scale*dy + x_scale*(x - centre) + offset
  * with the saved mean as the centre (a shift: the exact mean of x is
- * centre + off). */
+ * centre + off). The sums are the group sums added in group order, or
+ * (backward_apply) the given ones; dgamma and dbeta come from the local
+ * sums (the given ones unless local_sums is set). */
 static void FN(finish_backward)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
                                 int64_t c1)
 {
-    const double m = (double)p->m;
     const T *h = (const T *)f->shift, *save_invstd = (const T *)f->save_invstd;
     const T *gamma = (const T *)f->gamma;
     T *dgamma = (T *)f->dgamma, *dbeta = (T *)f->dbeta;
     T *dy_scale = (T *)f->dy_scale, *x_scale = (T *)f->x_scale;
     T *centre = (T *)f->centre, *offset = (T *)f->offset;
     double sums[3 * DN_FINISH_CHANNELS];
-    FN(add_grad_groups)(p, f->sums, c0, c1, sums);
+    const double *sdy, *sxc, *sdyxc, *ldy, *ldyxc;
+    double m;
+    if (f->given_sums != NULL) {
+        const double *loc = f->local_sums ? f->local_sums : f->given_sums;
+        sdy = f->given_sums + c0;
+        sxc = sdy + p->c;
+        sdyxc = sxc + p->c;
+        ldy = loc + c0;
+        ldyxc = ldy + 2 * p->c;
+        m = f->count;
+    } else {
+        const int64_t nc = c1 - c0;
+        FN(add_grad_groups)(p, f->sums, c0, c1, sums, sums + nc, sums + 2 * nc);
+        sdy = ldy = sums;
+        sxc = sums + nc;
+        sdyxc = ldyxc = sums + 2 * nc;
+        m = (double)p->m;
+    }
     for (int64_t ch = c0; ch < c1; ch++) {
-        const double *su = sums + 3 * (ch - c0);
+        const int64_t j = ch - c0;
         const double istd = (double)save_invstd[ch];
         const double g = gamma ? (double)gamma[ch] : 1.0;
-        const double sdy = su[0];
-        const double off = su[1] / m;
-        const double dg = (su[2] - off * sdy) * istd;
+        const double off = sxc[j] / m;
+        const double dg = (sdyxc[j] - off * sdy[j]) * istd;
         const double A = g * istd, B = -g * istd * istd * dg / m;
-        dy_scale[ch] = (T)A;
-        x_scale[ch] = (T)B;
-        centre[ch] = h[ch];
-        offset[ch] = (T)(-A * sdy / m - B * off);
-        if (dgamma) dgamma[ch] = (T)dg;
-        if (dbeta) dbeta[ch] = (T)sdy;
+        if (dy_scale) {
+            dy_scale[ch] = (T)A;
+            x_scale[ch] = (T)B;
+            centre[ch] = h[ch];
+            offset[ch] = (T)(-A * sdy[j] / m - B * off);
+        }
+        if (dgamma) dgamma[ch] = (T)((ldyxc[j] - off * ldy[j]) * istd);
+        if (dbeta) dbeta[ch] = (T)ldy[j];
     }
 }
 
@@ -782,11 +824,12 @@ static void FN(finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f,
     const T *running_var = (const T *)f->running_var;
     T *dgamma = (T *)f->dgamma, *dbeta = (T *)f->dbeta;
     double sums[3 * DN_FINISH_CHANNELS];
-    FN(add_grad_groups)(p, f->sums, c0, c1, sums);
+    const int64_t nc = c1 - c0;
+    FN(add_grad_groups)(p, f->sums, c0, c1, sums, sums + nc, sums + 2 * nc);
     for (int64_t ch = c0; ch < c1; ch++) {
         const double istd = 1.0 / sqrt((double)running_var[ch] + f->eps);
-        if (dgamma) dgamma[ch] = (T)(sums[3 * (ch - c0) + 2] * istd);
-        if (dbeta) dbeta[ch] = (T)sums[3 * (ch - c0)];
+        if (dgamma) dgamma[ch] = (T)(sums[2 * nc + ch - c0] * istd);
+        if (dbeta) dbeta[ch] = (T)sums[ch - c0];
     }
 }
 
@@ -797,6 +840,8 @@ const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
     FN(finish_train),
     FN(finish_backward),
     FN(finish_backward_infer),
+    FN(merge_groups),
+    FN(add_grad_groups),
 };
 
 #undef DN_LANES

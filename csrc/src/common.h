@@ -461,6 +461,12 @@ static inline void dn_group_weights(const dn_plan *p, double *w)
     }
 }
 
+/* The biased variance from the sum m2 of squared deviations of m values
+ * (rounding can leave a zero variance a hair below 0; NaN stays), and the
+ * unbiased one from it (m >= 2). */
+static inline double dn_biased_var(double m2, double m) { return m2 < 0.0 ? 0.0 : m2 / m; }
+static inline double dn_unbiased_var(double var, double m) { return var * (m / (m - 1.0)); }
+
 static inline int dn_bad_eps(double eps) { return !(eps >= 0.0) || !isfinite(eps); }
 
 /* Chan et al.: fold the statistics (nb, mb, qb) of a block into (na, ma, qa),

@@ -41,6 +41,7 @@ typedef struct dn_keep_src {
     const uint8_t *mask;   /* a caller's packed mask, or NULL: generate */
     int64_t nbits;         /* number of decisions */
     dn_philox_stream ps;   /* key, stream and threshold (0 < p < 1 here) */
+    uint64_t offset;       /* generated: the index of decision 0 in the whole mask */
     dn_keep_window_fn gen; /* the generator variant for this CPU */
 } dn_keep_src;
 
@@ -56,10 +57,11 @@ static int dn_bad_mode(dn_dropout_mode mode)
 static uint32_t dn_threshold(double p) { return (uint32_t)(p * 4294967296.0); }
 
 static void dn_src_generate(dn_keep_src *src, int64_t nbits, double p, uint64_t seed,
-                            uint64_t stream)
+                            uint64_t stream, uint64_t offset)
 {
     src->mask = NULL;
     src->nbits = nbits;
+    src->offset = offset;
     src->ps.k0 = (uint32_t)seed;
     src->ps.k1 = (uint32_t)(seed >> 32);
     src->ps.s0 = (uint32_t)stream;
@@ -109,8 +111,19 @@ static inline void dn_window_keep(const dn_keep_src *src, int64_t base, int len,
                                   uint32_t *DN_RESTRICT keep, uint8_t *DN_RESTRICT pack)
 {
     if (src->mask == NULL) {
+        const uint64_t g = src->offset + (uint64_t)base; /* in the whole mask */
         uint64_t bits = 0;
-        src->gen(&src->ps, (uint64_t)base >> 2, keep, pack ? &bits : NULL);
+        if ((g & 3u) == 0) {
+            src->gen(&src->ps, g >> 2, keep, pack ? &bits : NULL);
+        } else {
+            /* a window that starts inside a Philox block: the words of two
+             * windows of blocks, shifted */
+            uint32_t two[2 * DN_WIN];
+            src->gen(&src->ps, g >> 2, two, NULL);
+            src->gen(&src->ps, (g >> 2) + DN_WIN_BLOCKS, two + DN_WIN, NULL);
+            memcpy(keep, two + (g & 3u), sizeof(uint32_t) * DN_WIN);
+            for (int j = 0; j < DN_WIN; j++) bits |= (uint64_t)keep[j] << j;
+        }
         if (pack) dn_store_bits(bits, len, pack);
     } else {
         const uint8_t *DN_RESTRICT m = src->mask + base / 8;
@@ -158,21 +171,34 @@ static void dn_mask_from_src(const dn_keep_src *src, uint8_t *mask)
                       dn_mask_task, &job);
 }
 
-dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask)
+/* The decisions offset .. offset + nbits - 1 (nbits >= 1) must be indices
+ * of one mask (below 2^64). */
+static int dn_bad_offset(uint64_t offset, int64_t nbits)
+{
+    return offset > UINT64_MAX - (uint64_t)(nbits - 1);
+}
+
+dn_status dn_dropout_mask_offset(int64_t n, double p, uint64_t seed, uint64_t stream,
+                                 uint64_t offset, uint8_t *mask)
 {
     dn_keep_src src;
     if (n <= 0) return DN_ERR_BAD_SHAPE;
     /* (n + 7)/8 bytes must fit the address space (a 32-bit one) */
     if ((n - 1) / 8 >= (int64_t)PTRDIFF_MAX) return DN_ERR_SIZE_OVERFLOW;
     if (mask == NULL) return DN_ERR_NULL_POINTER;
-    if (dn_bad_p(p)) return DN_ERR_BAD_VALUE;
+    if (dn_bad_p(p) || dn_bad_offset(offset, n)) return DN_ERR_BAD_VALUE;
     if (p == 0.0 || p == 1.0) {
         dn_mask_fill(n, p == 0.0, mask);
         return DN_OK;
     }
-    dn_src_generate(&src, n, p, seed, stream);
+    dn_src_generate(&src, n, p, seed, stream, offset);
     dn_mask_from_src(&src, mask);
     return DN_OK;
+}
+
+dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask)
+{
+    return dn_dropout_mask_offset(n, p, seed, stream, 0, mask);
 }
 
 /* ---- The plan of one dropout call. -------------------------------------- */
@@ -187,7 +213,8 @@ typedef struct dn_drop_plan {
  * shape and layout, pointers, then values. */
 static dn_status dn_drop_plan_make(int64_t n, int64_t c, int64_t s, dn_layout layout,
                                    int channelwise, size_t elem_size, int pointers_ok,
-                                   double p, dn_dropout_mode mode, dn_drop_plan *dp)
+                                   double p, dn_dropout_mode mode, uint64_t offset,
+                                   dn_drop_plan *dp)
 {
     dn_status st = dn_make_plan(n, c, s, layout, elem_size, &dp->t);
     if (st != DN_OK) return st;
@@ -196,6 +223,7 @@ static dn_status dn_drop_plan_make(int64_t n, int64_t c, int64_t s, dn_layout la
     if (dn_bad_mode(mode)) return DN_ERR_BAD_MODE;
     dp->chan = channelwise && s > 1;
     dp->nbits = channelwise ? n * c : dp->t.total;
+    if (dn_bad_offset(offset, dp->nbits)) return DN_ERR_BAD_VALUE;
     return DN_OK;
 }
 

@@ -107,7 +107,7 @@ static void FN(dn_drop_flat_task)(const void *ctx, int64_t blk, int worker)
         /* i0 is a multiple of DN_WIN (DN_APPLY_BLOCK is) */
         const int64_t windows = (i1 - i0) / DN_WIN;
         uint64_t bits[DN_APPLY_BLOCK / DN_WIN];
-        j->fused(&j->src->ps, (uint64_t)i0 >> 2, windows, x + i0, y + i0, j->scale, j->mul,
+        j->fused(&j->src->ps, (j->src->offset + (uint64_t)i0) >> 2, windows, x + i0, y + i0, j->scale, j->mul,
                  mask_out ? bits : NULL);
         if (mask_out)
             for (int64_t w = 0; w < windows; w++)
@@ -199,8 +199,10 @@ static void FN(dn_drop_apply)(const dn_drop_plan *dp, const dn_keep_src *src, co
     FN(drop_job) job = {.dp = dp, .src = src, .x = x, .y = y, .scale = scale, .mul = mul};
     const int64_t S = dp->t.s;
     if (!dp->chan) {
-        /* the SIMD variants generate and apply whole windows in registers */
-        job.fused = src->mask == NULL ? dn_kernels()->FN(drop_windows) : NULL;
+        /* the SIMD variants generate and apply whole windows in registers,
+         * windows that start at a Philox block */
+        job.fused = src->mask == NULL && (src->offset & 3u) == 0 ? dn_kernels()->FN(drop_windows)
+                                                                 : NULL;
         job.mask_out = mask_out;
         dn_parallel_tasks(dp->t.threads, dn_ceil_div(dp->t.total, DN_APPLY_BLOCK),
                           FN(dn_drop_flat_task), &job);
@@ -246,15 +248,15 @@ static dn_status FN(dn_drop_train)(const dn_drop_plan *dp, const dn_keep_src *sr
 
 /* ---- Public API. -------------------------------------------------------- */
 
-dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                 int channelwise, const T *x, double p, uint64_t seed,
-                                 uint64_t stream, dn_dropout_mode mode, int training, T *y,
-                                 uint8_t *mask)
+dn_status FN(dn_dropout_forward_offset)(int64_t n, int64_t c, int64_t s, dn_layout layout,
+                                        int channelwise, const T *x, double p, uint64_t seed,
+                                        uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+                                        int training, T *y, uint8_t *mask)
 {
     dn_drop_plan dp;
     dn_keep_src src;
     dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
-                                     x != NULL && y != NULL, p, mode, &dp);
+                                     x != NULL && y != NULL, p, mode, offset, &dp);
     if (st != DN_OK) return st;
     if (!training) {
         if (mask) dn_mask_fill(dp.nbits, 1, mask);
@@ -269,8 +271,17 @@ dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layo
         FN(dn_copy_or_zero)(&dp, x, y, p == 0.0);
         return DN_OK;
     }
-    dn_src_generate(&src, dp.nbits, p, seed, stream);
+    dn_src_generate(&src, dp.nbits, p, seed, stream, offset);
     return FN(dn_drop_train)(&dp, &src, p, mode, x, y, mask);
+}
+
+dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
+                                 int channelwise, const T *x, double p, uint64_t seed,
+                                 uint64_t stream, dn_dropout_mode mode, int training, T *y,
+                                 uint8_t *mask)
+{
+    return FN(dn_dropout_forward_offset)(n, c, s, layout, channelwise, x, p, seed, stream, 0,
+                                         mode, training, y, mask);
 }
 
 dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout layout,
@@ -280,7 +291,7 @@ dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout l
     dn_drop_plan dp;
     dn_keep_src src;
     dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
-                                     x != NULL && y != NULL && mask != NULL, p, mode, &dp);
+                                     x != NULL && y != NULL && mask != NULL, p, mode, 0, &dp);
     if (st != DN_OK) return st;
     if (p == 1.0) {
         FN(dn_copy_or_zero)(&dp, x, y, 0);
@@ -290,15 +301,30 @@ dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout l
     return FN(dn_drop_train)(&dp, &src, p, mode, x, y, NULL);
 }
 
+dn_status FN(dn_dropout_backward_offset)(int64_t n, int64_t c, int64_t s, dn_layout layout,
+                                         int channelwise, const T *dy, double p, uint64_t seed,
+                                         uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+                                         const uint8_t *mask, T *dx)
+{
+    /* the training forward's map, applied to dy: with the stored mask, or
+     * with the decisions regenerated from (seed, stream) */
+    if (mask != NULL) {
+        dn_drop_plan dp;
+        /* the offset is checked even though a stored mask does not use it */
+        const dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
+                                               dy != NULL && dx != NULL, p, mode, offset, &dp);
+        if (st != DN_OK) return st;
+        return FN(dn_dropout_apply_mask)(n, c, s, layout, channelwise, dy, mask, p, mode, dx);
+    }
+    return FN(dn_dropout_forward_offset)(n, c, s, layout, channelwise, dy, p, seed, stream,
+                                         offset, mode, 1, dx, NULL);
+}
+
 dn_status FN(dn_dropout_backward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
                                   int channelwise, const T *dy, double p, uint64_t seed,
                                   uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
                                   T *dx)
 {
-    /* the training forward's map, applied to dy: with the stored mask, or
-     * with the decisions regenerated from (seed, stream) */
-    if (mask != NULL)
-        return FN(dn_dropout_apply_mask)(n, c, s, layout, channelwise, dy, mask, p, mode, dx);
-    return FN(dn_dropout_forward)(n, c, s, layout, channelwise, dy, p, seed, stream, mode, 1, dx,
-                                  NULL);
+    return FN(dn_dropout_backward_offset)(n, c, s, layout, channelwise, dy, p, seed, stream, 0,
+                                          mode, mask, dx);
 }

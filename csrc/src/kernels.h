@@ -56,28 +56,34 @@ typedef struct dn_elementwise {
 
 /* Training forward: the group moments merged in group order, mean and
  * biased variance, invstd = 1/sqrt(var + eps); the terms of the
- * elementwise pass (written), saved and running statistics. */
+ * elementwise pass (written), saved and running statistics. With mean set
+ * (dn_batchnorm_forward_apply), the statistics are given instead. */
 typedef struct dn_train_finish {
     double *gmean, *gm2;       /* group moments, written by group_moments */
     const double *weights;     /* dn_group_weights */
+    const double *mean, *var, *var_unbiased; /* given statistics (c each), or NULL */
     const void *gamma, *beta;  /* may be NULL: 1 and 0 */
     double eps, momentum;
     void *running_mean, *running_var, *save_mean, *save_invstd; /* may be NULL */
-    void *mean_hi, *mean_lo, *scale, *shift; /* the dn_train_terms, written */
+    void *mean_hi, *mean_lo, *scale, *shift; /* the dn_train_terms, written; may be NULL */
 } dn_train_finish;
 
 /* Backward: the group sums added in group order; dgamma and dbeta (may be
  * NULL). Through batch statistics also the dn_backward_terms (written);
- * through frozen ones (running_var set) only dgamma and dbeta. */
+ * through frozen ones (running_var set) only dgamma and dbeta. Through
+ * batch statistics the sums may be given instead (dn_batchnorm_backward_apply:
+ * given_sums over `count` values, dgamma and dbeta from local_sums). */
 typedef struct dn_grad_finish {
     double *sums;              /* written by group_grad_sums */
+    const double *given_sums, *local_sums; /* planar, 3*c each, or NULL */
+    double count;              /* values per channel of given_sums */
     const void *shift;         /* the h of x - h: saved or running mean */
     const void *save_invstd;   /* batch statistics */
     const void *running_var;   /* frozen statistics */
     const void *gamma;         /* may be NULL: 1 */
     double eps;                /* frozen statistics */
     void *dgamma, *dbeta;      /* may be NULL */
-    void *dy_scale, *x_scale, *centre, *offset; /* batch statistics: written */
+    void *dy_scale, *x_scale, *centre, *offset; /* batch statistics: written; may be NULL */
 } dn_grad_finish;
 
 /* The batch-norm kernels of one element type: tensor pointers point to
@@ -104,6 +110,14 @@ typedef struct dn_bn_kernels {
     void (*finish_backward)(const dn_plan *p, const dn_grad_finish *f, int64_t c0, int64_t c1);
     void (*finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
                                   int64_t c1);
+    /* The group moments of channels [c0, c1) merged in group order (mean,
+     * m2: c1 - c0 values each) and the group sums added in group order
+     * (sdy, sxc, sdyxc), as the finishes above merge and add them. */
+    void (*merge_moments)(const dn_plan *p, const double *gmean, const double *gm2,
+                          const double *weights, int64_t c0, int64_t c1, double *mean,
+                          double *m2);
+    void (*add_grad_sums)(const dn_plan *p, const double *sums, int64_t c0, int64_t c1,
+                          double *sdy, double *sxc, double *sdyxc);
 } dn_bn_kernels;
 
 extern const dn_bn_kernels dn_bn_kernels_f32_portable, dn_bn_kernels_f64_portable;

@@ -134,6 +134,68 @@ cdef int dn_batchnorm_backward_infer_f64(
         n, c, s, <lib.dn_layout>layout, dy, x, running_mean, running_var, gamma, eps, dx, dgamma,
         dbeta)
 
+# ---- Batch normalization over shards ------------------------------------------
+cdef int dn_batchnorm_partial_stats_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *x, double *stats) noexcept nogil:
+    return lib.dn_batchnorm_partial_stats_f32(n, c, s, <lib.dn_layout>layout, x, stats)
+
+cdef int dn_batchnorm_partial_stats_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *x, double *stats) noexcept nogil:
+    return lib.dn_batchnorm_partial_stats_f64(n, c, s, <lib.dn_layout>layout, x, stats)
+
+cdef int dn_batchnorm_merge_stats(
+        int64_t k, int64_t c, const double *stats, double *mean, double *var,
+        double *var_unbiased) noexcept nogil:
+    return lib.dn_batchnorm_merge_stats(k, c, stats, mean, var, var_unbiased)
+
+cdef int dn_batchnorm_forward_apply_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *x, const double *mean,
+        const double *var, const double *var_unbiased, const float *gamma, const float *beta,
+        double eps, double momentum, float *running_mean, float *running_var, float *y,
+        float *save_mean, float *save_invstd) noexcept nogil:
+    return lib.dn_batchnorm_forward_apply_f32(
+        n, c, s, <lib.dn_layout>layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum,
+        running_mean, running_var, y, save_mean, save_invstd)
+
+cdef int dn_batchnorm_forward_apply_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *x, const double *mean,
+        const double *var, const double *var_unbiased, const double *gamma, const double *beta,
+        double eps, double momentum, double *running_mean, double *running_var, double *y,
+        double *save_mean, double *save_invstd) noexcept nogil:
+    return lib.dn_batchnorm_forward_apply_f64(
+        n, c, s, <lib.dn_layout>layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum,
+        running_mean, running_var, y, save_mean, save_invstd)
+
+cdef int dn_batchnorm_backward_reduce_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *dy, const float *x,
+        const float *save_mean, double *sums) noexcept nogil:
+    return lib.dn_batchnorm_backward_reduce_f32(
+        n, c, s, <lib.dn_layout>layout, dy, x, save_mean, sums)
+
+cdef int dn_batchnorm_backward_reduce_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *dy, const double *x,
+        const double *save_mean, double *sums) noexcept nogil:
+    return lib.dn_batchnorm_backward_reduce_f64(
+        n, c, s, <lib.dn_layout>layout, dy, x, save_mean, sums)
+
+cdef int dn_batchnorm_backward_apply_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *dy, const float *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
+        int64_t count, const double *local_sums, float *dx, float *dgamma,
+        float *dbeta) noexcept nogil:
+    return lib.dn_batchnorm_backward_apply_f32(
+        n, c, s, <lib.dn_layout>layout, dy, x, save_mean, save_invstd, gamma, sums, count,
+        local_sums, dx, dgamma, dbeta)
+
+cdef int dn_batchnorm_backward_apply_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *dy, const double *x,
+        const double *save_mean, const double *save_invstd, const double *gamma, const double *sums,
+        int64_t count, const double *local_sums, double *dx, double *dgamma,
+        double *dbeta) noexcept nogil:
+    return lib.dn_batchnorm_backward_apply_f64(
+        n, c, s, <lib.dn_layout>layout, dy, x, save_mean, save_invstd, gamma, sums, count,
+        local_sums, dx, dgamma, dbeta)
+
 # ---- Dropout ------------------------------------------------------------------
 cdef void dn_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out) noexcept nogil:
     lib.dn_philox4x32_10(ctr, key, out)
@@ -141,6 +203,11 @@ cdef void dn_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *o
 cdef int dn_dropout_mask(
         int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask) noexcept nogil:
     return lib.dn_dropout_mask(n, p, seed, stream, mask)
+
+cdef int dn_dropout_mask_offset(
+        int64_t n, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+        uint8_t *mask) noexcept nogil:
+    return lib.dn_dropout_mask_offset(n, p, seed, stream, offset, mask)
 
 cdef int dn_dropout_forward_f32(
         int64_t n, int64_t c, int64_t s, int layout, int channelwise, const float *x, double p,
@@ -157,6 +224,22 @@ cdef int dn_dropout_forward_f64(
     return lib.dn_dropout_forward_f64(
         n, c, s, <lib.dn_layout>layout, channelwise, x, p, seed, stream, <lib.dn_dropout_mode>mode,
         training, y, mask)
+
+cdef int dn_dropout_forward_offset_f32(
+        int64_t n, int64_t c, int64_t s, int layout, int channelwise, const float *x, double p,
+        uint64_t seed, uint64_t stream, uint64_t offset, int mode, int training, float *y,
+        uint8_t *mask) noexcept nogil:
+    return lib.dn_dropout_forward_offset_f32(
+        n, c, s, <lib.dn_layout>layout, channelwise, x, p, seed, stream, offset,
+        <lib.dn_dropout_mode>mode, training, y, mask)
+
+cdef int dn_dropout_forward_offset_f64(
+        int64_t n, int64_t c, int64_t s, int layout, int channelwise, const double *x, double p,
+        uint64_t seed, uint64_t stream, uint64_t offset, int mode, int training, double *y,
+        uint8_t *mask) noexcept nogil:
+    return lib.dn_dropout_forward_offset_f64(
+        n, c, s, <lib.dn_layout>layout, channelwise, x, p, seed, stream, offset,
+        <lib.dn_dropout_mode>mode, training, y, mask)
 
 cdef int dn_dropout_apply_mask_f32(
         int64_t n, int64_t c, int64_t s, int layout, int channelwise, const float *x,
@@ -183,3 +266,19 @@ cdef int dn_dropout_backward_f64(
     return lib.dn_dropout_backward_f64(
         n, c, s, <lib.dn_layout>layout, channelwise, dy, p, seed, stream, <lib.dn_dropout_mode>mode,
         mask, dx)
+
+cdef int dn_dropout_backward_offset_f32(
+        int64_t n, int64_t c, int64_t s, int layout, int channelwise, const float *dy, double p,
+        uint64_t seed, uint64_t stream, uint64_t offset, int mode, const uint8_t *mask,
+        float *dx) noexcept nogil:
+    return lib.dn_dropout_backward_offset_f32(
+        n, c, s, <lib.dn_layout>layout, channelwise, dy, p, seed, stream, offset,
+        <lib.dn_dropout_mode>mode, mask, dx)
+
+cdef int dn_dropout_backward_offset_f64(
+        int64_t n, int64_t c, int64_t s, int layout, int channelwise, const double *dy, double p,
+        uint64_t seed, uint64_t stream, uint64_t offset, int mode, const uint8_t *mask,
+        double *dx) noexcept nogil:
+    return lib.dn_dropout_backward_offset_f64(
+        n, c, s, <lib.dn_layout>layout, channelwise, dy, p, seed, stream, offset,
+        <lib.dn_dropout_mode>mode, mask, dx)

@@ -86,6 +86,42 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         const double *running_mean, const double *running_var, const double *gamma, double eps,
         double *dx, double *dgamma, double *dbeta)
 
+    # ---- Batch normalization over shards --------------------------------------
+    dn_status dn_batchnorm_partial_stats_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, double *stats)
+    dn_status dn_batchnorm_partial_stats_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, double *stats)
+
+    dn_status dn_batchnorm_merge_stats(
+        int64_t k, int64_t c, const double *stats, double *mean, double *var, double *var_unbiased)
+
+    dn_status dn_batchnorm_forward_apply_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, const double *mean,
+        const double *var, const double *var_unbiased, const float *gamma, const float *beta,
+        double eps, double momentum, float *running_mean, float *running_var, float *y,
+        float *save_mean, float *save_invstd)
+    dn_status dn_batchnorm_forward_apply_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, const double *mean,
+        const double *var, const double *var_unbiased, const double *gamma, const double *beta,
+        double eps, double momentum, double *running_mean, double *running_var, double *y,
+        double *save_mean, double *save_invstd)
+
+    dn_status dn_batchnorm_backward_reduce_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
+        const float *save_mean, double *sums)
+    dn_status dn_batchnorm_backward_reduce_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
+        const double *save_mean, double *sums)
+
+    dn_status dn_batchnorm_backward_apply_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
+        int64_t count, const double *local_sums, float *dx, float *dgamma, float *dbeta)
+    dn_status dn_batchnorm_backward_apply_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
+        const double *save_mean, const double *save_invstd, const double *gamma, const double *sums,
+        int64_t count, const double *local_sums, double *dx, double *dgamma, double *dbeta)
+
     # ---- Dropout --------------------------------------------------------------
     ctypedef enum dn_dropout_mode:
         DN_DROPOUT_INVERTED  # scale kept values by 1/(1-p) in training
@@ -93,6 +129,9 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
 
     void dn_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)
     dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream, uint8_t *mask)
+
+    dn_status dn_dropout_mask_offset(
+        int64_t n, double p, uint64_t seed, uint64_t stream, uint64_t offset, uint8_t *mask)
 
     dn_status dn_dropout_forward_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *x,
@@ -102,6 +141,15 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *x,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, double *y,
         uint8_t *mask)
+
+    dn_status dn_dropout_forward_offset_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *x,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        int training, float *y, uint8_t *mask)
+    dn_status dn_dropout_forward_offset_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *x,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        int training, double *y, uint8_t *mask)
 
     dn_status dn_dropout_apply_mask_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *x,
@@ -118,6 +166,15 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *dy,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
         double *dx)
+
+    dn_status dn_dropout_backward_offset_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *dy,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        const uint8_t *mask, float *dx)
+    dn_status dn_dropout_backward_offset_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *dy,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        const uint8_t *mask, double *dx)
 
 
 # ---- Fused over float and double ----------------------------------------------
@@ -171,6 +228,50 @@ cdef inline dn_status dn_batchnorm_backward_infer(
         return dn_batchnorm_backward_infer_f64(
             n, c, s, layout, dy, x, running_mean, running_var, gamma, eps, dx, dgamma, dbeta)
 
+cdef inline dn_status dn_batchnorm_partial_stats(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *x,
+        double *stats) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_partial_stats_f32(n, c, s, layout, x, stats)
+    else:
+        return dn_batchnorm_partial_stats_f64(n, c, s, layout, x, stats)
+
+cdef inline dn_status dn_batchnorm_forward_apply(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *x, const double *mean,
+        const double *var, const double *var_unbiased, const dn_real *gamma, const dn_real *beta,
+        double eps, double momentum, dn_real *running_mean, dn_real *running_var, dn_real *y,
+        dn_real *save_mean, dn_real *save_invstd) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_forward_apply_f32(
+            n, c, s, layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum, running_mean,
+            running_var, y, save_mean, save_invstd)
+    else:
+        return dn_batchnorm_forward_apply_f64(
+            n, c, s, layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum, running_mean,
+            running_var, y, save_mean, save_invstd)
+
+cdef inline dn_status dn_batchnorm_backward_reduce(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *dy, const dn_real *x,
+        const dn_real *save_mean, double *sums) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_backward_reduce_f32(n, c, s, layout, dy, x, save_mean, sums)
+    else:
+        return dn_batchnorm_backward_reduce_f64(n, c, s, layout, dy, x, save_mean, sums)
+
+cdef inline dn_status dn_batchnorm_backward_apply(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *dy, const dn_real *x,
+        const dn_real *save_mean, const dn_real *save_invstd, const dn_real *gamma,
+        const double *sums, int64_t count, const double *local_sums, dn_real *dx, dn_real *dgamma,
+        dn_real *dbeta) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_backward_apply_f32(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
+            dgamma, dbeta)
+    else:
+        return dn_batchnorm_backward_apply_f64(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
+            dgamma, dbeta)
+
 cdef inline dn_status dn_dropout_forward(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const dn_real *x,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, dn_real *y,
@@ -181,6 +282,17 @@ cdef inline dn_status dn_dropout_forward(
     else:
         return dn_dropout_forward_f64(
             n, c, s, layout, channelwise, x, p, seed, stream, mode, training, y, mask)
+
+cdef inline dn_status dn_dropout_forward_offset(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const dn_real *x,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        int training, dn_real *y, uint8_t *mask) noexcept nogil:
+    if dn_real is float:
+        return dn_dropout_forward_offset_f32(
+            n, c, s, layout, channelwise, x, p, seed, stream, offset, mode, training, y, mask)
+    else:
+        return dn_dropout_forward_offset_f64(
+            n, c, s, layout, channelwise, x, p, seed, stream, offset, mode, training, y, mask)
 
 cdef inline dn_status dn_dropout_apply_mask(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const dn_real *x,
@@ -200,3 +312,14 @@ cdef inline dn_status dn_dropout_backward(
     else:
         return dn_dropout_backward_f64(
             n, c, s, layout, channelwise, dy, p, seed, stream, mode, mask, dx)
+
+cdef inline dn_status dn_dropout_backward_offset(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const dn_real *dy,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        const uint8_t *mask, dn_real *dx) noexcept nogil:
+    if dn_real is float:
+        return dn_dropout_backward_offset_f32(
+            n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)
+    else:
+        return dn_dropout_backward_offset_f64(
+            n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)

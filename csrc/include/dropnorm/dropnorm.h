@@ -254,6 +254,126 @@ DN_API dn_status dn_batchnorm_backward_infer_f64(
     double *dx, double *dgamma, double *dbeta);
 
 /* ------------------------------------------------------------------------ */
+/* Batch normalization over shards (data-parallel training, SyncBatchNorm):
+ * the training functions above in pieces, so that the statistics and the
+ * gradient sums of several shards of one batch can be combined by the
+ * caller's own communication (MPI, ...). The library does no communication.
+ *
+ *   forward:  dn_batchnorm_partial_stats_*() on each shard, gather the
+ *             partials (3*c doubles per shard), dn_batchnorm_merge_stats()
+ *             in one fixed shard order on every process, then
+ *             dn_batchnorm_forward_apply_*() on each shard;
+ *   backward: dn_batchnorm_backward_reduce_*() on each shard, add the sums
+ *             (3*c doubles per shard) in one fixed shard order, then
+ *             dn_batchnorm_backward_apply_*() on each shard with the whole
+ *             batch's count.
+ *
+ * With one shard the pieces give bitwise what dn_batchnorm_forward_train_*()
+ * and dn_batchnorm_backward_*() give. A shard may be empty (n == 0: the
+ * pointers to its n*c*s values may be NULL); c, s and layout are checked as
+ * elsewhere. All per-channel partials are double, in planar blocks of c. */
+
+/*! dn_batchnorm_partial_stats_f32() / _f64() :
+ * One shard's per-channel statistics, reduced exactly as the training
+ * forward reduces a batch.
+ *   stats        output, 3*c doubles: stats[ch] the count n*s,
+ *                stats[c + ch] the mean, stats[2*c + ch] the sum of squared
+ *                deviations from it (M2); all 0 for an empty shard
+ * @return DN_OK; DN_ERR_NULL_POINTER if stats (or x, for n > 0) is NULL;
+ *         DN_ERR_BAD_SHAPE (n < 0, c < 1, s < 1), DN_ERR_SIZE_OVERFLOW,
+ *         DN_ERR_BAD_LAYOUT, DN_ERR_OUT_OF_MEMORY. */
+DN_API dn_status dn_batchnorm_partial_stats_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, double *stats);
+DN_API dn_status dn_batchnorm_partial_stats_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, double *stats);
+
+/*! dn_batchnorm_merge_stats() :
+ * Merges k shards' partial statistics in the order given (Chan et al.;
+ * empty shards are skipped), as the training forward merges its blocks.
+ *   stats        k*3*c doubles: shard r's dn_batchnorm_partial_stats_*()
+ *                output at stats + r*3*c
+ *   mean, var    outputs, c doubles each: the whole batch's mean and biased
+ *                variance
+ *   var_unbiased output, c doubles, may be NULL: var*M/(M - 1) over the
+ *                whole batch's M values (what running_var takes)
+ * @return DN_OK; DN_ERR_BAD_SHAPE if k < 1 or c < 1; DN_ERR_SIZE_OVERFLOW;
+ *         DN_ERR_NULL_POINTER; DN_ERR_BAD_VALUE if a count is negative, not
+ *         a whole number or not finite; DN_ERR_BATCH_TOO_SMALL if a
+ *         channel's counts add up to less than 2. Nothing is written unless
+ *         DN_OK. */
+DN_API dn_status dn_batchnorm_merge_stats(int64_t k, int64_t c, const double *stats,
+                                          double *mean, double *var, double *var_unbiased);
+
+/*! dn_batchnorm_forward_apply_f32() / _f64() :
+ * The training forward of one shard with the whole batch's statistics:
+ * invstd = 1/sqrt(var + eps), y = gamma*(x - mean)*invstd + beta; saved and
+ * running statistics as in dn_batchnorm_forward_train_*(), the unbiased
+ * variance going into running_var.
+ *   mean, var, var_unbiased  c doubles each (dn_batchnorm_merge_stats());
+ *                var_unbiased may be NULL when running_var is NULL
+ * Other arguments as in dn_batchnorm_forward_train_*().
+ * @return as dn_batchnorm_forward_train_*() (never DN_ERR_BATCH_TOO_SMALL);
+ *         DN_ERR_NULL_POINTER if mean or var is NULL, or var_unbiased with
+ *         running_var set. Nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_forward_apply_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *x, const double *mean, const double *var, const double *var_unbiased,
+    const float *DN_RESTRICT gamma, const float *DN_RESTRICT beta, double eps,
+    double momentum, float *running_mean, float *running_var,
+    float *y, float *save_mean, float *save_invstd);
+DN_API dn_status dn_batchnorm_forward_apply_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *x, const double *mean, const double *var, const double *var_unbiased,
+    const double *DN_RESTRICT gamma, const double *DN_RESTRICT beta, double eps,
+    double momentum, double *running_mean, double *running_var,
+    double *y, double *save_mean, double *save_invstd);
+
+/*! dn_batchnorm_backward_reduce_f32() / _f64() :
+ * One shard's per-channel gradient sums about the saved mean h:
+ *   sums         output, 3*c doubles: sums[ch] = sum(dy),
+ *                sums[c + ch] = sum(x - h), sums[2*c + ch] = sum(dy*(x - h));
+ *                all 0 for an empty shard. (sum(dy*xhat) over the batch is
+ *                (S2 - S1*S0/M)*invstd from the batch's sums S0, S1, S2:
+ *                centring on h keeps it exact when |mean| >> std.)
+ *   save_mean    c values, the training forward's (the same on every shard)
+ * @return DN_OK or an error status as dn_batchnorm_backward_*(). */
+DN_API dn_status dn_batchnorm_backward_reduce_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *dy, const float *x, const float *DN_RESTRICT save_mean, double *sums);
+DN_API dn_status dn_batchnorm_backward_reduce_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *dy, const double *x, const double *DN_RESTRICT save_mean, double *sums);
+
+/*! dn_batchnorm_backward_apply_f32() / _f64() :
+ * dx of one shard from the whole batch's gradient sums, as
+ * dn_batchnorm_backward_*() forms it from its own.
+ *   sums         3*c doubles: the shards' dn_batchnorm_backward_reduce_*()
+ *                outputs added in one fixed order
+ *   count        the whole batch's values per channel, M (>= 1 and at least
+ *                this shard's n*s)
+ *   local_sums   3*c doubles, may be NULL (then sums): this shard's own,
+ *                for dgamma and dbeta
+ *   dgamma, dbeta  outputs, c values each, may be NULL: this shard's part,
+ *                sum over the shard of dy*xhat and of dy (as in PyTorch's
+ *                SyncBatchNorm: added over the shards they are the batch's)
+ *   dx           output, n*c*s values; may be dy or x itself
+ * Other arguments as in dn_batchnorm_backward_*().
+ * @return DN_OK; DN_ERR_BAD_VALUE for a bad count; otherwise as
+ *         dn_batchnorm_backward_*(). Nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_backward_apply_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *dy, const float *x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, const double *sums, int64_t count,
+    const double *local_sums, float *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_apply_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *dy, const double *x,
+    const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
+    const double *DN_RESTRICT gamma, const double *sums, int64_t count,
+    const double *local_sums, double *dx, double *dgamma, double *dbeta);
+
+/* ------------------------------------------------------------------------ */
 /* Dropout (Hinton et al. 2012; Srivastava et al. 2014).
  *
  * Keep decisions come from the counter-based generator Philox4x32-10, so a
@@ -313,6 +433,16 @@ DN_API void dn_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint3
 DN_API dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t stream,
                                  uint8_t *mask);
 
+/*! dn_dropout_mask_offset() :
+ * dn_dropout_mask() of decisions offset .. offset + n - 1 of the whole
+ * mask: bit i is decision offset + i, so a shard of a batch that starts at
+ * decision `offset` gets exactly its slice of the whole batch's mask
+ * (any offset, not only multiples of 4 or 8).
+ * @return as dn_dropout_mask(); DN_ERR_BAD_VALUE also if offset + n
+ *         exceeds 2^64. */
+DN_API dn_status dn_dropout_mask_offset(int64_t n, double p, uint64_t seed, uint64_t stream,
+                                        uint64_t offset, uint8_t *mask);
+
 /*! dn_dropout_forward_f32() / _f64() :
  * Dropout forward, training (training != 0) or inference (training == 0).
  *   x            input, n*c*s values
@@ -331,6 +461,23 @@ DN_API dn_status dn_dropout_forward_f32(
 DN_API dn_status dn_dropout_forward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *x, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, int training, double *y, uint8_t *mask);
+
+/*! dn_dropout_forward_offset_f32() / _f64() :
+ * dn_dropout_forward_*() for a shard of a batch: decision i of this tensor
+ * is decision offset + i of the whole batch's (elements, or (n, c) pairs
+ * with channelwise), so the shards' outputs and masks, put together, are
+ * bitwise those of one call on the whole batch. The returned mask holds
+ * this tensor's decisions only (bit 0 is decision offset).
+ * @return as dn_dropout_forward_*(); DN_ERR_BAD_VALUE also if offset plus
+ *         the number of decisions exceeds 2^64. */
+DN_API dn_status dn_dropout_forward_offset_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const float *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, int training, float *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_offset_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const double *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
     dn_dropout_mode mode, int training, double *y, uint8_t *mask);
 
 /*! dn_dropout_apply_mask_f32() / _f64() :
@@ -369,6 +516,21 @@ DN_API dn_status dn_dropout_backward_f32(
 DN_API dn_status dn_dropout_backward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *dy, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
+
+/*! dn_dropout_backward_offset_f32() / _f64() :
+ * dn_dropout_backward_*() of dn_dropout_forward_offset_*(): regenerated
+ * decisions (mask NULL) are those of offset .. onwards; a stored mask is
+ * this tensor's own (bit 0 is decision offset).
+ * @return as dn_dropout_backward_*(); DN_ERR_BAD_VALUE also for an offset
+ *         as in dn_dropout_forward_offset_*(). */
+DN_API dn_status dn_dropout_backward_offset_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const float *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, float *dx);
+DN_API dn_status dn_dropout_backward_offset_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const double *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
     dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
 
 #ifdef __cplusplus
