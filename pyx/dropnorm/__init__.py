@@ -36,6 +36,14 @@ from dropnorm._paths import (
     get_runtime_dir,
 )
 from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
+from dropnorm._shards import (
+    batch_norm_backward_apply,
+    batch_norm_backward_reduce,
+    batch_norm_forward_apply,
+    batch_norm_merge_stats,
+    batch_norm_partial_stats,
+)
+from dropnorm._sync import SyncBatchNorm
 
 __version__ = c_version()
 
@@ -47,10 +55,16 @@ __all__ = [
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
+    "SyncBatchNorm",
     "__version__",
     "batch_norm_backward",
+    "batch_norm_backward_apply",
+    "batch_norm_backward_reduce",
+    "batch_norm_forward_apply",
     "batch_norm_infer",
     "batch_norm_infer_backward",
+    "batch_norm_merge_stats",
+    "batch_norm_partial_stats",
     "batch_norm_train",
     "build_info",
     "dropout",

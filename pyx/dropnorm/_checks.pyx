@@ -185,6 +185,18 @@ cpdef as_tensor(name, value):
     return _c_aligned(arr)
 
 
+def as_shard(name, value):
+    """A shard of a batch: as as_tensor, but N may be 0 (an empty shard)."""
+    arr = as_float_array(name, value)
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name}: expected at least 2 dimensions (N, C, *spatial), got shape {arr.shape}"
+        )
+    if 0 in arr.shape[1:]:
+        raise ValueError(f"{name}: every extent but N must be at least 1, got shape {arr.shape}")
+    return _c_aligned(arr)
+
+
 cpdef tensor_extents(x, axis):
     """(n, c, s, channels_last) for the ndarray x with its channel axis at
     ``axis``.

