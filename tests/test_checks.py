@@ -112,7 +112,19 @@ def test_bad_seed_layer_and_function_agree(value, exc):
     assert d.seed == 3
 
 
-@pytest.mark.parametrize("value, exc", BAD_SEED + [(None, TypeError)])
+def test_stream_none_is_the_functions_default_only():
+    # the functions take stream=None (their default: with seed=None a fresh
+    # pair, with a seed stream 0); a layer's stream is always an integer
+    x = data()
+    d = dropnorm.Dropout(0.5, seed=3)
+    np.testing.assert_array_equal(dropnorm.dropout(x, 0.5, seed=3, stream=None),
+                                  dropnorm.dropout(x, 0.5, seed=3, stream=0))
+    with pytest.raises(TypeError, match="^stream: expected an integer, got NoneType"):
+        d.stream = None
+    assert d.stream == 0
+
+
+@pytest.mark.parametrize("value, exc", BAD_SEED)
 def test_bad_stream_layer_and_function_agree(value, exc):
     x = data()
     d = dropnorm.Dropout(0.5, seed=3)
@@ -213,8 +225,12 @@ def test_bad_momentum_functions_and_layers_agree(value, exc):
 def test_momentum_none_is_for_layers_only():
     x, rm, rv, out = bn_fixture()
     snap = Snapshot(rm, rv, out)
-    with pytest.raises(TypeError, match="^momentum: expected a real number, got NoneType"):
+    # a ValueError that says why (a cumulative average needs the count of
+    # batches, which the layer keeps) and what to do instead
+    with pytest.raises(ValueError, match=r"^momentum: None means a cumulative average") as info:
         dropnorm.batch_norm_train(x, None, None, rm, rv, momentum=None, out=out)
+    assert "BatchNorm1d/2d/3d(num_features, momentum=None)" in str(info.value)
+    assert "momentum=1/k" in str(info.value)
     assert snap.unchanged()
     bn = dropnorm.BatchNorm1d(3, momentum=0.5)
     bn.momentum = None

@@ -136,9 +136,15 @@ def test_forward_matches_oracle(dtype, mode, training, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_default_arguments(dtype):
+    # p=0.5; seed=None, stream=None: a fresh pair from the default generator,
+    # which after manual_seed(n) gives (n, 0), (n, 1), ...
     x = data((4, 33), dtype)
-    want, _ = oracle.dropout_forward(x, 0.5, 0, 0)
-    assert bits_equal(dropnorm.dropout(x), want)
+    dropnorm.manual_seed(0)
+    assert bits_equal(dropnorm.dropout(x), oracle.dropout_forward(x, 0.5, 0, 0)[0])
+    assert bits_equal(dropnorm.dropout(x), oracle.dropout_forward(x, 0.5, 0, 1)[0])
+    # a seed alone is stream 0, a stream alone seed 0 (as before seed=None)
+    assert bits_equal(dropnorm.dropout(x, seed=7), oracle.dropout_forward(x, 0.5, 7, 0)[0])
+    assert bits_equal(dropnorm.dropout(x, stream=7), oracle.dropout_forward(x, 0.5, 0, 7)[0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -318,7 +324,7 @@ def test_empty_input():
     for x in (np.zeros(0, np.float32), np.zeros((0, 3, 4), np.float64)):
         y, mask = dropnorm.dropout(x, 0.5, return_mask=True)
         assert y.shape == x.shape and y.dtype == x.dtype and mask.shape == (0,)
-        assert dropnorm.dropout_backward(x, 0.5).shape == x.shape
+        assert dropnorm.dropout_backward(x, 0.5, seed=1).shape == x.shape
         assert dropnorm.dropout_apply_mask(x, mask, 0.5).shape == x.shape
     y, mask = dropnorm.dropout(np.zeros((0, 3, 4)), 0.5, channelwise=True, return_mask=True)
     assert y.shape == (0, 3, 4) and mask.shape == (0,)
@@ -572,7 +578,10 @@ def test_error_dropout_mask_arguments():
     with pytest.raises(ValueError, match="^seed"):
         dropnorm.dropout_mask(10, 0.5, seed=2**64)
     with pytest.raises(TypeError, match="^stream"):
-        dropnorm.dropout_mask(10, 0.5, stream=None)
+        dropnorm.dropout_mask(10, 0.5, stream=1.0)
+    # stream=None is the default: with a seed, stream 0
+    assert np.array_equal(dropnorm.dropout_mask(10, 0.5, seed=3, stream=None),
+                          dropnorm.dropout_mask(10, 0.5, seed=3, stream=0))
 
 
 def test_numpy_scalars_are_accepted():

@@ -340,7 +340,7 @@ def test_channel_dropout_drops_whole_channels(cls, shape, axis):
     dx = d.backward(np.ones_like(x))
     np.testing.assert_array_equal(dx, y)
     with pytest.raises(ValueError, match=f"x: {cls.__name__} expects"):
-        d(np.ones((2, 3), np.float32))
+        d(np.ones((2, 3, 1, 1, 1, 1), np.float32))  # 6-d: neither form
 
 
 def test_dropout_layer_errors_and_pickle():
@@ -551,3 +551,208 @@ def test_running_statistics_are_the_kernels_to_the_bit(axis, momentum, dtype):
                                   momentum=1.0 / (k + 1) if momentum is None else momentum)
         np.testing.assert_array_equal(bn.running_mean, rm)
         np.testing.assert_array_equal(bn.running_var, rv)
+
+
+# ---- PyTorch-compatible details (issue 14, item 5) ---------------------------------
+
+CHANNEL_DROPOUTS = [(dropnorm.Dropout1d, (5, 7, 11)), (dropnorm.Dropout2d, (5, 7, 3, 4)),
+                    (dropnorm.Dropout3d, (5, 7, 2, 3, 2))]
+
+
+def positive(shape, dtype=np.float32, seed=0):
+    """Values in [1, 2): y == 0 marks exactly the dropped places."""
+    return (1.0 + np.random.default_rng(seed).random(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("cls, shape", [(dropnorm.Dropout, (6, 40))] + CHANNEL_DROPOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_inplace_writes_into_x_and_returns_it(cls, shape, dtype):
+    x = positive(shape, dtype)
+    want = cls(0.5, seed=21)(x)
+    d = cls(0.5, seed=21, inplace=True)
+    assert d.inplace is True
+    y = d(x)
+    assert y is x
+    np.testing.assert_array_equal(x, want)
+    dy = positive(shape, dtype, seed=1)
+    np.testing.assert_array_equal(d.backward(dy), np.where(want != 0, dy * dtype(2), dtype(0)))
+    assert d.stream == 1
+
+
+def test_dropout_inplace_in_eval_mode():
+    x = positive((4, 6))
+    x0 = x.copy()
+    assert dropnorm.Dropout(0.25, inplace=True).eval()(x) is x
+    np.testing.assert_array_equal(x, x0)
+    y = dropnorm.Dropout(0.25, mode="classic", inplace=True).eval()(x)
+    assert y is x
+    np.testing.assert_array_equal(x, x0 * np.float32(0.75))
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: [[1.0, 2.0], [3.0, 4.0]], TypeError, "^x: inplace=True writes the result into x"),
+    (lambda: np.ones((2, 4), np.float16), TypeError, "^x: inplace=True .* float32 or float64"),
+    (lambda: np.ones((2, 4), ">f4"), TypeError, "^x: inplace=True .* native byte order"),
+    (lambda: np.ones((2, 8), np.float32)[:, ::2], ValueError, "^x: the array must be C-contig"),
+    (lambda: read_only(np.ones((2, 4), np.float32)), ValueError, "^x: the array is read-only"),
+])
+def test_dropout_inplace_rejects_what_it_cannot_write(make, exc, match):
+    if sys.byteorder == "big" and "native" in match:
+        pytest.skip("'>f4' is native here")
+    d = dropnorm.Dropout(0.5, seed=1, inplace=True)
+    x = make()
+    before = np.array(x, copy=True)
+    with pytest.raises(exc, match=match):
+        d(x)
+    np.testing.assert_array_equal(np.asarray(x), before)
+    assert d.stream == 0  # the failed forward gave its stream back
+
+
+@pytest.mark.parametrize("cls, shape", CHANNEL_DROPOUTS)
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_channel_dropout_of_unbatched_input_drops_whole_channels(cls, shape, axis, inplace):
+    # (C, L), (C, H, W), (C, D, H, W) (channels last: (L, C), ...) are a batch of one
+    x = positive(shape[1:])  # (7, ...)
+    if axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 0, -1))
+    x0 = x.copy()
+    want = cls(0.5, seed=5, axis=axis)(x[None].copy())[0]
+    d = cls(0.5, seed=5, axis=axis, inplace=inplace)
+    y = d(x)
+    assert y.shape == x.shape
+    assert (y is x) == inplace
+    np.testing.assert_array_equal(y, want)
+    kept = (np.moveaxis(y, -1, 0) if axis == -1 else y).reshape(7, -1) != 0
+    assert np.all(kept == kept[:, :1])          # a channel is kept or dropped whole
+    assert 0 < kept[:, 0].sum() < 7
+    dy = positive(x.shape, seed=2)
+    np.testing.assert_array_equal(d.backward(dy), np.where(want != 0, dy * np.float32(2), 0))
+    # and the same decisions as the functional channel dropout of x[None]
+    np.testing.assert_array_equal(
+        want, dropnorm.dropout(x0[None], 0.5, seed=5, stream=0, channelwise=True, axis=axis)[0])
+    with pytest.raises(ValueError, match=r"dy: shape .* does not match"):
+        d.backward(dy[None])
+
+
+@pytest.mark.parametrize("cls, shape", CHANNEL_DROPOUTS)
+def test_channel_dropout_names_both_input_forms(cls, shape):
+    d = cls(0.5, seed=1)
+    for bad in [(3,) * (len(shape) - 2), (3,) * (len(shape) + 1)]:
+        with pytest.raises(ValueError, match=rf"^x: {cls.__name__} expects .* unbatched input"):
+            d(np.ones(bad, np.float32))
+    assert d.stream == 0
+
+
+@pytest.mark.parametrize("cls, shape", [(dropnorm.Dropout, (6, 40))] + CHANNEL_DROPOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_in_eval_mode_returns_its_input_itself(cls, shape, dtype):
+    d = cls(0.3, seed=0).eval()
+    x = positive(shape, dtype)
+    assert d(x) is x
+    strided = positive((2 * shape[0],) + shape[1:], dtype)[::2]  # not contiguous: still x
+    assert d(strided) is strided
+    assert d.backward(np.ones(shape, dtype)).shape == shape
+    as_list = d(x.tolist())  # not an array: converted, as in training
+    assert type(as_list) is np.ndarray and np.array_equal(as_list, x)
+    with pytest.raises(TypeError, match="^x: expected a float32 or float64 array"):
+        d(x.astype(np.float16))
+    # "classic" scales by 1-p in eval: a new array
+    classic = cls(0.3, mode="classic", seed=0).eval()
+    y = classic(x)
+    assert y is not x and np.array_equal(y, x * dtype(0.7))
+    assert d.stream == 0 and classic.stream == 0
+
+
+def test_dropout_inplace_attribute_is_checked_copied_and_shown():
+    with pytest.raises(TypeError, match="^inplace: expected a bool"):
+        dropnorm.Dropout(0.5, inplace=1)
+    d = dropnorm.Dropout(0.5, seed=3)
+    with pytest.raises(TypeError, match="^inplace: expected a bool"):
+        d.inplace = "yes"
+    d.inplace = True
+    assert repr(d) == "Dropout(p=0.5, mode='inverted', seed=3, axis=1, inplace=True)"
+    for clone in (pickle.loads(pickle.dumps(d)), copy.deepcopy(d)):
+        assert clone.inplace is True and clone.seed == 3
+    # PyTorch's Dropout(p, inplace) positionally: here the second argument is the mode
+    with pytest.raises(TypeError, match=r"^mode: .*got bool .*Dropout\(p, inplace=\.\.\.\)"):
+        dropnorm.Dropout(0.5, True)
+
+
+def test_load_state_dict_strict_false_returns_missing_and_unexpected_keys():
+    bn = dropnorm.BatchNorm1d(3)
+    state = {"weight": np.full(3, 2.0), "running_mean": np.arange(3.0),
+             "num_batches_tracked": np.array(4), "foo": np.ones(1)}
+    result = bn.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["bias", "running_var"]
+    assert result.unexpected_keys == ["foo"]
+    assert result == (["bias", "running_var"], ["foo"])  # a named tuple
+    np.testing.assert_array_equal(bn.weight, [2, 2, 2])
+    np.testing.assert_array_equal(bn.running_mean, [0, 1, 2])
+    np.testing.assert_array_equal(bn.bias, [0, 0, 0])   # missing: unchanged
+    np.testing.assert_array_equal(bn.running_var, [1, 1, 1])
+    assert bn.num_batches_tracked == 4
+    # the keys matched: empty lists, and PyTorch's text for it
+    full = bn.load_state_dict(bn.state_dict())
+    assert full == ([], []) and repr(full) == str(full) == "<All keys matched successfully>"
+    assert "missing_keys=['bias', 'running_var']" in repr(result)
+
+
+def test_load_state_dict_strict_true_and_bad_values():
+    bn = dropnorm.BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"missing keys .*\(strict=False loads"):
+        bn.load_state_dict({"weight": np.ones(3)})
+    before = bn.state_dict()
+    # a wrong shape raises with strict=False too, and nothing is loaded
+    with pytest.raises(ValueError, match=r"^state\['bias'\]: expected shape \(3,\)"):
+        bn.load_state_dict({"weight": np.full(3, 5.0), "bias": np.ones(4)}, strict=False)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    with pytest.raises(TypeError, match="^strict: expected a bool"):
+        bn.load_state_dict(before, strict="no")
+
+
+def test_load_state_dict_result_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    state = {"weight": np.full(3, 2.0, np.float32), "running_mean": np.zeros(3, np.float32),
+             "num_batches_tracked": np.array(4), "foo": np.ones(1, np.float32)}
+    ours = dropnorm.BatchNorm1d(3).load_state_dict(state, strict=False)
+    theirs = torch.nn.BatchNorm1d(3).load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    assert ours.missing_keys == theirs.missing_keys
+    assert ours.unexpected_keys == theirs.unexpected_keys
+    bn = dropnorm.BatchNorm1d(3)
+    assert (repr(bn.load_state_dict(bn.state_dict()))
+            == repr(torch.nn.BatchNorm1d(3).load_state_dict(torch.nn.BatchNorm1d(3).state_dict())))
+
+
+@pytest.mark.parametrize("cls, shape, dtype, other", [
+    (dropnorm.BatchNorm1d, (8, 4), np.float32, np.float64),
+    (dropnorm.BatchNorm2d, (2, 3, 4, 4), np.float64, np.float32),
+])
+def test_dtype_mismatch_says_how_to_fix_it(cls, shape, dtype, other):
+    c = shape[1]
+    x = np.ones(shape, other)
+    with pytest.raises(TypeError) as info:
+        cls(c, dtype=dtype)(x)
+    text = str(info.value)
+    make = f"{cls.__name__}({c}, dtype=np.{np.dtype(other).name})"
+    convert = f"x.astype(np.{np.dtype(dtype).name})"
+    assert text.startswith("x: dtype") and make in text and convert in text
+    # and both fixes work, as written
+    assert eval(make, {"np": np, cls.__name__: cls})(x).dtype == other
+    assert cls(c, dtype=dtype)(eval(convert, {"np": np, "x": x})).dtype == dtype
+
+
+@pytest.mark.parametrize("cls", [dropnorm.Dropout, dropnorm.Dropout2d])
+def test_dropout_layers_say_how_to_pass_a_tensor_that_requires_grad(cls):
+    torch = pytest.importorskip("torch")
+    d = cls(0.5, seed=1)
+    with pytest.raises(TypeError, match=r"^x: cannot read this torch tensor .*x\.detach\(\)"):
+        d(torch.ones(2, 3, 4, 4, requires_grad=True))
+    assert d.stream == 0

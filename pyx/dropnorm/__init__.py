@@ -4,6 +4,13 @@ A C99 core (OpenMP-parallel, bitwise identical for every thread count) with
 Cython wrappers that hand NumPy arrays straight to C. Tensors are
 (N, C, *spatial) with axis=1 or (N, *spatial, C) with axis=-1, float32 or
 float64.
+
+Functions: batch_norm_train, batch_norm_backward, batch_norm_infer,
+batch_norm_infer_backward; dropout, dropout_backward, dropout_mask,
+dropout_apply_mask, philox4x32_10; manual_seed and draw_seed (the default
+generator of dropout calls without a seed). Layers with PyTorch's behaviour:
+BatchNorm1d/2d/3d, Dropout, Dropout1d/2d/3d. The package is typed (.pyi stubs
+and py.typed): mypy and editors see NumPy array types.
 """
 
 from dropnorm._batchnorm import (
@@ -13,10 +20,12 @@ from dropnorm._batchnorm import (
     batch_norm_train,
 )
 from dropnorm._dropout import (
+    draw_seed,
     dropout,
     dropout_apply_mask,
     dropout_backward,
     dropout_mask,
+    manual_seed,
     philox4x32_10,
 )
 from dropnorm._layers import (
@@ -67,6 +76,7 @@ __all__ = [
     "batch_norm_partial_stats",
     "batch_norm_train",
     "build_info",
+    "draw_seed",
     "dropout",
     "dropout_apply_mask",
     "dropout_backward",
@@ -77,6 +87,7 @@ __all__ = [
     "get_max_threads",
     "get_pkgconfig_dir",
     "get_runtime_dir",
+    "manual_seed",
     "philox4x32_10",
     "set_num_threads",
 ]

@@ -10,25 +10,28 @@ For build scripts, as ``numpy-config`` and ``pybind11 --cmakedir`` do::
 every other answer goes on a line of its own, in the order asked.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 
 from dropnorm import _paths
 
 
-def _version():
+def _version() -> str:
     from dropnorm import __version__  # the C core's version, as the package's
 
     return __version__
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dropnorm",
         description="Print where this installation's dropnorm C library is, "
         "for building C, C++ or Cython code against it.",
     )
-    answers = {
+    answers: dict[str, tuple[str, Callable[[], str]]] = {
         "version": ("the version", _version),
         "cflags": ("compiler flags: -I<include dir>", lambda: " ".join(_paths.get_cflags())),
         "libs": ("linker flags: -L<lib dir> -ldropnorm", lambda: " ".join(_paths.get_libs())),
@@ -48,8 +51,8 @@ def main(argv=None):
     if not args.asked:
         parser.print_help()
         return 2
-    lines = []
-    flags = []
+    lines: list[str | list[str]] = []
+    flags: list[str] = []
     for name in args.asked:
         value = answers[name][1]()
         if name in ("cflags", "libs"):

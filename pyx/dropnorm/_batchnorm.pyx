@@ -153,8 +153,11 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, eps=1
     """Batch normalization with frozen statistics (inference forward).
 
     y = a*x + b per channel with a = weight/sqrt(running_var + eps) and
-    b = bias - running_mean*a, folded once per channel. Arguments as in
-    batch_norm_train; running_mean and running_var are required and read only.
+    b = bias - running_mean*a, folded once per channel. running_mean and
+    running_var are required and read only. x, weight, bias, eps, axis and
+    out as in batch_norm_train (out may be x itself).
+
+    Returns y, of x's dtype.
     """
     cdef int64_t n, c, s
     cdef bint channels_last
@@ -229,8 +232,9 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, axis=1, out=
     dx = weight*invstd/M * (M*dy - dbias - xhat*dweight). save_mean and
     save_invstd come from batch_norm_train on the same x; save_mean serves as
     a shift only (the exact batch mean is recovered from x). dweight and
-    dbias are returned also when weight is None. out: where dx goes; it may
-    be dy or x itself, and must not share memory with any other argument.
+    dbias are returned also when weight is None. axis: the forward's channel
+    axis (1 or -1). out: where dx goes; it may be dy or x itself, and must
+    not share memory with any other argument.
     """
     return _gradients(dy, x, axis, save_mean, save_invstd, weight, out, False, 0.0,
                       _BACKWARD_NAMES)
@@ -242,6 +246,8 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, eps
 
     dx = weight/sqrt(running_var + eps) * dy; dbias = sum(dy);
     dweight = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
+    running_mean, running_var, weight, eps and axis: the forward's. out:
+    where dx goes; it may be dy or x itself.
     """
     return _gradients(dy, x, axis, running_mean, running_var, weight, out, True, eps,
                       _INFER_BACKWARD_NAMES)

@@ -446,9 +446,18 @@ cpdef as_eps(eps):
 
 cpdef as_momentum(momentum, allow_none=False):
     """momentum: a real number in [0, 1], as a float; None too (returned as
-    None) with allow_none, for layers, where it means a cumulative average."""
-    if momentum is None and allow_none:
-        return None
+    None) with allow_none, for layers, where it means a cumulative average.
+
+    Without allow_none (the functions), None is a ValueError that says why:
+    the cumulative average needs the count of batches seen, which only a
+    layer keeps (num_batches_tracked)."""
+    if momentum is None:
+        if allow_none:
+            return None
+        raise ValueError(
+            "momentum: None means a cumulative average over the batches seen, which needs "
+            "their count; only a layer keeps it: use BatchNorm1d/2d/3d(num_features, "
+            "momentum=None), or pass momentum=1/k for the k-th batch (k = 1, 2, ...) here")
     what = "a real number or None" if allow_none else "a real number"
     momentum = as_real("momentum", momentum, what)
     cdef double m = momentum
@@ -473,6 +482,33 @@ cpdef as_array(name, value, min_ndim=1):
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimension(s), got shape {arr.shape}")
     return _c_aligned(arr)
+
+
+def as_float_input(name, value, min_ndim=1):
+    """An input that an identity may return as it is (a Dropout layer in
+    eval mode): a float32/float64 ndarray of native byte order is returned
+    itself, whatever its strides; anything else is converted (or rejected)
+    as as_array does."""
+    if isinstance(value, np.ndarray) and value.dtype in FLOAT_DTYPES and value.ndim >= min_ndim:
+        return value
+    return as_array(name, value, min_ndim)
+
+
+cpdef as_inplace_array(name, value):
+    """An input the caller asked to be overwritten (a layer's inplace=True):
+    a float32/float64 numpy array of native byte order, C-contiguous, aligned
+    and writeable, returned as it is; TypeError or ValueError naming it (and
+    inplace) otherwise, since a copy would leave the caller's array as it was."""
+    if _is_float(value, _WRITE_FLAGS):
+        return value
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: inplace=True writes the result into {name}, so it must be "
+                        f"a numpy array, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES or not value.dtype.isnative:
+        raise TypeError(f"{name}: inplace=True writes the result into {name}, so it must be "
+                        f"float32 or float64 of native byte order, got dtype {value.dtype.str}")
+    check_writable(name, value)
+    return value
 
 
 cpdef as_probability(name, p):

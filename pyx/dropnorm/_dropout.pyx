@@ -11,8 +11,31 @@ regenerate it from (seed, stream) instead of storing it.
 
 Masks are packed keep bits (1 = kept), LSB first in each byte, (bits + 7)//8
 uint8 values, as ``np.packbits(keep, bitorder="little")``.
+
+The default generator: a call with seed=None and stream=None (the default)
+takes a fresh (seed, stream) from one process-wide generator, whose state is
+a seed and a counter: draw k (k = 0, 1, 2, ...) is (seed, k), so seedless
+calls get the masks of one Dropout layer with that seed, never the same one
+twice. The seed comes from the OS (os.urandom) at import;
+``manual_seed(n)`` sets it to n and the counter to 0, which makes every
+later draw, and so every mask, repeatable. A layer made without a seed
+takes one draw k and derives its own seed from it (words 0 and 1 of
+Philox4x32-10 with key (lo32(seed), hi32(seed)) and counter (lo32(k),
+hi32(k), 2**32 - 1, 2**32 - 1)), whose streams are then its own. A draw is
+a lock and an increment; the lock is held for those few instructions only,
+so threads may draw concurrently. After fork() a child whose generator was
+seeded from the OS takes a new seed from the OS (so that worker processes
+do not repeat each other's masks); one seeded by manual_seed keeps its
+state, so that it stays repeatable.
 """
 
+from cpython.pythread cimport (
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cimport numpy as cnp
@@ -31,12 +54,127 @@ from dropnorm._checks cimport (
 from dropnorm._spans cimport Spans, spans_of
 from dropnorm.libdropnorm cimport *
 
+import os
+
 import numpy as np
 
 from dropnorm._checks import as_count, as_words
 from dropnorm._runtime import raise_status
 
 cnp.import_array()
+
+
+# ---- The default generator (see the module docstring) ----------------------
+
+cdef PyThread_type_lock _gen_lock = NULL
+cdef uint64_t _gen_seed = 0     # the seed of every draw
+cdef uint64_t _gen_next = 0     # the stream of the next draw
+cdef bint _gen_manual = False   # set by manual_seed (kept across fork)
+
+
+cdef int _gen_new_lock() except -1:
+    global _gen_lock
+    _gen_lock = PyThread_allocate_lock()
+    if _gen_lock == NULL:
+        raise MemoryError("dropnorm: cannot allocate the default generator's lock")
+    return 0
+
+
+cdef inline void _gen_draw(uint64_t *seed, uint64_t *stream) noexcept:
+    """The next (seed, stream) of the default generator. The lock is held
+    for a few loads and stores: no Python code, no GIL release, no kernel."""
+    global _gen_next
+    PyThread_acquire_lock(_gen_lock, WAIT_LOCK)
+    seed[0] = _gen_seed
+    stream[0] = _gen_next
+    _gen_next += 1
+    PyThread_release_lock(_gen_lock)
+
+
+cdef void _gen_set(uint64_t seed, bint manual) noexcept:
+    """Seed the default generator; its counter restarts at 0."""
+    global _gen_seed, _gen_next, _gen_manual
+    PyThread_acquire_lock(_gen_lock, WAIT_LOCK)
+    _gen_seed = seed
+    _gen_next = 0
+    _gen_manual = manual
+    PyThread_release_lock(_gen_lock)
+
+
+def _os_seed():
+    """64 bits of OS entropy as an int."""
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def _gen_after_fork_in_child():
+    """A forked child: a new lock (one held by another thread at the fork
+    would stay held), and a new seed from the OS unless manual_seed set it."""
+    _gen_new_lock()
+    if not _gen_manual:
+        _gen_set(_os_seed(), False)
+
+
+_gen_new_lock()
+_gen_set(_os_seed(), False)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gen_after_fork_in_child)
+
+
+def manual_seed(seed):
+    """Seed the default generator of dropnorm, as ``torch.manual_seed`` does.
+
+    seed: an integer in [0, 2**64) (not bool). From here on, dropout calls
+    without a seed (``dropout(x, p)``, ``dropout_mask(n, p)``), ``draw_seed()``
+    and layers made without a seed (``Dropout(p)``) draw from a sequence that
+    depends only on seed and on the order of the draws, so a program that
+    calls ``manual_seed(n)`` first gives the same masks on every run, for any
+    thread count. The draws are (seed, 0), (seed, 1), ...: right after
+    ``manual_seed(n)``, ``dropout(x, p)`` is ``dropout(x, p, seed=n, stream=0)``.
+    Returns None.
+    """
+    _gen_set(as_uint("seed", seed, 64), True)
+
+
+def draw_seed():
+    """A fresh (seed, stream) pair from the default generator, as a tuple of
+    two ints: the pair a dropout call with seed=None would have drawn.
+
+    Give it to both the forward and the backward to regenerate the mask in
+    the backward with nothing stored::
+
+        seed, stream = dropnorm.draw_seed()
+        y = dropnorm.dropout(x, 0.5, seed=seed, stream=stream)
+        dx = dropnorm.dropout_backward(dy, 0.5, seed=seed, stream=stream)
+
+    The pairs do not repeat within a process (short of 2**64 draws, or of
+    ``manual_seed`` with the same seed again, which repeats them on purpose).
+    """
+    cdef uint64_t seed, stream
+    _gen_draw(&seed, &stream)
+    return (seed, stream)
+
+
+def _draw_layer_seed():
+    """A seed for a layer made without one: derived from the next draw k of
+    the default generator (see the module docstring)."""
+    cdef uint64_t seed, k
+    cdef uint32_t c[4]
+    cdef uint32_t key[2]
+    cdef uint32_t o[4]
+    _gen_draw(&seed, &k)
+    c[0] = <uint32_t>k
+    c[1] = <uint32_t>(k >> 32)
+    c[2] = <uint32_t>0xFFFFFFFF
+    c[3] = <uint32_t>0xFFFFFFFF
+    key[0] = <uint32_t>seed
+    key[1] = <uint32_t>(seed >> 32)
+    dn_philox4x32_10(c, key, o)
+    return (<uint64_t>o[1] << 32) | o[0]
+
+
+cdef inline uint64_t _seed_or_zero(name, value) except? 0:
+    """An explicit seed or stream (checked), or 0 for None."""
+    return 0 if value is None else as_uint(name, value, 64)
 
 # The arrays of each call as they go to spans_of, written ones first, and
 # the exact in-place uses the C header allows (y == x; dx == dy).
@@ -124,7 +262,7 @@ def philox4x32_10(ctr, key):
     return (o[0], o[1], o[2], o[3])
 
 
-def dropout_mask(n, p, seed=0, stream=0):
+def dropout_mask(n, p, seed=None, stream=None):
     """The packed keep mask of n dropout decisions for (p, seed, stream).
 
     Bit i (byte i//8, bit i%8, LSB first) is 1 if decision i is kept.
@@ -134,18 +272,23 @@ def dropout_mask(n, p, seed=0, stream=0):
     channels with channelwise=True).
 
     n: a count >= 0; p: drop probability in [0, 1]; seed, stream: integers
-    in [0, 2**64).
+    in [0, 2**64). With seed=None and stream=None (the default) the call
+    draws a fresh (seed, stream) from the default generator (see
+    ``manual_seed``), so every call gives a new mask; with either one given,
+    the other one is 0.
     """
+    cdef uint64_t cseed, cstream
     n = as_count("n", n)
     p = as_probability("p", p)
-    seed = as_uint("seed", seed, 64)
-    stream = as_uint("stream", stream, 64)
+    cseed = _seed_or_zero("seed", seed)
+    cstream = _seed_or_zero("stream", stream)
+    if n and seed is None and stream is None:
+        _gen_draw(&cseed, &cstream)
     mask = np.empty((n + 7) // 8, np.uint8)
     cdef uint8_t *m = <uint8_t *>cnp.PyArray_DATA(mask)
     cdef dn_status st
     cdef int64_t cn = n
     cdef double cp = p
-    cdef uint64_t cseed = seed, cstream = stream
     if n:
         with nogil:
             st = dn_dropout_mask(cn, cp, cseed, cstream, m)
@@ -156,21 +299,34 @@ def dropout_mask(n, p, seed=0, stream=0):
 
 cdef tuple _dropout_operands(name, x, p, seed, stream, mode, channelwise):
     """The checked arguments every dropout call with (seed, stream) takes:
-    the array (named name), p, seed, stream, the mode's C value and
-    channelwise."""
-    return (as_array(name, x, 1), as_probability("p", p), as_uint("seed", seed, 64),
-            as_uint("stream", stream, 64), as_dropout_mode(mode),
+    the array (named name), p, seed, stream (0 for None), the mode's C value
+    and channelwise."""
+    return (as_array(name, x, 1), as_probability("p", p), _seed_or_zero("seed", seed),
+            _seed_or_zero("stream", stream), as_dropout_mode(mode),
             as_flag("channelwise", channelwise))
 
 
-def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
+def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
             channelwise=False, axis=1, out=None, return_mask=False):
     """Dropout forward (Hinton et al. 2012; Srivastava et al. 2014).
 
     x: float32 or float64 array, any shape with ndim >= 1. Element i of the
     flat C order is dropped by decision i of (p, seed, stream) (see the
     module docstring), so a call is reproducible bit for bit, for any thread
-    count. Give successive calls with one seed successive streams.
+    count.
+
+    seed, stream: integers in [0, 2**64), or None.
+      seed=None and stream=None (the default): a fresh mask on every call,
+        as ``torch.nn.functional.dropout`` gives. A training call draws a new
+        (seed, stream) from dropnorm's default generator (``manual_seed``
+        makes the sequence repeatable; ``draw_seed`` draws a pair yourself);
+        a call in inference, on an empty x, or that raises, draws nothing.
+        For the backward keep the mask (``return_mask=True``, then
+        ``dropout_backward(dy, p, mask=mask)``), or draw the pair with
+        ``draw_seed()`` and pass it to both calls.
+      Otherwise the mask is a pure function of (seed, stream), with 0 for
+        the one not given: give successive calls with one seed successive
+        streams, and the backward the same (seed, stream).
 
     p: drop probability in [0, 1]. p == 0 returns x unchanged (bitwise);
     p == 1 returns zeros (never inf or NaN).
@@ -219,6 +375,9 @@ def dropout(x, p=0.5, seed=0, stream=0, mode="inverted", training=True,
     mask = np.empty((bits + 7) // 8, np.uint8) if return_mask else None
     if cnp.PyArray_SIZE(<cnp.ndarray>x):
         spans_of(&a, (y, mask, x), 2, 0b101, _FORWARD_NAMES, _OUT_IS_X)
+        if training_c and seed is None and stream is None:
+            # after every check: a call that raises (or has no element) draws nothing
+            _gen_draw(&seed_c, &stream_c)
         f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
         with nogil:
             if f64:
@@ -240,8 +399,8 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     ignored) and scale = 1/(1-p) rounded to x's dtype ("inverted") or 1
     ("classic"). p sets only the scale; p == 1 gives zeros whatever the mask.
     With the mask of ``dropout(..., return_mask=True)`` this reproduces that
-    call's y exactly. Other arguments as in dropout; out may be x itself but
-    must not share memory with the mask.
+    call's y exactly. mode, channelwise and axis as in dropout (give the
+    forward's); out may be x itself but must not share memory with the mask.
     """
     cdef Geometry g
     cdef int64_t bits
@@ -270,16 +429,19 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     return y
 
 
-def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False, axis=1,
-                     mask=None, out=None):
+def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise=False,
+                     axis=1, mask=None, out=None):
     """Gradient of the training dropout forward: dx = dy*keep*scale.
 
     scale = 1/(1-p) rounded to dy's dtype ("inverted") or 1 ("classic").
     The decisions come from mask (the forward's packed mask; seed and stream
     are then ignored) or, with mask=None, are regenerated from (seed, stream)
     with nothing stored: pass the forward's p, seed, stream, mode,
-    channelwise and axis. (Through inference the gradient is dy for
-    "inverted" and dy*(1-p) for "classic".)
+    channelwise and axis (a seed or stream not given is 0, as in dropout).
+    With mask, seed and stream all None, ValueError: a forward without a
+    seed drew a fresh pair, which only its mask (``return_mask=True``) or a
+    pair drawn beforehand (``draw_seed()``) can reproduce. (Through
+    inference the gradient is dy for "inverted" and dy*(1-p) for "classic".)
 
     dy: float32 or float64, the shape of the forward's x. out: where dx
     goes; it may be dy itself but must not share memory with the mask.
@@ -298,6 +460,12 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
     if mask is not None:
         mask = as_mask("mask", mask, bits)
     dx = output_like("out", out, dy)
+    if mask is None and seed is None and stream is None:
+        raise ValueError(
+            "seed: dropout_backward needs the forward's mask (mask=) or its (seed, stream); a "
+            "dropout without a seed draws a fresh pair, so keep its mask "
+            "(dropout(..., return_mask=True)) or draw the pair first with dropnorm.draw_seed() "
+            "and pass it to both calls")
     if cnp.PyArray_SIZE(<cnp.ndarray>dy):
         spans_of(&a, (dx, dy, mask), 1, 0b11, _BACKWARD_NAMES, _OUT_IS_DY)
         f64 = cnp.PyArray_TYPE(<cnp.ndarray>dy) == cnp.NPY_DOUBLE

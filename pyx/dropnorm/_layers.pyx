@@ -11,6 +11,7 @@ class is in its docstring."""
 import os
 import threading
 import weakref
+from collections import namedtuple
 
 import numpy as np
 
@@ -24,7 +25,10 @@ from dropnorm._checks import (
     as_dropout_mode,
     as_eps,
     as_flag,
+    as_array,
     as_float_dtype,
+    as_float_input,
+    as_inplace_array,
     as_int,
     as_layer_axis,
     as_mapping,
@@ -36,7 +40,7 @@ from dropnorm._checks import (
     tensor_extents,
     writable_vector,
 )
-from dropnorm._dropout import dropout, dropout_backward
+from dropnorm._dropout import _draw_layer_seed, dropout, dropout_backward
 
 # Every argument of a constructor, a setter, forward or backward is checked
 # by the functions of dropnorm._checks that the functional API uses, so a
@@ -56,6 +60,21 @@ def _renew_locks_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
+
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What load_state_dict returns, as PyTorch's result does: the named tuple
+    (missing_keys, unexpected_keys), two lists of keys; its repr is
+    ``<All keys matched successfully>`` when both are empty."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
 
 
 cdef class _Layer:
@@ -258,7 +277,8 @@ cdef class _BatchNorm(_Layer):
     _shape_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, axis=1, dtype=np.float32):
+                 track_running_stats=True, axis=1, dtype="float32"):
+        """Initialize self; the parameters are in help(type(self))."""
         # every check first: a bad argument raises before anything is set
         num_features = as_positive_int("num_features", num_features)
         eps = as_eps(eps)
@@ -320,7 +340,11 @@ cdef class _BatchNorm(_Layer):
             raise ValueError(
                 f"x: {type(self).__name__} expects {self._shape_text}, got shape {x.shape}")
         if x.dtype != self.dtype:
-            raise TypeError(f"x: dtype {x.dtype} does not match the layer's dtype {self.dtype}")
+            channels_last = ", axis=-1" if axis == -1 else ""
+            raise TypeError(
+                f"x: dtype {x.dtype} does not match the layer's dtype {self.dtype}: make the "
+                f"layer for it, {type(self).__name__}({self.num_features}{channels_last}, "
+                f"dtype=np.{x.dtype}), or convert the input, x.astype(np.{self.dtype})")
         _, c, _, _ = tensor_extents(x, axis)
         if c != self.num_features:
             raise ValueError(f"x: expected {self.num_features} channels on axis {axis}, "
@@ -394,7 +418,8 @@ cdef class _BatchNorm(_Layer):
                                      + momentum * var * (float(m) / float(m - 1)))
 
     def backward(self, dy):
-        """Gradient with respect to the input of the calling thread's last
+        """dx for dy (the gradient of the output, of its shape and dtype):
+        the gradient with respect to the input of the calling thread's last
         forward (which must not have changed since; RuntimeError if it did);
         accumulates grad_weight and grad_bias (like PyTorch's .grad) when
         affine."""
@@ -490,19 +515,33 @@ cdef class _BatchNorm(_Layer):
                     state[key] = np.array(getattr(self, key), copy=True)
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, strict=True):
         """Load a mapping like state_dict()'s (values may be anything with
-        __array__, e.g. CPU tensors). Something that is not a mapping raises
-        TypeError; missing or extra keys and wrong shapes raise ValueError;
-        all before anything is changed."""
+        __array__, e.g. CPU tensors), as PyTorch's load_state_dict does.
+
+        strict=True: the keys must be exactly those of state_dict(): missing
+        or unexpected keys raise ValueError. strict=False: the keys given are
+        loaded, missing ones keep their values and unexpected ones are
+        ignored. Either way a value of the wrong shape or type raises
+        (ValueError, TypeError), and something that is not a mapping raises
+        TypeError, all before anything is changed.
+
+        Returns a named tuple (missing_keys, unexpected_keys) of two lists,
+        like PyTorch's result (missing in state_dict() order, unexpected in
+        the mapping's order); both are empty when the keys matched.
+        """
         state = as_mapping("state_dict", state_dict)
-        keys = set(self._state_keys())
-        given = set(state.keys())
-        if given != keys:
-            missing, extra = sorted(keys - given), sorted(given - keys)
-            raise ValueError(f"state: missing keys {missing}, unexpected keys {extra}")
+        strict = as_flag("strict", strict)
+        keys = self._state_keys()
+        missing = [key for key in keys if key not in state]
+        unexpected = [key for key in state.keys() if key not in keys]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected} "
+                             "(strict=False loads the keys that match)")
         values = {}
         for key in keys:
+            if key not in state:
+                continue
             value = np.asarray(state[key])
             want = () if key == "num_batches_tracked" else (self.num_features,)
             if value.shape != want:
@@ -523,10 +562,12 @@ cdef class _BatchNorm(_Layer):
                 else:
                     np.copyto(getattr(self, key), value)
             self._stats_version += 1
+        return _IncompatibleKeys(missing, unexpected)
 
     def fold_into(self, weight, bias=None, axis=0):
         """Fold this (eval-mode) batch norm into the preceding linear or
-        convolution layer: returns (W', b') with
+        convolution layer, given its weight W and bias b (None: zeros):
+        returns (W', b') with
         W' = W * gamma/sqrt(var + eps) along ``axis`` (the output features) and
         b' = (b - mean) * gamma/sqrt(var + eps) + beta, so that the layer alone
         gives the output of layer followed by this batch norm."""
@@ -590,39 +631,132 @@ cdef class _BatchNorm(_Layer):
 
 
 cdef class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) or (N, C, L) input; (N, C) or (N, L, C) with axis=-1.
+    """BatchNorm1d(num_features, eps=1e-05, momentum=0.1, affine=True,
+    track_running_stats=True, axis=1, dtype='float32')
+--
+
+    Batch norm over (N, C) or (N, C, L) input; (N, C) or (N, L, C) with axis=-1.
+
+    Training mode (the default) normalises with the batch's statistics and
+    updates the running statistics; eval mode (``eval()``) uses the running
+    statistics. forward(x) (or layer(x)) returns y; backward(dy) returns dx
+    and accumulates grad_weight and grad_bias.
+
+    Parameters (eps, momentum, axis and training may be set later as
+    attributes, checked the same way; the others are fixed):
+      num_features: C, the number of channels, an integer >= 1 (not bool).
+      eps: added to the variance before the square root, a finite real
+        number >= 0.
+      momentum: the weight of each training batch in the running statistics,
+        running = (1 - momentum)*running + momentum*batch (PyTorch's
+        convention; running_var takes the unbiased batch variance), a real
+        number in [0, 1]; or None for the cumulative average over all the
+        batches seen (batch k gets weight 1/k; num_batches_tracked counts
+        them): the population statistics of the paper's Algorithm 2.
+      affine: learn a per-channel weight (gamma, initially 1) and bias
+        (beta, initially 0), with gradients in grad_weight and grad_bias.
+      track_running_stats: keep running_mean, running_var and
+        num_batches_tracked, and normalise with them in eval mode; with
+        False, eval mode uses the batch's statistics too.
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      dtype: float32 (default) or float64, as a NumPy dtype or its name: the
+        dtype of weight, bias and the running statistics, and the dtype x
+        must have (a float64 x needs BatchNorm1d(C, dtype=np.float64), or
+        x.astype(np.float32) for the default).
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of
     all batches in any order), and each thread's backward pairs with its own
     last forward. x must not change between forward and backward (checked by
-    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    a fingerprint: RuntimeError). In detail: dropnorm._layers._BatchNorm.__doc__.
     """
     _ndims = (2, 3)
     _shape_text = "2-d (N, C) or 3-d (N, C, L) input"
 
 
 cdef class BatchNorm2d(_BatchNorm):
-    """Batch norm over (N, C, H, W) input; (N, H, W, C) with axis=-1.
+    """BatchNorm2d(num_features, eps=1e-05, momentum=0.1, affine=True,
+    track_running_stats=True, axis=1, dtype='float32')
+--
+
+    Batch norm over (N, C, H, W) input; (N, H, W, C) with axis=-1.
+
+    Training mode (the default) normalises with the batch's statistics and
+    updates the running statistics; eval mode (``eval()``) uses the running
+    statistics. forward(x) (or layer(x)) returns y; backward(dy) returns dx
+    and accumulates grad_weight and grad_bias.
+
+    Parameters (eps, momentum, axis and training may be set later as
+    attributes, checked the same way; the others are fixed):
+      num_features: C, the number of channels, an integer >= 1 (not bool).
+      eps: added to the variance before the square root, a finite real
+        number >= 0.
+      momentum: the weight of each training batch in the running statistics,
+        running = (1 - momentum)*running + momentum*batch (PyTorch's
+        convention; running_var takes the unbiased batch variance), a real
+        number in [0, 1]; or None for the cumulative average over all the
+        batches seen (batch k gets weight 1/k; num_batches_tracked counts
+        them): the population statistics of the paper's Algorithm 2.
+      affine: learn a per-channel weight (gamma, initially 1) and bias
+        (beta, initially 0), with gradients in grad_weight and grad_bias.
+      track_running_stats: keep running_mean, running_var and
+        num_batches_tracked, and normalise with them in eval mode; with
+        False, eval mode uses the batch's statistics too.
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      dtype: float32 (default) or float64, as a NumPy dtype or its name: the
+        dtype of weight, bias and the running statistics, and the dtype x
+        must have (a float64 x needs BatchNorm2d(C, dtype=np.float64), or
+        x.astype(np.float32) for the default).
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of
     all batches in any order), and each thread's backward pairs with its own
     last forward. x must not change between forward and backward (checked by
-    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    a fingerprint: RuntimeError). In detail: dropnorm._layers._BatchNorm.__doc__.
     """
     _ndims = (4,)
     _shape_text = "4-d (N, C, H, W) input"
 
 
 cdef class BatchNorm3d(_BatchNorm):
-    """Batch norm over (N, C, D, H, W) input; (N, D, H, W, C) with axis=-1.
+    """BatchNorm3d(num_features, eps=1e-05, momentum=0.1, affine=True,
+    track_running_stats=True, axis=1, dtype='float32')
+--
+
+    Batch norm over (N, C, D, H, W) input; (N, D, H, W, C) with axis=-1.
+
+    Training mode (the default) normalises with the batch's statistics and
+    updates the running statistics; eval mode (``eval()``) uses the running
+    statistics. forward(x) (or layer(x)) returns y; backward(dy) returns dx
+    and accumulates grad_weight and grad_bias.
+
+    Parameters (eps, momentum, axis and training may be set later as
+    attributes, checked the same way; the others are fixed):
+      num_features: C, the number of channels, an integer >= 1 (not bool).
+      eps: added to the variance before the square root, a finite real
+        number >= 0.
+      momentum: the weight of each training batch in the running statistics,
+        running = (1 - momentum)*running + momentum*batch (PyTorch's
+        convention; running_var takes the unbiased batch variance), a real
+        number in [0, 1]; or None for the cumulative average over all the
+        batches seen (batch k gets weight 1/k; num_batches_tracked counts
+        them): the population statistics of the paper's Algorithm 2.
+      affine: learn a per-channel weight (gamma, initially 1) and bias
+        (beta, initially 0), with gradients in grad_weight and grad_bias.
+      track_running_stats: keep running_mean, running_var and
+        num_batches_tracked, and normalise with them in eval mode; with
+        False, eval mode uses the batch's statistics too.
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      dtype: float32 (default) or float64, as a NumPy dtype or its name: the
+        dtype of weight, bias and the running statistics, and the dtype x
+        must have (a float64 x needs BatchNorm3d(C, dtype=np.float64), or
+        x.astype(np.float32) for the default).
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of
     all batches in any order), and each thread's backward pairs with its own
     last forward. x must not change between forward and backward (checked by
-    a fingerprint: RuntimeError). Details in the docstring of _BatchNorm.
+    a fingerprint: RuntimeError). In detail: dropnorm._layers._BatchNorm.__doc__.
     """
     _ndims = (5,)
     _shape_text = "5-d (N, C, D, H, W) input"
@@ -632,28 +766,44 @@ _LAST_STREAM = 2**64 - 1
 
 
 def _as_seed(seed):
-    """A dropout seed: an integer in [0, 2**64), or None for one from the OS."""
+    """A dropout seed: an integer in [0, 2**64), or None for one drawn from
+    the default generator (dropnorm.manual_seed makes it repeatable)."""
     if seed is None:
-        return int.from_bytes(os.urandom(8), "little")
+        return _draw_layer_seed()
     return as_uint("seed", seed, 64)
 
 
 cdef class Dropout(_Layer):
-    """Dropout (Hinton et al. 2012; Srivastava et al. 2014) with
-    counter-based masks.
+    """Dropout(p=0.5, mode='inverted', seed=None, axis=1, inplace=False)
+--
 
-    Every training forward uses a new stream of the layer's seed (the stream
-    advances by one per call), so no two calls share a mask, and the same seed
-    gives the same sequence of masks in any process. backward regenerates the
-    mask of its forward from (seed, stream) and stores no mask.
-    mode="inverted" scales kept values by 1/(1-p) in training and is the
-    identity in eval; mode="classic" keeps values unscaled in training and
-    scales by (1-p) in eval. seed=None draws a seed from the OS once.
+    Dropout (Hinton et al. 2012; Srivastava et al. 2014) with counter-based
+    masks: each element is dropped (set to exactly 0) with probability p.
 
-    p: a real number in [0, 1] (not bool); mode: "inverted" or "classic";
-    seed and stream: integers in [0, 2**64) (not bool); axis: 1 or -1 (used
-    by the channel dropouts). They may be set later and are checked as in
-    the constructor and in ``dropout``.
+    Parameters (each may be set later as an attribute, checked the same way):
+      p: the drop probability, a real number in [0, 1] (not bool).
+      mode: "inverted" (default) scales kept values by 1/(1-p) in training
+        and is the identity in eval; "classic" (the 2012 paper) keeps
+        values unscaled in training and scales by (1-p) in eval.
+      seed: the Philox key of every mask, an integer in [0, 2**64) (not
+        bool); None (default) draws one from dropnorm's default generator,
+        which dropnorm.manual_seed(n) makes repeatable.
+      axis: the channel axis, 1 (channels first) or -1 (channels last);
+        used by Dropout1d/2d/3d.
+      inplace: write the result into x and return x itself, as PyTorch's
+        inplace=True; x must then be a writeable, C-contiguous float32 or
+        float64 numpy array (TypeError or ValueError naming x otherwise).
+
+    Every training forward uses a new stream of the layer's seed (stream
+    0, 1, 2, ...; the attribute ``stream`` is the next one), so no two calls
+    share a mask, and the same seed gives the same sequence of masks in any
+    process. backward regenerates the mask of its forward from (seed,
+    stream) and stores no mask.
+
+    Eval mode with mode="inverted" returns its input itself, not a copy
+    (``layer.eval()(x) is x``), as PyTorch does: for a float32 or float64
+    numpy array of native byte order, whatever its strides; anything else
+    is converted to one. Writing into the result then writes into x.
 
     backward uses a snapshot taken at forward (p, mode, seed, stream,
     training, axis and the output's shape), not the current attributes:
@@ -677,23 +827,32 @@ cdef class Dropout(_Layer):
     cdef str _mode
     cdef object _seed
     cdef object _stream
+    cdef bint _inplace
 
     _channelwise = False
-    _ndims = None
+    _ndims = None        # the accepted ndim of batched input (channel dropouts)
     _shape_text = ""
 
-    def __init__(self, p=0.5, mode="inverted", seed=None, axis=1):
+    def __init__(self, p=0.5, mode="inverted", seed=None, axis=1, inplace=False):
+        """Initialize self; the parameters are in help(type(self))."""
         # every check first: a bad argument raises before anything is set
         p = as_probability("p", p)
+        if mode is True or mode is False:
+            # Dropout(0.5, True) is PyTorch's Dropout(p, inplace); here the
+            # second argument is the mode
+            raise TypeError("mode: expected 'inverted' or 'classic', got bool (for PyTorch's "
+                            f"Dropout(p, inplace) write {type(self).__name__}(p, inplace=...))")
         as_dropout_mode(mode)
-        seed = _as_seed(seed)
         axis = as_layer_axis(axis)
+        inplace = as_flag("inplace", inplace)
+        seed = _as_seed(seed)   # last: a draw only for a layer that is made
         self._p = p
         self._mode = mode
         self._seed = seed
         self._stream = 0
         self._training = True
         self._axis = axis
+        self._inplace = inplace
 
     # ---- checked attributes ---------------------------------------------------
     @property
@@ -721,7 +880,7 @@ cdef class Dropout(_Layer):
     @property
     def seed(self):
         """The Philox key of every mask, an integer in [0, 2**64); setting
-        None draws a new one from the OS."""
+        None draws a new one from the default generator."""
         return self._seed
 
     @seed.setter
@@ -741,16 +900,46 @@ cdef class Dropout(_Layer):
         with self._lock:
             self._stream = value
 
+    @property
+    def inplace(self):
+        """Whether forward writes its result into x and returns x (a bool)."""
+        return self._inplace
+
+    @inplace.setter
+    def inplace(self, value):
+        value = as_flag("inplace", value)
+        with self._lock:
+            self._inplace = value
+
+    cdef bint _unbatched(self, x) except -1:
+        """Whether x is a channel dropout's input without the batch axis
+        ((C, L), (C, H, W) or (C, D, H, W), or channels last); ValueError if
+        its ndim fits neither form."""
+        if self._ndims is None:
+            return False
+        if type(x) is np.ndarray:
+            ndim = x.ndim
+        else:
+            try:
+                ndim = np.ndim(x)
+            except Exception:
+                as_array("x", x)  # raises with a message that names x and says what to pass
+                raise
+        if ndim == self._ndims[0]:
+            return False
+        if ndim != self._ndims[0] - 1:
+            raise ValueError(f"x: {type(self).__name__} expects {self._shape_text}, "
+                             f"got shape {np.shape(x)}")
+        return True
+
     def forward(self, x):
-        """Apply dropout to x; a training call reserves the next stream."""
-        if self._ndims is not None:
-            arr = np.asarray(x)
-            if arr.ndim not in self._ndims:
-                raise ValueError(
-                    f"x: {type(self).__name__} expects {self._shape_text}, got shape {arr.shape}")
+        """Apply dropout to x and return the result; a training call
+        reserves the next stream. Eval mode with mode="inverted" returns x
+        itself; inplace=True writes into x and returns x."""
+        unbatched = self._unbatched(x)
         with self._lock:
             p, mode, seed, stream = self._p, self._mode, self._seed, self._stream
-            training, axis = self._training, self._axis
+            training, axis, inplace = self._training, self._axis, self._inplace
             if training:
                 if stream == _LAST_STREAM:
                     # the stream after this one would not fit in 64 bits
@@ -758,43 +947,61 @@ cdef class Dropout(_Layer):
                                      f"(stream {stream}); set another seed or stream")
                 self._stream = stream + 1
         try:
-            y = dropout(x, p=p, seed=seed, stream=stream, mode=mode, training=training,
-                        channelwise=self._channelwise, axis=axis)
+            if not training and mode == "inverted":
+                y = as_float_input("x", x)  # the identity: x itself
+            else:
+                y = self._apply(x, p, mode, seed, stream, training, axis, inplace, unbatched)
         except BaseException:
             if training:
                 with self._lock:
                     if self._stream == stream + 1:
                         self._stream = stream
             raise
-        self._remember((p, mode, seed, stream, training, axis, y.shape))
+        self._remember((p, mode, seed, stream, training, axis, y.shape, unbatched))
         return y
 
+    cdef _apply(self, x, p, mode, seed, stream, training, axis, bint inplace, bint unbatched):
+        """The kernel's part of forward: y, or x written in place."""
+        if inplace:
+            x = as_inplace_array("x", x)
+        elif unbatched:
+            x = as_array("x", x)
+        # channel dropout of unbatched input: a batch of one (a view)
+        xb = x[None] if unbatched else x
+        y = dropout(xb, p=p, seed=seed, stream=stream, mode=mode, training=training,
+                    channelwise=self._channelwise, axis=axis, out=xb if inplace else None)
+        if inplace:
+            return x
+        return y[0] if unbatched else y
+
     def backward(self, dy):
-        """Gradient for the calling thread's last forward, with that
-        forward's p, mode and axis and its mask regenerated from its (seed,
-        stream)."""
-        p, mode, seed, stream, training, axis, shape = self._recall()
+        """dx for dy (the gradient of the output, of its shape): the
+        gradient for the calling thread's last forward, with that forward's
+        p, mode and axis and its mask regenerated from its (seed, stream)."""
+        p, mode, seed, stream, training, axis, shape, unbatched = self._recall()
         dy_shape = np.shape(dy)
         if dy_shape != shape:
             raise ValueError(f"dy: shape {dy_shape} does not match the last forward's "
                              f"output shape {shape}")
         if not training:
             # eval: the forward was the identity or a scale by 1-p; its
-            # gradient is the same map
-            return dropout(dy, p=p, mode=mode, training=False,
-                           channelwise=self._channelwise, axis=axis)
-        return dropout_backward(dy, p, seed=seed, stream=stream, mode=mode,
-                                channelwise=self._channelwise, axis=axis)
+            # gradient is the same map (elementwise: no decisions)
+            return dropout(dy, p=p, mode=mode, training=False)
+        dy = as_array("dy", dy)
+        dx = dropout_backward(dy[None] if unbatched else dy, p, seed=seed, stream=stream,
+                              mode=mode, channelwise=self._channelwise, axis=axis)
+        return dx[0] if unbatched else dx
 
     def __repr__(self):
-        return (f"{type(self).__name__}(p={self.p}, mode={self.mode!r}, seed={self.seed}, "
-                f"axis={self.axis})")
+        text = (f"{type(self).__name__}(p={self.p}, mode={self.mode!r}, seed={self.seed}, "
+                f"axis={self.axis}")
+        return text + (", inplace=True)" if self.inplace else ")")
 
     def __reduce__(self):
         # read together under the lock; the clone gets its own lock (see __cinit__)
         with self._lock:
             state = {"training": self._training, "stream": self._stream}
-            args = (self._p, self._mode, self._seed, self._axis)
+            args = (self._p, self._mode, self._seed, self._axis, self._inplace)
         return (type(self), args, state)
 
     def __setstate__(self, state):
@@ -803,36 +1010,90 @@ cdef class Dropout(_Layer):
 
 
 cdef class Dropout1d(Dropout):
-    """Channel (spatial) dropout over (N, C, L): whole channels are dropped.
+    """Dropout1d(p=0.5, mode='inverted', seed=None, axis=1, inplace=False)
+--
 
-    Threads and backward as in Dropout: concurrent forwards reserve distinct
-    streams, each thread's backward pairs with its own last forward and uses
-    that forward's snapshot of p, mode, seed, stream and axis.
+    Channel (spatial) dropout over (N, C, L), or unbatched (C, L): whole
+    channels are dropped, one decision per (n, c), as PyTorch's Dropout1d.
+    With axis=-1 (channels last): (N, L, C), or unbatched (L, C).
+
+    Parameters (as in Dropout; each may be set later as an attribute):
+      p: the drop probability of a channel, a real number in [0, 1].
+      mode: "inverted" (scale kept channels by 1/(1-p) in training, the
+        identity in eval) or "classic" (no scale in training, 1-p in eval).
+      seed: an integer in [0, 2**64), or None (default) for one from the
+        default generator (dropnorm.manual_seed makes it repeatable).
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      inplace: write the result into x (a writeable, C-contiguous float
+        array) and return x.
+
+    Unbatched input is a batch of one: its decisions are those of x[None].
+    Eval mode with mode="inverted" returns x itself. Threads and backward as
+    in Dropout: concurrent forwards reserve distinct streams, each thread's
+    backward pairs with its own last forward and uses that forward's
+    snapshot of p, mode, seed, stream and axis.
     """
     _channelwise = True
     _ndims = (3,)
-    _shape_text = "3-d (N, C, L) input"
+    _shape_text = "3-d (N, C, L) input or 2-d (C, L) unbatched input"
 
 
 cdef class Dropout2d(Dropout):
-    """Channel (spatial) dropout over (N, C, H, W): whole channels are dropped.
+    """Dropout2d(p=0.5, mode='inverted', seed=None, axis=1, inplace=False)
+--
 
-    Threads and backward as in Dropout: concurrent forwards reserve distinct
-    streams, each thread's backward pairs with its own last forward and uses
-    that forward's snapshot of p, mode, seed, stream and axis.
+    Channel (spatial) dropout over (N, C, H, W), or unbatched (C, H, W):
+    whole channels are dropped, one decision per (n, c). With axis=-1
+    (channels last): (N, H, W, C), or unbatched (H, W, C).
+
+    Parameters (as in Dropout; each may be set later as an attribute):
+      p: the drop probability of a channel, a real number in [0, 1].
+      mode: "inverted" (scale kept channels by 1/(1-p) in training, the
+        identity in eval) or "classic" (no scale in training, 1-p in eval).
+      seed: an integer in [0, 2**64), or None (default) for one from the
+        default generator (dropnorm.manual_seed makes it repeatable).
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      inplace: write the result into x (a writeable, C-contiguous float
+        array) and return x.
+
+    Unbatched input is a batch of one: its decisions are those of x[None].
+    (PyTorch 2.13 still reads a 3-d input to Dropout2d as (N, C, L), with a
+    warning that it will become (C, H, W); dropnorm reads it as (C, H, W).)
+    Eval mode with mode="inverted" returns x itself. Threads and backward as
+    in Dropout: concurrent forwards reserve distinct streams, each thread's
+    backward pairs with its own last forward and uses that forward's
+    snapshot of p, mode, seed, stream and axis.
     """
     _channelwise = True
     _ndims = (4,)
-    _shape_text = "4-d (N, C, H, W) input"
+    _shape_text = "4-d (N, C, H, W) input or 3-d (C, H, W) unbatched input"
 
 
 cdef class Dropout3d(Dropout):
-    """Channel (spatial) dropout over (N, C, D, H, W): whole channels are dropped.
+    """Dropout3d(p=0.5, mode='inverted', seed=None, axis=1, inplace=False)
+--
 
-    Threads and backward as in Dropout: concurrent forwards reserve distinct
-    streams, each thread's backward pairs with its own last forward and uses
-    that forward's snapshot of p, mode, seed, stream and axis.
+    Channel (spatial) dropout over (N, C, D, H, W), or unbatched
+    (C, D, H, W): whole channels are dropped, one decision per (n, c), as
+    PyTorch's Dropout3d. With axis=-1 (channels last): (N, D, H, W, C), or
+    unbatched (D, H, W, C).
+
+    Parameters (as in Dropout; each may be set later as an attribute):
+      p: the drop probability of a channel, a real number in [0, 1].
+      mode: "inverted" (scale kept channels by 1/(1-p) in training, the
+        identity in eval) or "classic" (no scale in training, 1-p in eval).
+      seed: an integer in [0, 2**64), or None (default) for one from the
+        default generator (dropnorm.manual_seed makes it repeatable).
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      inplace: write the result into x (a writeable, C-contiguous float
+        array) and return x.
+
+    Unbatched input is a batch of one: its decisions are those of x[None].
+    Eval mode with mode="inverted" returns x itself. Threads and backward as
+    in Dropout: concurrent forwards reserve distinct streams, each thread's
+    backward pairs with its own last forward and uses that forward's
+    snapshot of p, mode, seed, stream and axis.
     """
     _channelwise = True
     _ndims = (5,)
-    _shape_text = "5-d (N, C, D, H, W) input"
+    _shape_text = "5-d (N, C, D, H, W) input or 4-d (C, D, H, W) unbatched input"

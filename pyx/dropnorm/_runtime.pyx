@@ -31,8 +31,9 @@ def build_info():
 
 
 def set_num_threads(int n):
-    """Set the number of OpenMP threads the kernels use, for the calling
-    thread (no effect without OpenMP). Results do not depend on it."""
+    """Set n (an integer >= 1), the number of OpenMP threads the kernels
+    use, for the calling thread (no effect without OpenMP). Results do not
+    depend on it."""
     if n < 1:
         raise ValueError(f"n: expected at least 1 thread, got {n}")
     dn_set_num_threads(n)
