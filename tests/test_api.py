@@ -20,6 +20,7 @@ FUNCTIONS = [name for name in PUBLIC if name not in CLASSES]
 BATCHNORM_ARGS = ["num_features", "eps", "momentum", "affine", "track_running_stats", "axis",
                   "dtype"]
 DROPOUT_ARGS = ["p", "mode", "seed", "axis", "inplace"]
+SYNC_ARGS = BATCHNORM_ARGS[:5] + ["comm"] + BATCHNORM_ARGS[5:]
 
 
 def parameters(obj):
@@ -46,7 +47,7 @@ def public_methods(cls):
 
 def test_the_public_names():
     assert set(CLASSES) == {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Dropout", "Dropout1d",
-                            "Dropout2d", "Dropout3d"}
+                            "Dropout2d", "Dropout3d", "SyncBatchNorm"}
     for name in ("manual_seed", "draw_seed", "dropout", "batch_norm_train"):
         assert name in FUNCTIONS
     assert sorted(dropnorm.__all__) == dropnorm.__all__
@@ -80,9 +81,14 @@ def test_every_method_of_a_layer_has_a_signature_and_a_docstring(name):
         assert not names_each(doc, parameters(fn)), (name, method, sig)
 
 
-@pytest.mark.parametrize("name, args", [(n, BATCHNORM_ARGS) for n in CLASSES if "Batch" in n]
+@pytest.mark.parametrize("name, args",
+                         [(n, SYNC_ARGS if n == "SyncBatchNorm" else BATCHNORM_ARGS)
+                          for n in CLASSES if "Batch" in n]
                          + [(n, DROPOUT_ARGS) for n in CLASSES if "Drop" in n])
 def test_layer_signatures_and_help(name, args):
+    if name == "SyncBatchNorm":
+        # comm=None, the default, is MPI.COMM_WORLD
+        pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py)")
     cls = getattr(dropnorm, name)
     sig = inspect.signature(cls)
     assert list(sig.parameters) == args

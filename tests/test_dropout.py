@@ -615,3 +615,69 @@ def test_every_kernel_variant_gives_the_same_bits():
             assert variant == "portable"
         results[variant] = digest
     assert len(set(results.values())) == 1, results
+
+
+# ---- shards of a batch: offset -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cuts", [[0, 1, 2, 3, 70, 300], [0, 64, 128, 300], [0, 5, 299, 300]])
+def test_shards_at_their_offsets_are_slices_of_the_whole_batch(cuts, dtype):
+    """Elementwise, any split: each shard's output, mask and gradient at its
+    offset is exactly its slice of one call on the whole batch."""
+    x = np.random.default_rng(4).standard_normal((300,)).astype(dtype)
+    y, mask = dropnorm.dropout(x, 0.3, seed=5, stream=2, return_mask=True)
+    keep = np.unpackbits(mask, bitorder="little")[:300]
+    dx = dropnorm.dropout_backward(x, 0.3, seed=5, stream=2)
+    for lo, hi in zip(cuts, cuts[1:]):
+        ys, ms = dropnorm.dropout(x[lo:hi], 0.3, seed=5, stream=2, offset=lo, return_mask=True)
+        assert np.array_equal(ys, y[lo:hi])
+        assert np.array_equal(np.unpackbits(ms, bitorder="little")[:hi - lo], keep[lo:hi])
+        assert np.array_equal(dropnorm.dropout_mask(hi - lo, 0.3, 5, 2, offset=lo), ms)
+        assert np.array_equal(dropnorm.dropout_backward(x[lo:hi], 0.3, seed=5, stream=2,
+                                                        offset=lo), dx[lo:hi])
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_channel_shards_count_offsets_in_channels(axis):
+    x = np.random.default_rng(6).standard_normal((7, 5, 3, 4)).astype(np.float32)
+    if axis == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    whole = dropnorm.dropout(x, 0.5, seed=9, stream=1, channelwise=True, axis=axis)
+    parts = [dropnorm.dropout(x[lo:hi], 0.5, seed=9, stream=1, channelwise=True, axis=axis,
+                              offset=lo * 5) for lo, hi in ((0, 2), (2, 3), (3, 7))]
+    assert np.array_equal(np.concatenate(parts), whole)
+    layer, shard = dropnorm.Dropout2d(0.5, seed=9, axis=axis), dropnorm.Dropout2d(0.5, seed=9,
+                                                                                  axis=axis)
+    layer.stream = shard.stream = 1
+    y = layer(x)
+    ys = shard.forward(x[3:], offset=15)
+    assert np.array_equal(ys, y[3:])
+    dy = np.ones_like(ys)
+    assert np.array_equal(shard.backward(dy), layer.backward(np.ones_like(y))[3:])
+
+
+def test_offset_against_the_oracle_far_out():
+    # offsets past 2**32 and not multiples of 4: the mask rule on the global index
+    offset = 2**40 + 3
+    got = dropnorm.dropout_mask(50, 0.4, 7, 1, offset=offset)
+    words = [oracle.philox4x32_10(((offset + i) // 4 & 0xFFFFFFFF, (offset + i) // 4 >> 32,
+                                   1, 0), (7, 0))[(offset + i) % 4] for i in range(50)]
+    keep = [w >= int(0.4 * 2**32) for w in words]
+    assert np.unpackbits(got, bitorder="little")[:50].tolist() == keep
+
+
+def test_bad_offset():
+    x = np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="offset"):
+        dropnorm.dropout(x, 0.5, seed=1, offset=-1)
+    with pytest.raises(ValueError, match="offset: decisions"):
+        dropnorm.dropout(x, 0.5, seed=1, offset=2**64 - 5)
+    with pytest.raises(TypeError, match="offset"):
+        dropnorm.dropout_mask(10, 0.5, 1, 0, offset=1.5)
+    with pytest.raises(ValueError, match="offset"):
+        dropnorm.dropout_backward(x, 0.5, seed=1, offset=2**64)
+    layer = dropnorm.Dropout(0.5, seed=1)
+    with pytest.raises(ValueError, match="offset"):
+        layer.forward(x, offset=-3)
+    assert layer.stream == 0  # the failed call reserved nothing

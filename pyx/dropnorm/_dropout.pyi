@@ -24,6 +24,7 @@ def dropout_mask(
     p: _Real,
     seed: SupportsIndex | None = None,
     stream: SupportsIndex | None = None,
+    offset: SupportsIndex = 0,
 ) -> _Mask: ...
 @overload
 def dropout(
@@ -37,6 +38,7 @@ def dropout(
     axis: SupportsIndex = 1,
     out: NDArray[_F] | None = None,
     return_mask: Literal[False] = False,
+    offset: SupportsIndex = 0,
 ) -> NDArray[_F]: ...
 @overload
 def dropout(
@@ -50,6 +52,7 @@ def dropout(
     axis: SupportsIndex = 1,
     out: _FloatArray | None = None,
     return_mask: Literal[False] = False,
+    offset: SupportsIndex = 0,
 ) -> _FloatArray: ...
 @overload
 def dropout(
@@ -64,6 +67,7 @@ def dropout(
     out: NDArray[_F] | None = None,
     *,
     return_mask: Literal[True],
+    offset: SupportsIndex = 0,
 ) -> tuple[NDArray[_F], _Mask]: ...
 @overload
 def dropout(
@@ -78,6 +82,7 @@ def dropout(
     out: _FloatArray | None = None,
     *,
     return_mask: Literal[True],
+    offset: SupportsIndex = 0,
 ) -> tuple[_FloatArray, _Mask]: ...
 @overload
 def dropout(
@@ -91,6 +96,7 @@ def dropout(
     axis: SupportsIndex = 1,
     out: _FloatArray | None = None,
     return_mask: _Flag = False,
+    offset: SupportsIndex = 0,
 ) -> _FloatArray | tuple[_FloatArray, _Mask]: ...
 @overload
 def dropout_apply_mask(
@@ -123,6 +129,7 @@ def dropout_backward(
     axis: SupportsIndex = 1,
     mask: ArrayLike | None = None,
     out: NDArray[_F] | None = None,
+    offset: SupportsIndex = 0,
 ) -> NDArray[_F]: ...
 @overload
 def dropout_backward(
@@ -135,4 +142,5 @@ def dropout_backward(
     axis: SupportsIndex = 1,
     mask: ArrayLike | None = None,
     out: _FloatArray | None = None,
+    offset: SupportsIndex = 0,
 ) -> _FloatArray: ...

@@ -200,11 +200,11 @@ cdef struct Geometry:
 # order of the names above.
 
 cdef dn_status _forward_c(const floating *x, const Spans *a, const Geometry *g, double p,
-                          uint64_t seed, uint64_t stream, int mode,
+                          uint64_t seed, uint64_t stream, uint64_t offset, int mode,
                           bint training) noexcept nogil:
-    return dn_dropout_forward(g.n, g.c, g.s, g.layout, g.channelwise, x, p, seed, stream,
-                              <dn_dropout_mode>mode, training, <floating *>a.data[0],
-                              <uint8_t *>a.data[1])
+    return dn_dropout_forward_offset(g.n, g.c, g.s, g.layout, g.channelwise, x, p, seed,
+                                     stream, offset, <dn_dropout_mode>mode, training,
+                                     <floating *>a.data[0], <uint8_t *>a.data[1])
 
 
 cdef dn_status _apply_mask_c(const floating *x, const Spans *a, const Geometry *g, double p,
@@ -215,10 +215,21 @@ cdef dn_status _apply_mask_c(const floating *x, const Spans *a, const Geometry *
 
 
 cdef dn_status _backward_c(const floating *dy, const Spans *a, const Geometry *g, double p,
-                           uint64_t seed, uint64_t stream, int mode) noexcept nogil:
-    return dn_dropout_backward(g.n, g.c, g.s, g.layout, g.channelwise, dy, p, seed, stream,
-                               <dn_dropout_mode>mode, <const uint8_t *>a.data[2],
-                               <floating *>a.data[0])
+                           uint64_t seed, uint64_t stream, uint64_t offset,
+                           int mode) noexcept nogil:
+    return dn_dropout_backward_offset(g.n, g.c, g.s, g.layout, g.channelwise, dy, p, seed,
+                                      stream, offset, <dn_dropout_mode>mode,
+                                      <const uint8_t *>a.data[2], <floating *>a.data[0])
+
+
+cdef uint64_t _offset(value, int64_t bits) except? 0:
+    """The checked offset of a call with `bits` decisions: an integer in
+    [0, 2**64) whose decisions offset .. offset + bits - 1 all exist."""
+    cdef uint64_t offset = as_uint("offset", value, 64)
+    if bits > 0 and offset > <uint64_t>0xFFFFFFFFFFFFFFFF - <uint64_t>(bits - 1):
+        raise ValueError(f"offset: decisions {offset} .. {offset} + {bits - 1} run past the "
+                         f"last one, 2**64 - 1")
+    return offset
 
 
 cdef int64_t _geometry(Geometry *g, name, x, bint channelwise, axis) except -1:
@@ -262,7 +273,7 @@ def philox4x32_10(ctr, key):
     return (o[0], o[1], o[2], o[3])
 
 
-def dropout_mask(n, p, seed=None, stream=None):
+def dropout_mask(n, p, seed=None, stream=None, offset=0):
     """The packed keep mask of n dropout decisions for (p, seed, stream).
 
     Bit i (byte i//8, bit i%8, LSB first) is 1 if decision i is kept.
@@ -276,12 +287,17 @@ def dropout_mask(n, p, seed=None, stream=None):
     draws a fresh (seed, stream) from the default generator (see
     ``manual_seed``), so every call gives a new mask; with either one given,
     the other one is 0.
+
+    offset: bit i is decision offset + i of the whole mask (an integer >= 0,
+    any value), so a shard of a batch that starts at decision ``offset``
+    gets exactly its slice of the whole batch's mask.
     """
-    cdef uint64_t cseed, cstream
+    cdef uint64_t cseed, cstream, coffset
     n = as_count("n", n)
     p = as_probability("p", p)
     cseed = _seed_or_zero("seed", seed)
     cstream = _seed_or_zero("stream", stream)
+    coffset = _offset(offset, n)
     if n and seed is None and stream is None:
         _gen_draw(&cseed, &cstream)
     mask = np.empty((n + 7) // 8, np.uint8)
@@ -291,7 +307,7 @@ def dropout_mask(n, p, seed=None, stream=None):
     cdef double cp = p
     if n:
         with nogil:
-            st = dn_dropout_mask(cn, cp, cseed, cstream, m)
+            st = dn_dropout_mask_offset(cn, cp, cseed, cstream, coffset, m)
         if st != DN_OK:
             raise_status(st, "dropout_mask")
     return mask
@@ -307,7 +323,7 @@ cdef tuple _dropout_operands(name, x, p, seed, stream, mode, channelwise):
 
 
 def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
-            channelwise=False, axis=1, out=None, return_mask=False):
+            channelwise=False, axis=1, out=None, return_mask=False, offset=0):
     """Dropout forward (Hinton et al. 2012; Srivastava et al. 2014).
 
     x: float32 or float64 array, any shape with ndim >= 1. Element i of the
@@ -356,12 +372,19 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
       bytes, bits = x.size, or N*C with channelwise); in inference it is all
       ones. It is what dropout_backward and dropout_apply_mask take.
 
+    offset: x is a shard of a larger batch whose decisions start at this
+      index (an integer >= 0; elements, or (n, c) pairs with channelwise):
+      element i uses decision offset + i, so the shards of a batch, each
+      given its offset, get exactly their slices of the whole batch's output
+      and mask (data-parallel training). The mask returned is the shard's
+      own. Any offset works, not only multiples of 4.
+
     Returns y, or (y, mask) with return_mask=True.
     """
     cdef Geometry g
     cdef int64_t bits
     cdef double p_c
-    cdef uint64_t seed_c, stream_c
+    cdef uint64_t seed_c, stream_c, offset_c
     cdef int mode_c
     cdef bint training_c, f64
     cdef dn_status st
@@ -371,6 +394,7 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
     training_c = as_flag("training", training)
     return_mask = as_flag("return_mask", return_mask)
     bits = _geometry(&g, "x", x, channelwise, axis)
+    offset_c = _offset(offset, bits)
     y = output_like("out", out, x)
     mask = np.empty((bits + 7) // 8, np.uint8) if return_mask else None
     if cnp.PyArray_SIZE(<cnp.ndarray>x):
@@ -382,10 +406,10 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
         with nogil:
             if f64:
                 st = _forward_c(<const double *>a.data[2], &a, &g, p_c, seed_c,
-                                stream_c, mode_c, training_c)
+                                stream_c, offset_c, mode_c, training_c)
             else:
                 st = _forward_c(<const float *>a.data[2], &a, &g, p_c, seed_c,
-                                stream_c, mode_c, training_c)
+                                stream_c, offset_c, mode_c, training_c)
         if st != DN_OK:
             raise_status(st, "dropout")
     return (y, mask) if return_mask else y
@@ -430,7 +454,7 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
 
 
 def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise=False,
-                     axis=1, mask=None, out=None):
+                     axis=1, mask=None, out=None, offset=0):
     """Gradient of the training dropout forward: dx = dy*keep*scale.
 
     scale = 1/(1-p) rounded to dy's dtype ("inverted") or 1 ("classic").
@@ -445,11 +469,13 @@ def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise
 
     dy: float32 or float64, the shape of the forward's x. out: where dx
     goes; it may be dy itself but must not share memory with the mask.
+    offset: the forward's (a shard's first decision in the whole batch);
+    a stored mask is the shard's own.
     """
     cdef Geometry g
     cdef int64_t bits
     cdef double p_c
-    cdef uint64_t seed_c, stream_c
+    cdef uint64_t seed_c, stream_c, offset_c
     cdef int mode_c
     cdef bint f64
     cdef dn_status st
@@ -457,6 +483,7 @@ def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise
     dy, p_c, seed_c, stream_c, mode_c, channelwise = _dropout_operands(
         "dy", dy, p, seed, stream, mode, channelwise)
     bits = _geometry(&g, "dy", dy, channelwise, axis)
+    offset_c = _offset(offset, bits)
     if mask is not None:
         mask = as_mask("mask", mask, bits)
     dx = output_like("out", out, dy)
@@ -472,10 +499,10 @@ def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise
         with nogil:
             if f64:
                 st = _backward_c(<const double *>a.data[1], &a, &g, p_c, seed_c,
-                                 stream_c, mode_c)
+                                 stream_c, offset_c, mode_c)
             else:
                 st = _backward_c(<const float *>a.data[1], &a, &g, p_c, seed_c,
-                                 stream_c, mode_c)
+                                 stream_c, offset_c, mode_c)
         if st != DN_OK:
             raise_status(st, "dropout_backward")
     return dx

