@@ -213,21 +213,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         st = op % 2 ? dn_batchnorm_partial_stats_f64(n, c, s, layout, SARG(0, in1), SARG(1, sums))
                     : dn_batchnorm_partial_stats_f32(n, c, s, layout, SARG(0, in1), SARG(1, sums));
         break;
-    case 22: case 23: {
-        const double *pd = (const double *)SARG(2, parts);
-        st = op % 2
-                 ? dn_batchnorm_forward_apply_f64(n, c, s, layout, SARG(0, in1), pd,
-                                                  pd ? pd + c : NULL, SARG(3, parts) ? pd + 2 * c
-                                                                                    : NULL,
-                                                  SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
-                                                  SARG(7, o2), SARG(1, out), SARG(8, o3),
-                                                  SARG(9, o4))
-                 : dn_batchnorm_forward_apply_f32(n, c, s, layout, SARG(0, in1), pd,
-                                                  pd ? pd + c : NULL, SARG(3, parts) ? pd + 2 * c
-                                                                                    : NULL,
-                                                  SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
-                                                  SARG(7, o2), SARG(1, out), SARG(8, o3),
-                                                  SARG(9, o4));
+    case 22: case 23: { /* the statistics: mean, var, var_unbiased (c doubles each) */
+        const double *base = (const double *)parts.bytes;
+        const double *mean = SARG(2, parts) ? base : NULL;
+        const double *var = SARG(10, parts) ? base + c : NULL;
+        const double *vu = SARG(3, parts) ? base + 2 * c : NULL;
+        st = op % 2 ? dn_batchnorm_forward_apply_f64(n, c, s, layout, SARG(0, in1), mean, var, vu,
+                                                     SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
+                                                     SARG(7, o2), SARG(1, out), SARG(8, o3),
+                                                     SARG(9, o4))
+                    : dn_batchnorm_forward_apply_f32(n, c, s, layout, SARG(0, in1), mean, var, vu,
+                                                     SARG(4, v1), SARG(5, v2), a, b, SARG(6, o1),
+                                                     SARG(7, o2), SARG(1, out), SARG(8, o3),
+                                                     SARG(9, o4));
         break;
     }
     case 24: case 25:
@@ -247,9 +245,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                                       SARG(1, out), SARG(8, o1), SARG(9, o2));
         break;
     case 28: { /* up to 4 shards of partials; outputs mean, var, var_unbiased */
-        double *sd = (double *)SARG(1, sums);
-        st = dn_batchnorm_merge_stats(small ? shards : n, c, SARG(0, parts), sd,
-                                      sd ? sd + c : NULL, SARG(2, sums) ? sd + 2 * c : NULL);
+        double *base = (double *)sums.bytes;
+        st = dn_batchnorm_merge_stats(small ? shards : n, c, SARG(0, parts),
+                                      SARG(1, sums) ? base : NULL,
+                                      SARG(10, sums) ? base + c : NULL,
+                                      SARG(2, sums) ? base + 2 * c : NULL);
         break;
     }
     case 29: case 30:
