@@ -3,7 +3,8 @@
 A C99 core (OpenMP-parallel, bitwise identical for every thread count) with
 Cython wrappers that hand NumPy arrays straight to C. Tensors are
 (N, C, *spatial) with axis=1 or (N, *spatial, C) with axis=-1, float32 or
-float64.
+float64, or float16 and bfloat16 (ml_dtypes), computed in float32 with
+float32 parameters and statistics.
 """
 
 from dropnorm._batchnorm import (
