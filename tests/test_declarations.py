@@ -97,6 +97,14 @@ ALTERATIONS = {
     "an enum member added": _sub(r"(DN_LAYOUT_NSC = 1)", r"DN_LAYOUT_NSC2 = 2, \1"),
     "an f64 variant alone": _sub(r"(dn_dropout_apply_mask_f64\([^;]*?)double p\b",
                                  r"\1float p"),
+    "an f16 tensor made float": _sub(r"(dn_batchnorm_forward_infer_f16\([^;]*?)const uint16_t \*x",
+                                     r"\1const float *x"),
+    "a bf16 parameter alone": _sub(r"(dn_dropout_forward_bf16\([^;]*?)double p\b", r"\1float p"),
+    "a half per-channel array stored as uint16_t": _sub(
+        r"(dn_batchnorm_backward_f16\([^;]*?)const float \*DN_RESTRICT gamma",
+        r"\1const uint16_t *DN_RESTRICT gamma"),
+    "a half variant removed": _sub(r"DN_API dn_status dn_dropout_backward_offset_bf16\([^;]*\);",
+                                   ""),
 }
 
 
@@ -160,6 +168,13 @@ def test_header_read_whole():
     for f in functions:
         if f.name.endswith("_f32"):
             assert f"cdef inline dn_status {f.name[:-4]}(" in lib
+    # every _f16 has its _bf16 twin and their bf16-selecting function
+    halves = [f.name for f in functions if f.name.endswith("_f16")]
+    assert len(halves) == len([f for f in functions if f.name.endswith("_f32")])
+    for name in halves:
+        assert name[:-4] + "_bf16" in [f.name for f in functions]
+        assert f"cdef inline dn_status {name[:-4]}_half(\n        bint bf16," in lib
+        assert f"cdef inline int {name[3:-4]}_half(\n        bint bf16," in pxd
 
 
 def _capsule_signature(capsule):

@@ -36,7 +36,7 @@ def _run(cap):
 def test_variant_names_per_family_and_chosen_once():
     best = _run(None)[0]["kernel_variant"]
     assert best in ("portable", "avx2", "avx512")
-    for cap in ("portable", "avx2", None):
+    for cap in ("portable", "avx2", "avx512", None):
         first, later = _run(cap)
         assert first == later, (cap, first, later)
         level = first["kernel_variant"]
@@ -46,14 +46,20 @@ def test_variant_names_per_family_and_chosen_once():
         if cap == "avx2":
             assert level in ("portable", "avx2")
         if level == "portable":
-            assert families == {"batchnorm": "portable", "dropout": "portable"}
+            assert families == {"batchnorm": "portable", "dropout": "portable",
+                                "half": "portable"}
         elif level == "avx2":
-            assert families == {"batchnorm": "avx2", "dropout": "avx2"}
-        else:  # the batch-norm loops run their AVX2 build under AVX-512
-            assert families == {"batchnorm": "avx2", "dropout": "avx512"}
+            assert families == {"batchnorm": "avx2", "dropout": "avx2", "half": "avx2"}
+        else:  # the batch-norm loops run their AVX2 build under AVX-512; the half
+            # types' conversions are AVX2's (F16C) unless AVX512-BF16 rounds bfloat16
+            assert families in ({"batchnorm": "avx2", "dropout": "avx512", "half": "avx2"},
+                                {"batchnorm": "avx2", "dropout": "avx512",
+                                 "half": "avx512bf16"})
+            if cap == "avx512":  # the cap keeps AVX512-BF16 out
+                assert families["half"] == "avx2"
 
 
 def test_build_info_in_this_process():
     info = dropnorm.build_info()
-    assert set(info["kernel_variants"]) == {"batchnorm", "dropout"}
+    assert set(info["kernel_variants"]) == {"batchnorm", "dropout", "half"}
     assert info["kernel_variants"]["dropout"] == info["kernel_variant"]

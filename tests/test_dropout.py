@@ -555,7 +555,7 @@ def test_error_bad_x():
     with pytest.raises(ValueError, match="^dy"):
         dropnorm.dropout_backward(np.ones(5), 0.5, channelwise=True)
     with pytest.raises(TypeError, match="^dy"):
-        dropnorm.dropout_backward(np.ones(5, np.float16), 0.5)
+        dropnorm.dropout_backward(np.ones(5, np.int16), 0.5)
     with pytest.raises(ValueError, match="^x"):
         dropnorm.dropout_apply_mask(np.ones(5), np.zeros(1, np.uint8), 0.5, channelwise=True)
 

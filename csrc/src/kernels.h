@@ -11,8 +11,8 @@
 
 /* Per-channel terms of the batch-norm elementwise passes: p->wide values
  * each (in channels last, the c values repeated over a wide row), of the
- * element type (void pointers, so that one table type serves float and
- * double). */
+ * compute type (void pointers, so that one table type serves float and
+ * double; the half types, stored as uint16_t, compute in float). */
 
 /* Training forward: y = ((x - mean_hi) - mean_lo)*scale + shift. The mean
  * is carried as two values so that x - mean keeps full precision when
@@ -87,7 +87,9 @@ typedef struct dn_grad_finish {
 } dn_grad_finish;
 
 /* The batch-norm kernels of one element type: tensor pointers point to
- * that type; the group layout is dn_group_range's (common.h). */
+ * its storage type (float, double, or uint16_t for f16 and bf16), the
+ * per-channel arrays and the terms to its compute type (float for f16 and
+ * bf16); the group layout is dn_group_range's (common.h). */
 typedef struct dn_bn_kernels {
     /* Reduction task t (dn_reduce_task: group g, channels [c0, c1)): the
      * per-channel count-weighted mean and sum of squared deviations of
@@ -121,24 +123,52 @@ typedef struct dn_bn_kernels {
 } dn_bn_kernels;
 
 extern const dn_bn_kernels dn_bn_kernels_f32_portable, dn_bn_kernels_f64_portable;
+extern const dn_bn_kernels dn_bn_kernels_f16_portable, dn_bn_kernels_bf16_portable;
 #if defined(DN_HAVE_AVX2)
 extern const dn_bn_kernels dn_bn_kernels_f32_avx2, dn_bn_kernels_f64_avx2;
+extern const dn_bn_kernels dn_bn_kernels_f16_avx2, dn_bn_kernels_bf16_avx2;
+#endif
+#if defined(DN_HAVE_AVX512BF16)
+extern const dn_bn_kernels dn_bn_kernels_bf16_avx512bf16;
+#endif
+
+/* The half types' conversions of arrays, as the kernels of one variant
+ * convert (half.h, compiled with the variant's flags): tests compare the
+ * variants, and the portable conversions, exhaustively. */
+typedef struct dn_half_convert {
+    void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);
+    void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    void (*f32_to_bf16)(const float *src, uint16_t *dst, int64_t n);
+} dn_half_convert;
+
+extern const dn_half_convert dn_half_convert_portable;
+#if defined(DN_HAVE_AVX2)
+extern const dn_half_convert dn_half_convert_avx2;
+#endif
+#if defined(DN_HAVE_AVX512BF16)
+extern const dn_half_convert dn_half_convert_avx512bf16;
 #endif
 
 /* Everything that depends on the instruction set, chosen together. */
 typedef struct dn_kernel_table {
-    const dn_bn_kernels *bn_f32, *bn_f64;
+    const dn_bn_kernels *bn_f32, *bn_f64, *bn_f16, *bn_bf16;
     dn_keep_window_fn keep_window;
     /* NULL in the portable variant, which applies keep[] with plain loops */
     dn_drop_windows_fn_f32 drop_windows_f32;
     dn_drop_windows_fn_f64 drop_windows_f64;
+    dn_drop_windows_fn_f16 drop_windows_f16;
+    dn_drop_windows_fn_bf16 drop_windows_bf16;
+    const dn_half_convert *half_convert; /* what the half kernels convert with */
     const char *level;             /* the level chosen: "avx512", "avx2", "portable" */
     const char *batchnorm_variant; /* the build each family runs at that level */
     const char *dropout_variant;
+    const char *half_variant;      /* the conversions: "avx512bf16", "avx2" (F16C), "portable" */
 } dn_kernel_table;
 
 /* The table for this CPU, capped by the environment variable DROPNORM_SIMD
- * ("portable", "avx2"), both read on the first call only. Thread-safe. */
+ * ("portable", "avx2", "avx512"), both read on the first call only.
+ * Thread-safe. */
 const dn_kernel_table *dn_kernels(void);
 
 #endif

@@ -3,14 +3,18 @@
 A C99 core (OpenMP-parallel, bitwise identical for every thread count) with
 Cython wrappers that hand NumPy arrays straight to C. Tensors are
 (N, C, *spatial) with axis=1 or (N, *spatial, C) with axis=-1, float32 or
-float64.
+float64, or float16 and bfloat16 (ml_dtypes), computed in float32 with
+float32 parameters and statistics.
 
 Functions: batch_norm_train, batch_norm_backward, batch_norm_infer,
-batch_norm_infer_backward; dropout, dropout_backward, dropout_mask,
-dropout_apply_mask, philox4x32_10; manual_seed and draw_seed (the default
-generator of dropout calls without a seed). Layers with PyTorch's behaviour:
-BatchNorm1d/2d/3d, Dropout, Dropout1d/2d/3d. The package is typed (.pyi stubs
-and py.typed): mypy and editors see NumPy array types.
+batch_norm_infer_backward; the same over shards of a batch
+(batch_norm_partial_stats, batch_norm_merge_stats, batch_norm_forward_apply,
+batch_norm_backward_reduce, batch_norm_backward_apply); dropout,
+dropout_backward, dropout_mask, dropout_apply_mask, philox4x32_10;
+manual_seed and draw_seed (the default generator of dropout calls without a
+seed). Layers with PyTorch's behaviour: BatchNorm1d/2d/3d, SyncBatchNorm (over
+MPI), Dropout, Dropout1d/2d/3d. The package is typed (.pyi stubs and
+py.typed): mypy and editors see NumPy array types.
 """
 
 from dropnorm._batchnorm import (

@@ -5,6 +5,7 @@
 # nanoseconds. Python code imports the same functions.
 
 cpdef as_tensor(name, value)
+cpdef param_dtype(x)
 cpdef tensor_extents(x, axis)
 cpdef as_vector(name, value, c, dtype, optional=*)
 cpdef writable_vector(name, value, c, dtype)

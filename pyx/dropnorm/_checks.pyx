@@ -29,6 +29,15 @@ num_features) take anything with ``__index__`` except bool. Flags
 functions check the functional API and the layer classes, so both accept
 and reject the same values with the same messages.
 
+Policy for element types: tensors are float32 or float64, or a half type,
+float16 (IEEE binary16) or bfloat16 (ml_dtypes.bfloat16, the NumPy dtype
+of JAX and TensorFlow; dropnorm never imports ml_dtypes to read an array:
+one of its arrays exists only once ml_dtypes is imported). A half type
+computes in float32: its per-channel arrays (weight, bias, running and saved
+statistics, their gradients) are float32 (``param_dtype``). A bfloat16 that
+is not ml_dtypes' (another package's dtype of that name), or bfloat16 bits
+in a uint16 array, is refused with a message that says what to pass.
+
 Speed: the kernel of a small tensor takes a microsecond or two, so the
 checks of a call must cost far less. This module is compiled, the wrappers
 call its checks as C functions (cpdef, declared in _checks.pxd), and each
@@ -42,6 +51,7 @@ full check after it would; anything else takes the full check.
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -55,6 +65,76 @@ cnp.import_array()
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 cdef object _FLOAT32 = FLOAT_DTYPES[0]
 cdef object _FLOAT64 = FLOAT_DTYPES[1]
+# the half types: stored in 2 bytes, computed in float32
+cdef object _FLOAT16 = np.dtype(np.float16)
+cdef object _BFLOAT16 = None  # ml_dtypes.bfloat16's dtype, once ml_dtypes is imported
+
+
+cdef object _bfloat16():
+    """ml_dtypes.bfloat16's dtype when ml_dtypes has been imported (by anyone:
+    before that no array of it exists), else None."""
+    global _BFLOAT16
+    if _BFLOAT16 is None:
+        module = sys.modules.get("ml_dtypes")
+        bf16 = getattr(module, "bfloat16", None) if module is not None else None
+        if bf16 is not None:
+            _BFLOAT16 = np.dtype(bf16)
+    return _BFLOAT16
+
+
+def bfloat16_dtype(required=False):
+    """ml_dtypes.bfloat16 as a NumPy dtype, importing ml_dtypes if needed;
+    None when it is not installed (ImportError naming the package with
+    required=True)."""
+    if _bfloat16() is None:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            pass
+    if _bfloat16() is None and required:
+        raise ImportError("bfloat16 needs the package ml_dtypes (the NumPy dtype of JAX and "
+                          "TensorFlow): pip install ml_dtypes, or pip install dropnorm[half]")
+    return _bfloat16()
+
+
+cdef inline bint _is_half_dtype(dt):
+    """Whether dt is float16 or ml_dtypes.bfloat16 (native byte order)."""
+    if dt is _FLOAT16 or dt == _FLOAT16:
+        return True
+    bf16 = _bfloat16()
+    return bf16 is not None and (dt is bf16 or dt == bf16)
+
+
+def is_half(dtype):
+    """Whether dtype is one of the half types (float16, ml_dtypes.bfloat16)."""
+    return _is_half_dtype(dtype)
+
+
+cpdef param_dtype(x):
+    """The dtype of the per-channel arrays (weight, bias, statistics,
+    gradients) of a call on the tensor x: x's own, float32 for a half type."""
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE:
+        return (<cnp.ndarray>x).descr
+    return _FLOAT32
+
+
+def _dtype_error(name, dt):
+    """The TypeError for a tensor of dtype dt, which dropnorm does not take."""
+    want = "a float32 or float64 array, or float16 or bfloat16 (half precision)"
+    module = getattr(dt.type, "__module__", "") or ""
+    if dt.name == "bfloat16" or "bfloat16" in str(dt):
+        source = module.split(".")[0] or "an unknown package"
+        if bfloat16_dtype() is None:
+            return TypeError(f"{name}: a bfloat16 array (dtype from {source}) needs the package "
+                             "ml_dtypes, whose bfloat16 dropnorm reads: pip install ml_dtypes "
+                             "(or dropnorm[half])")
+        return TypeError(f"{name}: dtype bfloat16 from {source} is not ml_dtypes.bfloat16, the "
+                         "bfloat16 dropnorm reads; pass x.view(ml_dtypes.bfloat16) (the same bits)")
+    if dt == np.uint16:
+        return TypeError(f"{name}: expected {want}, got dtype uint16 (bfloat16 or float16 bits "
+                         "held in uint16: pass x.view(ml_dtypes.bfloat16) or x.view(np.float16))")
+    return TypeError(f"{name}: expected {want}, got dtype {dt}")
 
 # NumPy flags of arrays that go to C as they are: C-contiguous and aligned;
 # writeable too for those written in place
@@ -72,8 +152,10 @@ cdef inline bint _has(value, dtype, int flags):
 
 
 cdef inline bint _is_float(value, int flags):
-    """_has(value, float32 or float64, flags)."""
-    return _has(value, _FLOAT32, flags) or _has(value, _FLOAT64, flags)
+    """_has(value, float32, float64, float16 or bfloat16, flags)."""
+    return (_has(value, _FLOAT32, flags) or _has(value, _FLOAT64, flags)
+            or _has(value, _FLOAT16, flags)
+            or (_BFLOAT16 is not None and _has(value, _BFLOAT16, flags)))
 
 
 cdef inline bint _like(cnp.ndarray a, cnp.ndarray x):
@@ -158,20 +240,20 @@ def _c_aligned(arr):
 
 
 def as_float_array(name, value):
-    """A read-only input as a float32/float64 array of native byte order
-    (not yet made contiguous or aligned)."""
+    """A read-only input as a float32/float64 (or float16/bfloat16) array of
+    native byte order (not yet made contiguous or aligned)."""
     arr = value if type(value) is np.ndarray else _read(name, value)
     if arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64:
         return arr
     arr = _native(arr)
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if arr.dtype not in FLOAT_DTYPES and not _is_half_dtype(arr.dtype):
+        raise _dtype_error(name, arr.dtype)
     return arr
 
 
 cpdef as_tensor(name, value):
-    """The input tensor as a C-contiguous, aligned float32/float64 array,
-    ndim >= 2."""
+    """The input tensor as a C-contiguous, aligned float32/float64 (or
+    float16/bfloat16) array, ndim >= 2."""
     if (_is_float(value, _READ_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>value) >= 2
             and cnp.PyArray_SIZE(<cnp.ndarray>value) > 0):
         return value
@@ -225,13 +307,18 @@ def as_layer_axis(axis):
     return axis
 
 
-def check_dtype(name, arr, dtype):
-    """TypeError unless arr has exactly ``dtype`` (native byte order included)."""
+def check_dtype(name, arr, dtype, per_channel=False):
+    """TypeError unless arr has exactly ``dtype`` (native byte order included);
+    per_channel: arr is a per-channel array, whose dtype is the input's or,
+    for a half type's input, float32."""
     if arr.dtype is not dtype and arr.dtype != dtype:
         if arr.dtype.newbyteorder("=") == dtype:
             raise TypeError(f"{name}: dtype {arr.dtype.str} is not in the machine's byte order; "
                             f"dropnorm writes this array in place, so it must be {dtype} of "
                             f"native byte order ({dtype.str})")
+        if per_channel and dtype is _FLOAT32:
+            raise TypeError(f"{name}: dtype {arr.dtype} does not match float32, the dtype of the "
+                            "per-channel arrays of a float32, float16 or bfloat16 input")
         raise TypeError(f"{name}: dtype {arr.dtype} does not match the input's dtype {dtype}")
 
 
@@ -246,7 +333,7 @@ cpdef as_vector(name, value, c, dtype, optional=True):
     arr = value if type(value) is np.ndarray else _read(name, value)
     if arr.dtype is not dtype:
         arr = _native(arr)
-        check_dtype(name, arr, dtype)
+        check_dtype(name, arr, dtype, True)
     if arr.shape != (c,):
         raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {arr.shape}")
     return _c_aligned(arr)
@@ -259,7 +346,7 @@ cpdef writable_vector(name, value, c, dtype):
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array (it is updated in place), "
                         f"got {type(value).__name__}")
-    check_dtype(name, value, dtype)
+    check_dtype(name, value, dtype, True)
     if value.shape != (c,):
         raise ValueError(f"{name}: expected shape ({c},), one value per channel, got {value.shape}")
     check_writable(name, value)
@@ -413,17 +500,22 @@ def as_positive_int(name, value):
 
 
 def as_float_dtype(name, dtype):
-    """A layer's dtype: float32 or float64 (either byte order given, native
-    returned), as a numpy dtype."""
+    """A layer's dtype: float32 or float64, or float16 or bfloat16 (half
+    precision: ml_dtypes.bfloat16, or the name "bfloat16" with ml_dtypes
+    installed); either byte order given, native returned; as a numpy dtype."""
+    want = "float32, float64, float16 or bfloat16"
     if dtype is None:
-        raise TypeError(f"{name}: expected float32 or float64, got None")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from None
+        raise TypeError(f"{name}: expected {want}, got None")
+    if isinstance(dtype, str) and dtype.strip().lower() == "bfloat16":
+        dt = bfloat16_dtype(required=True)
+    else:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{name}: expected {want}, got {dtype!r}") from None
     dt = dt.newbyteorder("=") if not dt.isnative else dt
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    if dt not in FLOAT_DTYPES and not _is_half_dtype(dt):
+        raise TypeError(f"{name}: expected {want}, got {dt}")
     return dt
 
 
@@ -472,7 +564,7 @@ DROPOUT_MODES = {"inverted": 0, "classic": 1}
 
 
 cpdef as_array(name, value, min_ndim=1):
-    """A C-contiguous, aligned float32/float64 array with at least
+    """A C-contiguous, aligned float32/float64/float16/bfloat16 array with at least
     ``min_ndim`` dimensions; empty arrays are allowed (the caller handles
     them)."""
     if _is_float(value, _READ_FLAGS) and cnp.PyArray_NDIM(<cnp.ndarray>value) >= min_ndim:
@@ -487,26 +579,29 @@ cpdef as_array(name, value, min_ndim=1):
 def as_float_input(name, value, min_ndim=1):
     """An input that an identity may return as it is (a Dropout layer in
     eval mode): a float32/float64 ndarray of native byte order is returned
-    itself, whatever its strides; anything else is converted (or rejected)
-    as as_array does."""
-    if isinstance(value, np.ndarray) and value.dtype in FLOAT_DTYPES and value.ndim >= min_ndim:
+    itself, whatever its strides (float16 and bfloat16 too); anything else is
+    converted (or rejected) as as_array does."""
+    if (isinstance(value, np.ndarray) and value.ndim >= min_ndim
+            and (value.dtype in FLOAT_DTYPES or is_half(value.dtype))):
         return value
     return as_array(name, value, min_ndim)
 
 
 cpdef as_inplace_array(name, value):
     """An input the caller asked to be overwritten (a layer's inplace=True):
-    a float32/float64 numpy array of native byte order, C-contiguous, aligned
-    and writeable, returned as it is; TypeError or ValueError naming it (and
-    inplace) otherwise, since a copy would leave the caller's array as it was."""
+    a float32/float64/float16/bfloat16 numpy array of native byte order,
+    C-contiguous, aligned and writeable, returned as it is; TypeError or
+    ValueError naming it (and inplace) otherwise, since a copy would leave
+    the caller's array as it was."""
     if _is_float(value, _WRITE_FLAGS):
         return value
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: inplace=True writes the result into {name}, so it must be "
                         f"a numpy array, got {type(value).__name__}")
-    if value.dtype not in FLOAT_DTYPES or not value.dtype.isnative:
+    if not (value.dtype in FLOAT_DTYPES or is_half(value.dtype)) or not value.dtype.isnative:
         raise TypeError(f"{name}: inplace=True writes the result into {name}, so it must be "
-                        f"float32 or float64 of native byte order, got dtype {value.dtype.str}")
+                        f"float32, float64, float16 or bfloat16 of native byte order, got "
+                        f"dtype {value.dtype.str}")
     check_writable(name, value)
     return value
 

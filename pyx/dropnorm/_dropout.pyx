@@ -36,7 +36,7 @@ from cpython.pythread cimport (
     PyThread_release_lock,
     PyThread_type_lock,
 )
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cimport numpy as cnp
 
@@ -232,6 +232,39 @@ cdef uint64_t _offset(value, int64_t bits) except? 0:
     return offset
 
 
+# The half types (uint16_t storage): bf16 picks _bf16 or _f16.
+
+cdef dn_status _forward_h(bint bf16, const Spans *a, const Geometry *g, double p,
+                          uint64_t seed, uint64_t stream, uint64_t offset, int mode,
+                          bint training) noexcept nogil:
+    return dn_dropout_forward_offset_half(bf16, g.n, g.c, g.s, g.layout, g.channelwise,
+                                          <const uint16_t *>a.data[2], p, seed, stream, offset,
+                                          <dn_dropout_mode>mode, training,
+                                          <uint16_t *>a.data[0], <uint8_t *>a.data[1])
+
+
+cdef dn_status _apply_mask_h(bint bf16, const Spans *a, const Geometry *g, double p,
+                             int mode) noexcept nogil:
+    return dn_dropout_apply_mask_half(bf16, g.n, g.c, g.s, g.layout, g.channelwise,
+                                      <const uint16_t *>a.data[1], <const uint8_t *>a.data[2], p,
+                                      <dn_dropout_mode>mode, <uint16_t *>a.data[0])
+
+
+cdef dn_status _backward_h(bint bf16, const Spans *a, const Geometry *g, double p,
+                           uint64_t seed, uint64_t stream, uint64_t offset,
+                           int mode) noexcept nogil:
+    return dn_dropout_backward_offset_half(bf16, g.n, g.c, g.s, g.layout, g.channelwise,
+                                           <const uint16_t *>a.data[1], p, seed, stream, offset,
+                                           <dn_dropout_mode>mode, <const uint8_t *>a.data[2],
+                                           <uint16_t *>a.data[0])
+
+
+cdef inline bint _is_bf16(int typ) noexcept nogil:
+    """For the type number of a checked array of a half type: bfloat16 (a
+    type number NumPy gives ml_dtypes at run time), or float16."""
+    return typ != cnp.NPY_FLOAT16
+
+
 cdef int64_t _geometry(Geometry *g, name, x, bint channelwise, axis) except -1:
     """g: the geometry of a dropout call on the ndarray x; returns the number
     of decisions (x.size, or N*C with channelwise).
@@ -326,7 +359,10 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
             channelwise=False, axis=1, out=None, return_mask=False, offset=0):
     """Dropout forward (Hinton et al. 2012; Srivastava et al. 2014).
 
-    x: float32 or float64 array, any shape with ndim >= 1. Element i of the
+    x: float32 or float64 array, any shape with ndim >= 1, or a half type,
+    float16 or bfloat16 (ml_dtypes.bfloat16), whose kept values are
+    x*(1/(1-p)) computed in float32 and rounded once to x's dtype (the mask
+    is the float32 one). Element i of the
     flat C order is dropped by decision i of (p, seed, stream) (see the
     module docstring), so a call is reproducible bit for bit, for any thread
     count.
@@ -385,8 +421,8 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
     cdef int64_t bits
     cdef double p_c
     cdef uint64_t seed_c, stream_c, offset_c
-    cdef int mode_c
-    cdef bint training_c, f64
+    cdef int mode_c, typ
+    cdef bint training_c
     cdef dn_status st
     cdef Spans a
     x, p_c, seed_c, stream_c, mode_c, channelwise = _dropout_operands(
@@ -402,14 +438,17 @@ def dropout(x, p=0.5, seed=None, stream=None, mode="inverted", training=True,
         if training_c and seed is None and stream is None:
             # after every check: a call that raises (or has no element) draws nothing
             _gen_draw(&seed_c, &stream_c)
-        f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+        typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
         with nogil:
-            if f64:
+            if typ == cnp.NPY_DOUBLE:
                 st = _forward_c(<const double *>a.data[2], &a, &g, p_c, seed_c,
                                 stream_c, offset_c, mode_c, training_c)
-            else:
+            elif typ == cnp.NPY_FLOAT:
                 st = _forward_c(<const float *>a.data[2], &a, &g, p_c, seed_c,
                                 stream_c, offset_c, mode_c, training_c)
+            else:
+                st = _forward_h(_is_bf16(typ), &a, &g, p_c, seed_c, stream_c, offset_c,
+                                mode_c, training_c)
         if st != DN_OK:
             raise_status(st, "dropout")
     return (y, mask) if return_mask else y
@@ -429,8 +468,7 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     cdef Geometry g
     cdef int64_t bits
     cdef double p_c
-    cdef int mode_c
-    cdef bint f64
+    cdef int mode_c, typ
     cdef dn_status st
     cdef Spans a
     x = as_array("x", x, 1)
@@ -442,12 +480,14 @@ def dropout_apply_mask(x, mask, p, mode="inverted", channelwise=False, axis=1, o
     y = output_like("out", out, x)
     if cnp.PyArray_SIZE(<cnp.ndarray>x):
         spans_of(&a, (y, x, mask), 1, 0b11, _APPLY_NAMES, _OUT_IS_X)
-        f64 = cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE
+        typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
         with nogil:
-            if f64:
+            if typ == cnp.NPY_DOUBLE:
                 st = _apply_mask_c(<const double *>a.data[1], &a, &g, p_c, mode_c)
-            else:
+            elif typ == cnp.NPY_FLOAT:
                 st = _apply_mask_c(<const float *>a.data[1], &a, &g, p_c, mode_c)
+            else:
+                st = _apply_mask_h(_is_bf16(typ), &a, &g, p_c, mode_c)
         if st != DN_OK:
             raise_status(st, "dropout_apply_mask")
     return y
@@ -467,17 +507,16 @@ def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise
     pair drawn beforehand (``draw_seed()``) can reproduce. (Through
     inference the gradient is dy for "inverted" and dy*(1-p) for "classic".)
 
-    dy: float32 or float64, the shape of the forward's x. out: where dx
-    goes; it may be dy itself but must not share memory with the mask.
-    offset: the forward's (a shard's first decision in the whole batch);
-    a stored mask is the shard's own.
+    dy: float32, float64, float16 or bfloat16, the shape of the forward's x.
+    out: where dx goes; it may be dy itself but must not share memory with
+    the mask. offset: the forward's (a shard's first decision in the whole
+    batch); a stored mask is the shard's own.
     """
     cdef Geometry g
     cdef int64_t bits
     cdef double p_c
     cdef uint64_t seed_c, stream_c, offset_c
-    cdef int mode_c
-    cdef bint f64
+    cdef int mode_c, typ
     cdef dn_status st
     cdef Spans a
     dy, p_c, seed_c, stream_c, mode_c, channelwise = _dropout_operands(
@@ -495,14 +534,17 @@ def dropout_backward(dy, p, seed=None, stream=None, mode="inverted", channelwise
             "and pass it to both calls")
     if cnp.PyArray_SIZE(<cnp.ndarray>dy):
         spans_of(&a, (dx, dy, mask), 1, 0b11, _BACKWARD_NAMES, _OUT_IS_DY)
-        f64 = cnp.PyArray_TYPE(<cnp.ndarray>dy) == cnp.NPY_DOUBLE
+        typ = cnp.PyArray_TYPE(<cnp.ndarray>dy)
         with nogil:
-            if f64:
+            if typ == cnp.NPY_DOUBLE:
                 st = _backward_c(<const double *>a.data[1], &a, &g, p_c, seed_c,
                                  stream_c, offset_c, mode_c)
-            else:
+            elif typ == cnp.NPY_FLOAT:
                 st = _backward_c(<const float *>a.data[1], &a, &g, p_c, seed_c,
                                  stream_c, offset_c, mode_c)
+            else:
+                st = _backward_h(_is_bf16(typ), &a, &g, p_c, seed_c, stream_c, offset_c,
+                                 mode_c)
         if st != DN_OK:
             raise_status(st, "dropout_backward")
     return dx

@@ -37,6 +37,7 @@ from dropnorm._checks import (
     as_probability,
     as_tensor,
     as_uint,
+    is_half,
     tensor_extents,
     writable_vector,
 )
@@ -217,10 +218,13 @@ cdef class _BatchNorm(_Layer):
 
     num_features: an integer >= 1 (not bool); eps: a finite real number
     >= 0; momentum: a real number in [0, 1] or None; affine and
-    track_running_stats: bool; axis: 1 or -1; dtype: float32 or float64.
-    num_features, affine, track_running_stats and dtype are fixed at
-    construction; eps, momentum, axis and training may be set later and are
-    checked as in the constructor.
+    track_running_stats: bool; axis: 1 or -1; dtype: float32 or float64, or
+    a half type, float16 or bfloat16 (ml_dtypes.bfloat16, or "bfloat16"),
+    whose layer keeps float32 weight, bias, gradients and running statistics
+    (``param_dtype``), as PyTorch's mixed precision does, and computes in
+    float32. num_features, affine, track_running_stats and dtype are fixed
+    at construction; eps, momentum, axis and training may be set later and
+    are checked as in the constructor.
 
     The input's lifetime: the layer keeps a reference to x (not a copy) from
     forward to backward, as NumPy-based frameworks do; x must not be written
@@ -261,6 +265,7 @@ cdef class _BatchNorm(_Layer):
     cdef readonly bint affine
     cdef readonly bint track_running_stats
     cdef readonly object dtype
+    cdef readonly object param_dtype
     cdef public object weight
     cdef public object bias
     cdef public object grad_weight
@@ -294,14 +299,16 @@ cdef class _BatchNorm(_Layer):
         self.track_running_stats = track_running_stats
         self._axis = axis
         self.dtype = dtype
+        # the per-channel arrays: float32 for the half types
+        self.param_dtype = np.dtype(np.float32) if is_half(dtype) else dtype
         self._training = True
-        self.weight = np.ones(self.num_features, self.dtype) if self.affine else None
-        self.bias = np.zeros(self.num_features, self.dtype) if self.affine else None
+        self.weight = np.ones(self.num_features, self.param_dtype) if self.affine else None
+        self.bias = np.zeros(self.num_features, self.param_dtype) if self.affine else None
         self.grad_weight = None
         self.grad_bias = None
         if self.track_running_stats:
-            self.running_mean = np.zeros(self.num_features, self.dtype)
-            self.running_var = np.ones(self.num_features, self.dtype)
+            self.running_mean = np.zeros(self.num_features, self.param_dtype)
+            self.running_var = np.ones(self.num_features, self.param_dtype)
             self.num_batches_tracked = 0
         else:
             self.running_mean = None
@@ -383,8 +390,8 @@ cdef class _BatchNorm(_Layer):
             shared_mean, shared_var = self.running_mean, self.running_var
             next_mean, next_var = _copy_or_none(shared_mean), _copy_or_none(shared_var)
         # the kernel's checks (and messages) of the arrays it would have updated
-        writable_vector("running_mean", shared_mean, c, self.dtype)
-        writable_vector("running_var", shared_var, c, self.dtype)
+        writable_vector("running_mean", shared_mean, c, self.param_dtype)
+        writable_vector("running_var", shared_var, c, self.param_dtype)
         momentum = 1.0 / (k + 1) if setting is None else setting
         y, mean, invstd = batch_norm_train(x, weight, bias, next_mean, next_var,
                                            momentum=momentum, eps=eps, axis=axis)
@@ -409,7 +416,7 @@ cdef class _BatchNorm(_Layer):
         momentum = 1.0 / (k + 1) if setting is None else setting
         # the biased variance back from invstd = 1/sqrt(var + eps)
         var = np.maximum(1.0 / np.square(invstd.astype(np.float64)) - eps, 0.0)
-        # the kernel's expressions, in double, rounded once to the dtype
+        # the kernel's expressions, in double, rounded once to the param_dtype
         if self.running_mean is not None:
             self.running_mean[...] = ((1.0 - momentum) * self.running_mean.astype(np.float64)
                                       + momentum * mean.astype(np.float64))
@@ -478,8 +485,8 @@ cdef class _BatchNorm(_Layer):
         with self._lock:
             eps, axis = self._eps, self._axis
         # accumulate into new arrays: a bad batch raises and changes nothing
-        mean = np.zeros(self.num_features, self.dtype)
-        var = np.ones(self.num_features, self.dtype)
+        mean = np.zeros(self.num_features, self.param_dtype)
+        var = np.ones(self.num_features, self.param_dtype)
         count = 0
         for batch in batches:
             x = self._check_input(batch, axis)
@@ -554,7 +561,7 @@ cdef class _BatchNorm(_Layer):
             else:
                 if value.dtype.kind not in "fiu":
                     raise TypeError(f"state[{key!r}]: expected real numbers, got {value.dtype}")
-                values[key] = value.astype(self.dtype)
+                values[key] = value.astype(self.param_dtype)
         with self._lock:
             for key, value in values.items():
                 if key == "num_batches_tracked":

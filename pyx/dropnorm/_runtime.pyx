@@ -14,9 +14,11 @@ def build_info():
     version, compiler, openmp (on/off), max_threads (threads a kernel may use
     now: 1 in a child of fork()), kernel_variant (the instruction-set level
     chosen once per process: "avx512", "avx2" or "portable";
-    DROPNORM_SIMD=portable or avx2 caps it) and kernel_variants (the build
-    each kernel family runs at that level: {"batchnorm": ..., "dropout": ...};
-    batch norm runs its AVX2 build under "avx512")."""
+    DROPNORM_SIMD=portable, avx2 or avx512 caps it) and kernel_variants (the
+    build each kernel family runs at that level: {"batchnorm": ...,
+    "dropout": ..., "half": ...}; batch norm runs its AVX2 build under
+    "avx512"; "half" is how float16 and bfloat16 convert: "avx2" (F16C),
+    "avx512bf16" (bfloat16 rounded by AVX512-BF16) or "portable")."""
     return {
         "version": dn_version().decode(),
         "compiler": dn_compiler().decode(),
@@ -26,6 +28,7 @@ def build_info():
         "kernel_variants": {
             "batchnorm": dn_batchnorm_kernel_variant().decode(),
             "dropout": dn_dropout_kernel_variant().decode(),
+            "half": dn_half_kernel_variant().decode(),
         },
     }
 

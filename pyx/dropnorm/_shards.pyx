@@ -14,7 +14,7 @@ With one shard the pieces give bitwise what batch_norm_train and
 batch_norm_backward give. A shard may be empty (N == 0).
 """
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 cimport numpy as cnp
 
@@ -23,6 +23,7 @@ from dropnorm._checks cimport (
     as_momentum,
     as_vector,
     output_like,
+    param_dtype,
     same_tensor,
     tensor_extents,
     writable_vector,
@@ -53,10 +54,16 @@ cdef inline dn_layout _layout(bint channels_last) noexcept nogil:
     return DN_LAYOUT_NSC if channels_last else DN_LAYOUT_NCS
 
 
-cdef inline cnp.ndarray _per_channel(int64_t c, cnp.ndarray x):
-    """A new vector of c values of x's dtype."""
+cdef inline cnp.ndarray _per_channel(int64_t c, cnp.dtype dt):
+    """A new vector of c values of the per-channel dtype dt."""
     cdef cnp.npy_intp shape = c
-    return cnp.PyArray_EMPTY(1, &shape, cnp.PyArray_TYPE(x), 0)
+    return cnp.PyArray_EMPTY(1, &shape, dt.type_num, 0)
+
+
+cdef inline bint _is_bf16(int typ) noexcept nogil:
+    """For the type number of a checked tensor of a half type: bfloat16 (a
+    type number NumPy gives ml_dtypes at run time), or float16."""
+    return typ != cnp.NPY_FLOAT16
 
 
 cdef cnp.ndarray _planar(name, value, int64_t c, bint optional=False):
@@ -87,7 +94,9 @@ def batch_norm_partial_stats(x, axis=1):
     channel; all 0 for an empty shard (N == 0).
 
     x is (N, C, *spatial) for axis=1 or (N, *spatial, C) for axis=-1,
-    float32 or float64, N >= 0.
+    float32, float64, float16 or bfloat16, N >= 0. (The per-channel arrays
+    of the pieces below are float32 for float16 and bfloat16, as in
+    batch_norm_train.)
     """
     cdef int64_t n, c, s
     cdef bint channels_last
@@ -99,12 +108,17 @@ def batch_norm_partial_stats(x, axis=1):
     stats = np.empty((3, c), np.float64)
     out = <double *>cnp.PyArray_DATA(stats)
     cdef const void *xp = cnp.PyArray_DATA(<cnp.ndarray>x)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE:
+    cdef int typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typ == cnp.NPY_DOUBLE:
         with nogil:
             st = _partial_c(<const double *>xp, n, c, s, channels_last, out)
-    else:
+    elif typ == cnp.NPY_FLOAT:
         with nogil:
             st = _partial_c(<const float *>xp, n, c, s, channels_last, out)
+    else:
+        with nogil:
+            st = dn_batchnorm_partial_stats_half(_is_bf16(typ), n, c, s, _layout(channels_last),
+                                                 <const uint16_t *>xp, out)
     if st != DN_OK:
         raise_status(st, "batch_norm_partial_stats")
     return stats
@@ -161,6 +175,15 @@ cdef dn_status _apply_c(const floating *x, const Spans *a, int64_t n, int64_t c,
         <double *>a.data[2], <double *>a.data[3], <double *>a.data[4])
 
 
+cdef dn_status _apply_h(bint bf16, const Spans *a, int64_t n, int64_t c, int64_t s,
+                        bint channels_last, const double *mean, const double *var,
+                        const double *vu, double eps, double momentum) noexcept nogil:
+    return dn_batchnorm_forward_apply_half(
+        bf16, n, c, s, _layout(channels_last), <const uint16_t *>a.data[5], mean, var, vu,
+        <const float *>a.data[6], <const float *>a.data[7], eps, momentum, <float *>a.data[0],
+        <float *>a.data[1], <uint16_t *>a.data[2], <float *>a.data[3], <float *>a.data[4])
+
+
 cdef cnp.ndarray _stat_vector(name, value, int64_t c):
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
@@ -194,7 +217,7 @@ def batch_norm_forward_apply(x, mean, var, weight=None, bias=None, running_mean=
     cdef cnp.ndarray mean_c, var_c, vu_c
     x = as_shard("x", x)
     n, c, s, channels_last = tensor_extents(x, axis)
-    dt = (<cnp.ndarray>x).descr
+    dt = param_dtype(x)
     mean_c = _stat_vector("mean", mean, c)
     var_c = _stat_vector("var", var, c)
     weight = as_vector("weight", weight, c, dt)
@@ -211,21 +234,25 @@ def batch_norm_forward_apply(x, mean, var, weight=None, bias=None, running_mean=
     eps_c = as_eps(eps)
     momentum_c = as_momentum(momentum)
     y = output_like("out", out, x)
-    save_mean = _per_channel(c, x)
-    save_invstd = _per_channel(c, x)
+    save_mean = _per_channel(c, dt)
+    save_invstd = _per_channel(c, dt)
     spans_of(&a, (running_mean, running_var, y, save_mean, save_invstd, x, weight, bias), 5,
              0b100100, _APPLY_NAMES, _OUT_IS_X)
     cdef const double *m = <const double *>cnp.PyArray_DATA(mean_c)
     cdef const double *v = <const double *>cnp.PyArray_DATA(var_c)
     cdef const double *u = NULL if vu_c is None else <const double *>cnp.PyArray_DATA(vu_c)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE:
+    cdef int typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typ == cnp.NPY_DOUBLE:
         with nogil:
             st = _apply_c(<const double *>a.data[5], &a, n, c, s, channels_last, m, v, u, eps_c,
                           momentum_c)
-    else:
+    elif typ == cnp.NPY_FLOAT:
         with nogil:
             st = _apply_c(<const float *>a.data[5], &a, n, c, s, channels_last, m, v, u, eps_c,
                           momentum_c)
+    else:
+        with nogil:
+            st = _apply_h(_is_bf16(typ), &a, n, c, s, channels_last, m, v, u, eps_c, momentum_c)
     if st != DN_OK:
         raise_status(st, "batch_norm_forward_apply")
     return y, save_mean, save_invstd
@@ -256,20 +283,26 @@ def batch_norm_backward_reduce(dy, x, save_mean, axis=1):
     x = as_shard("x", x)
     n, c, s, channels_last = tensor_extents(x, axis)
     dy = same_tensor("dy", dy, x)
-    save_mean = as_vector("save_mean", save_mean, c, (<cnp.ndarray>x).descr, optional=False)
+    save_mean = as_vector("save_mean", save_mean, c, param_dtype(x), optional=False)
     sums = np.empty((3, c), np.float64)
     out = <double *>cnp.PyArray_DATA(sums)
     cdef const void *xp = cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef const void *dyp = cnp.PyArray_DATA(<cnp.ndarray>dy)
     cdef const void *mp = cnp.PyArray_DATA(<cnp.ndarray>save_mean)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE:
+    cdef int typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typ == cnp.NPY_DOUBLE:
         with nogil:
             st = _reduce_c(<const double *>xp, <const double *>dyp, <const double *>mp, n, c,
                            s, channels_last, out)
-    else:
+    elif typ == cnp.NPY_FLOAT:
         with nogil:
             st = _reduce_c(<const float *>xp, <const float *>dyp, <const float *>mp, n, c, s,
                            channels_last, out)
+    else:
+        with nogil:
+            st = dn_batchnorm_backward_reduce_half(
+                _is_bf16(typ), n, c, s, _layout(channels_last), <const uint16_t *>dyp,
+                <const uint16_t *>xp, <const float *>mp, out)
     if st != DN_OK:
         raise_status(st, "batch_norm_backward_reduce")
     return sums
@@ -287,6 +320,16 @@ cdef dn_status _backward_apply_c(const floating *x, const Spans *a, int64_t n, i
         n, c, s, _layout(channels_last), <const double *>a.data[3], x,
         <const double *>a.data[5], <const double *>a.data[6], <const double *>a.data[7],
         sums, count, local, <double *>a.data[0], <double *>a.data[1], <double *>a.data[2])
+
+
+cdef dn_status _backward_apply_h(bint bf16, const Spans *a, int64_t n, int64_t c, int64_t s,
+                                 bint channels_last, const double *sums, int64_t count,
+                                 const double *local) noexcept nogil:
+    return dn_batchnorm_backward_apply_half(
+        bf16, n, c, s, _layout(channels_last), <const uint16_t *>a.data[3],
+        <const uint16_t *>a.data[4], <const float *>a.data[5], <const float *>a.data[6],
+        <const float *>a.data[7], sums, count, local, <uint16_t *>a.data[0], <float *>a.data[1],
+        <float *>a.data[2])
 
 
 def batch_norm_backward_apply(dy, x, save_mean, save_invstd, sums, count, weight=None,
@@ -312,7 +355,7 @@ def batch_norm_backward_apply(dy, x, save_mean, save_invstd, sums, count, weight
     cdef cnp.ndarray sums_c, local_c
     x = as_shard("x", x)
     n, c, s, channels_last = tensor_extents(x, axis)
-    dt = (<cnp.ndarray>x).descr
+    dt = param_dtype(x)
     dy = same_tensor("dy", dy, x)
     save_mean = as_vector("save_mean", save_mean, c, dt, optional=False)
     save_invstd = as_vector("save_invstd", save_invstd, c, dt, optional=False)
@@ -324,20 +367,24 @@ def batch_norm_backward_apply(dy, x, save_mean, save_invstd, sums, count, weight
         raise ValueError(f"count: expected the whole batch's values per channel, at least "
                          f"this shard's {n * s} and at least 1, got {count_c}")
     dx = output_like("out", out, x)
-    dweight = _per_channel(c, x)
-    dbias = _per_channel(c, x)
+    dweight = _per_channel(c, dt)
+    dbias = _per_channel(c, dt)
     spans_of(&a, (dx, dweight, dbias, dy, x, save_mean, save_invstd, weight), 3, 0b11001,
              _BACKWARD_APPLY_NAMES, _OUT_IS_X_OR_DY)
     cdef const double *sp = <const double *>cnp.PyArray_DATA(sums_c)
     cdef const double *lp = NULL if local_c is None else <const double *>cnp.PyArray_DATA(local_c)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_DOUBLE:
+    cdef int typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typ == cnp.NPY_DOUBLE:
         with nogil:
             st = _backward_apply_c(<const double *>a.data[4], &a, n, c, s, channels_last, sp,
                                    count_c, lp)
-    else:
+    elif typ == cnp.NPY_FLOAT:
         with nogil:
             st = _backward_apply_c(<const float *>a.data[4], &a, n, c, s, channels_last, sp,
                                    count_c, lp)
+    else:
+        with nogil:
+            st = _backward_apply_h(_is_bf16(typ), &a, n, c, s, channels_last, sp, count_c, lp)
     if st != DN_OK:
         raise_status(st, "batch_norm_backward_apply")
     return dx, dweight, dbias

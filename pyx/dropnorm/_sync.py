@@ -197,8 +197,8 @@ class SyncBatchNorm(_BatchNorm):
             if dy.shape != x.shape:
                 raise ValueError(f"dy: shape {dy.shape} does not match x's shape {x.shape}")
             dx = np.empty_like(x)
-            dw = np.zeros(self.num_features, self.dtype)
-            db = np.zeros(self.num_features, self.dtype)
+            dw = np.zeros(self.num_features, self.param_dtype)
+            db = np.zeros(self.num_features, self.param_dtype)
         if self.affine:
             self.grad_weight = dw if self.grad_weight is None else self.grad_weight + dw
             self.grad_bias = db if self.grad_bias is None else self.grad_bias + db
@@ -217,8 +217,8 @@ class SyncBatchNorm(_BatchNorm):
             raise TypeError(f"batches: expected an iterable of inputs, "
                             f"got {type(batches).__name__}") from None
         eps, axis = self.eps, self.axis
-        mean = np.zeros(self.num_features, self.dtype)
-        var = np.ones(self.num_features, self.dtype)
+        mean = np.zeros(self.num_features, self.param_dtype)
+        var = np.ones(self.num_features, self.param_dtype)
         count = 0
         for batch in batches:
             x = self._check_input(batch, axis)

@@ -10,11 +10,23 @@ before it), the ratio to the kernel's least traffic (in memcpys), and, when
 PyTorch is installed, PyTorch's time with the same thread count and dropnorm's
 speedup (both called without ``out=``, paired the same way).
 
-    python -m dropnorm.bench            # the full table
+    python -m dropnorm.bench            # the full table (float32, float64, float16, bfloat16)
     python -m dropnorm.bench --quick    # float32, fewer shapes and repeats (< 1 min)
+    python -m dropnorm.bench --dtype float16   # the table in one dtype
     python -m dropnorm.bench --json out.json
 
+bfloat16 is ml_dtypes.bfloat16 (pip install ml_dtypes); without ml_dtypes its
+rows are left out. The half types' weights and statistics are float32, for
+PyTorch too (mixed precision).
+
 Suites (float32 unless --dtype; all threads; rows, then totals):
+
+    python -m dropnorm.bench --suite half [--layout nchw|nhwc|both]
+        every kernel at (64, 64, 56, 56) in float32, float16 and bfloat16, the
+        three timed in turn within each repeat: each half type's time over
+        float32's (median of the paired ratios) and its speedup over PyTorch in
+        the same dtype, against the goals (batch norm <= 0.65x float32,
+        dropout <= 0.8x, >= 2x PyTorch)
 
     python -m dropnorm.bench --suite resnet50 [--batch 16] [--layout nchw|nhwc|both]
         every batch-norm layer of ResNet-50: training forward, backward and
@@ -52,6 +64,7 @@ import numpy as np
 
 import dropnorm
 from dropnorm._bench import parallel_copy
+from dropnorm._checks import bfloat16_dtype, is_half
 
 # least traffic of each kernel in memcpys (1 memcpy = read x + write x)
 LEAST_TRAFFIC = {
@@ -116,6 +129,25 @@ def _channels_last(shape):
     return (shape[0],) + tuple(shape[2:]) + (shape[1],)
 
 
+def _dtype(name):
+    """The NumPy dtype of a name: float32, float64, float16, or bfloat16
+    (ml_dtypes'; ImportError naming the package without it)."""
+    if name == "bfloat16":
+        return bfloat16_dtype(required=True)
+    return np.dtype(name)
+
+
+def _half_dtypes():
+    """float16, and bfloat16 when ml_dtypes is installed."""
+    bf16 = bfloat16_dtype()
+    return [np.dtype(np.float16)] + ([bf16] if bf16 is not None else [])
+
+
+def _param_dtype(dtype):
+    """The dtype of the weights and statistics: float32 for a half type."""
+    return np.dtype(np.float32) if is_half(np.dtype(dtype)) else np.dtype(dtype)
+
+
 class _Case:
     """Arrays and callables of one kernel x shape x layout x dtype."""
 
@@ -127,10 +159,11 @@ class _Case:
         x = rng.standard_normal(full, dtype=np.float32).astype(dtype)
         dy = rng.standard_normal(full, dtype=np.float32).astype(dtype)
         out = np.empty_like(x)
-        w = np.ones(c, dtype)
-        b = np.zeros(c, dtype)
-        rm = np.zeros(c, dtype)
-        rv = np.ones(c, dtype)
+        pdt = _param_dtype(dtype)
+        w = np.ones(c, pdt)
+        b = np.zeros(c, pdt)
+        rm = np.zeros(c, pdt)
+        rv = np.ones(c, pdt)
         _, mean, invstd = dropnorm.batch_norm_train(x, axis=axis)
         self.nbytes = x.nbytes
         self.x, self.out = x, out
@@ -159,17 +192,27 @@ class _Case:
             self.torch_run = _torch_callable(torch, kernel, x, dy, layout, p)
 
 
+def _torch_tensor(torch, a):
+    """A torch tensor sharing the NumPy array's memory (bfloat16 through its
+    bits: torch reads no ml_dtypes array)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def _torch_callable(torch, kernel, x, dy, layout, p):
     def tensor(a):
-        t = torch.from_numpy(a)
+        t = _torch_tensor(torch, a)
         return t.permute(0, a.ndim - 1, *range(1, a.ndim - 1)) if layout == "NHWC" else t
 
     xt, dyt = tensor(x), tensor(dy)
     c = xt.shape[1]
-    w = torch.ones(c, dtype=xt.dtype)
-    b = torch.zeros(c, dtype=xt.dtype)
-    rm = torch.zeros(c, dtype=xt.dtype)
-    rv = torch.ones(c, dtype=xt.dtype)
+    # the half types: float32 weights and statistics (mixed precision), as dropnorm's
+    pdt = torch.float32 if is_half(x.dtype) else xt.dtype
+    w = torch.ones(c, dtype=pdt)
+    b = torch.zeros(c, dtype=pdt)
+    rm = torch.zeros(c, dtype=pdt)
+    rv = torch.ones(c, dtype=pdt)
     F = torch.nn.functional
     if kernel == "bn_infer":
         return lambda: F.batch_norm(xt, rm, rv, w, b, training=False)
@@ -298,7 +341,7 @@ def measure(case, threads, repeats):
 
 def _cases(quick, dtypes=None):
     if dtypes is None:
-        dtypes = [np.float32] if quick else [np.float32, np.float64]
+        dtypes = [np.float32] if quick else [np.float32, np.float64] + _half_dtypes()
     shapes = [MAIN_SHAPE] + (SMALL_SHAPES[:2] if quick else SMALL_SHAPES)
     for shape in shapes:
         layouts = ["NCHW"] if len(shape) == 2 else ["NCHW", "NHWC"]
@@ -340,7 +383,8 @@ def _import_torch(threads, use_torch=True, set_threads=True):
 def run(quick=False, repeats=None, torch_threads=True, progress=True, dtypes=None):
     """Measure every case of the default table; returns a list of row dicts.
     progress: True (auto), False, or a Progress mode; dtypes: the default
-    (float32 and float64; float32 with quick) or a list."""
+    (float32, float64, float16 and bfloat16 (with ml_dtypes); float32 with
+    quick) or a list."""
     threads = dropnorm.get_max_threads()
     torch = _import_torch(threads, set_threads=torch_threads)
     repeats = repeats or (5 if quick else 11)
@@ -555,9 +599,11 @@ class _LayerCase:
 
 
 def _torch_layer(torch, x, dy):
-    xt = torch.from_numpy(x).requires_grad_()
-    dyt = torch.from_numpy(dy)
-    bn = torch.nn.BatchNorm1d(x.shape[1], dtype=xt.dtype)
+    xt = _torch_tensor(torch, x).requires_grad_()
+    dyt = _torch_tensor(torch, dy)
+    # float32 parameters for a half type (mixed precision), as dropnorm's layer keeps
+    bn = torch.nn.BatchNorm1d(x.shape[1],
+                              dtype=torch.float32 if is_half(x.dtype) else xt.dtype)
     bn.train()
 
     def run():
@@ -576,8 +622,9 @@ def _overhead_calls(shape, dtype):
     dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
     y = np.empty_like(x)
     c = shape[1]
-    w, b = np.ones(c, dtype), np.zeros(c, dtype)
-    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    pdt = _param_dtype(dtype)
+    w, b = np.ones(c, pdt), np.zeros(c, pdt)
+    rm, rv = np.zeros(c, pdt), np.ones(c, pdt)
     _, mean, invstd = dropnorm.batch_norm_train(x)
     calls = {
         "batch_norm_train": lambda: dropnorm.batch_norm_train(x, w, b, rm, rv, out=y),
@@ -927,6 +974,96 @@ def format_sync(result):
             "Medians over the repeats, the slowest process's.")
 
 
+# ---- the half types against float32 and PyTorch, paired ------------------------------
+
+HALF_KERNELS = ("bn_train", "bn_infer", "bn_backward", "dropout_fwd", "dropout_bwd")
+# each half type's time over float32's, at most; its speedup over PyTorch, at least
+HALF_GOALS = {"bn_train": 0.65, "bn_infer": 0.65, "bn_backward": 0.65, "dropout_fwd": 0.8,
+              "dropout_bwd": 0.8}
+HALF_TORCH_GOAL = 2.0
+
+
+def run_half(shape=MAIN_SHAPE, layouts=("NCHW", "NHWC"), repeats=11, use_torch=True,
+             progress="auto"):
+    """The half suite: each kernel of HALF_KERNELS at `shape` in float32,
+    float16 and bfloat16 (with ml_dtypes), and PyTorch in each, all timed in
+    turn within each repeat. Rows per layout x kernel x dtype: the median
+    time (out=), the median over repeats of its ratio to float32's time in
+    the same repeat, PyTorch's time and the speedup (both allocating)."""
+    start = time.perf_counter()
+    threads = dropnorm.get_max_threads()
+    torch = _import_torch(threads, use_torch)
+    dtypes = [np.dtype(np.float32)] + _half_dtypes()
+    layouts = [layout.upper() for layout in layouts]
+    _settle_allocator(shape)
+    bar = Progress(len(layouts) * len(HALF_KERNELS), "half", progress)
+    rows = []
+    for layout in layouts:
+        for kernel in HALF_KERNELS:
+            bar.step(f"{kernel} {layout} {_shape_text(shape)}")
+            cases = [_Case(kernel, shape, layout, dt, torch) for dt in dtypes]
+            runs = []  # (case index, what, callable)
+            for k, case in enumerate(cases):
+                runs += [(k, "time", case.run), (k, "alloc", case.run_alloc)]
+                if case.torch_run is not None:
+                    runs.append((k, "torch", case.torch_run))
+            for _ in range(3):  # warm up: page faults, thread pools
+                for _, _, fn in runs:
+                    fn()
+            times = {(k, what): [] for k, what, _ in runs}
+            for _ in range(repeats):
+                for k, what, fn in runs:
+                    times[k, what].append(_time(fn))
+            for k, dt in enumerate(dtypes):
+                t, a = times[k, "time"], times[k, "alloc"]
+                tt = times.get((k, "torch"))
+                rows.append({
+                    "kernel": kernel, "layout": layout, "dtype": dt.name, "shape": list(shape),
+                    "threads": threads, "bytes": cases[k].nbytes,
+                    "time_ms": statistics.median(t) * 1e3,
+                    "x_float32": statistics.median(v / f for v, f in zip(t, times[0, "time"])),
+                    "alloc_time_ms": statistics.median(a) * 1e3,
+                    "torch_ms": _ms(statistics.median(tt)) if tt else None,
+                    "speedup_vs_torch": (statistics.median(o / v for o, v in zip(tt, a))
+                                         if tt else None),
+                    "goal_x_float32": None if k == 0 else HALF_GOALS[kernel],
+                    "goal_speedup": None if k == 0 else HALF_TORCH_GOAL,
+                })
+            del cases, runs
+    bar.close()
+    settings = {"shape": list(shape), "layouts": layouts, "dtypes": [d.name for d in dtypes],
+                "threads": threads, "repeats": repeats, "torch": torch is not None}
+    return {"suite": "half", "settings": settings, "rows": rows,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_half(result):
+    head = ("kernel", "layout", "dtype", "ms", "x float32", "goal", "torch ms", "speedup",
+            "goal")
+    lines = []
+    for r in result["rows"]:
+        goal = r["goal_x_float32"]
+        met = "" if goal is None else (" ok" if r["x_float32"] <= goal else " MISS")
+        tgoal = r["goal_speedup"]
+        sp = r["speedup_vs_torch"]
+        tmet = "" if tgoal is None or sp is None else (" ok" if sp >= tgoal else " MISS")
+        lines.append((r["kernel"], r["layout"], r["dtype"], f"{r['time_ms']:.2f}",
+                      f"{r['x_float32']:.2f}", _f(goal, ".2f", met),
+                      _f(r["torch_ms"], ".2f"), _f(sp, ".1f", "x"),
+                      _f(tgoal, ".0f", "x" + tmet) if sp is not None else "-"))
+    s = result["settings"]
+    return "\n".join([
+        f"half: {_shape_text(s['shape'])}, {', '.join(s['dtypes'])}, {s['threads']} threads, "
+        f"{', '.join(s['layouts'])}, {s['repeats']} repeats",
+        _table(head, lines),
+        "ms: median time with out=; x float32: median over the repeats of the time over "
+        "float32's in the same repeat (goal: at most); torch ms and speedup: PyTorch in the "
+        "same dtype (float32 weights for the half types) vs dropnorm, both allocating "
+        "(median of paired ratios; goal: at least).",
+        f"half took {result['elapsed_s']:.1f} s",
+    ])
+
+
 def describe_machine():
     info = dropnorm.build_info()
     try:
@@ -961,12 +1098,12 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the rows (and the totals of each suite) and the "
                         "machine description as JSON")
-    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync"),
+    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync", "half"),
                         help="run a suite instead of the default table")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"resnet50: the batch (default {RESNET50_BATCH}; 1: inference only)")
     parser.add_argument("--layout", choices=("nchw", "nhwc", "both"), default=None,
-                        help="resnet50: the layouts (default both: nchw, then nhwc)")
+                        help="resnet50, half: the layouts (default both: nchw, then nhwc)")
     parser.add_argument("--ranks", default=None,
                         help="sync: the process counts, comma-separated (default 2,4)")
     parser.add_argument("--under-load", action="store_true",
@@ -978,16 +1115,22 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=None,
                         help=f"--under-load: timed runs per case and thread count, at most "
                         f"(default {UNDER_LOAD_SAMPLES}, 30 with --quick)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                        help="suites: the dtype (default float32); default table: only this one")
+    parser.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                        default=None,
+                        help="suites: the dtype (default float32); default table: only this "
+                        "one (bfloat16: ml_dtypes')")
     parser.add_argument("--progress", choices=Progress.MODES, default="auto",
                         help="stderr progress: a line rewritten in place (bar), whole lines "
                         "every few seconds (lines), none (off); auto: bar on a terminal")
     args = parser.parse_args(argv)
-    if args.suite != "resnet50" and (args.batch is not None or args.layout is not None):
-        parser.error("--batch and --layout go with --suite resnet50")
+    if args.suite != "resnet50" and args.batch is not None:
+        parser.error("--batch goes with --suite resnet50")
+    if args.suite not in ("resnet50", "half") and args.layout is not None:
+        parser.error("--layout goes with --suite resnet50 or half")
     if args.suite == "sync" and args.dtype not in (None, "float32"):
         parser.error("--suite sync measures float32 only")
+    if args.suite == "half" and args.dtype is not None:
+        parser.error("--suite half measures float32, float16 and bfloat16 together")
     ranks = SYNC_RANKS
     if args.ranks is not None:
         if args.suite != "sync":
@@ -1005,7 +1148,10 @@ def main(argv=None):
             parser.error(f"--{name}: expected at least 1")
     if args.time_limit is not None and not args.time_limit > 0:
         parser.error("--time-limit: expected a positive number of seconds")
-    dtype = np.dtype(args.dtype or "float32").type
+    try:
+        dtype = _dtype(args.dtype or "float32").type
+    except ImportError as e:
+        parser.error(f"--dtype bfloat16: {e}")
     repeats = args.repeats or (5 if args.quick else 11)
 
     machine = describe_machine()
@@ -1038,6 +1184,11 @@ def main(argv=None):
             result = run_sync(ranks=ranks, repeats=repeats, progress=args.progress)
             print(format_sync(result), flush=True)
             suites["sync"] = result
+        elif args.suite == "half":
+            result = run_half(layouts=_layout_list(args.layout or "both"), repeats=repeats,
+                              progress=args.progress)
+            print(format_half(result), flush=True)
+            suites["half"] = result
         if args.under_load:
             if args.suite is not None:
                 print()

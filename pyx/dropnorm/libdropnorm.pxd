@@ -8,9 +8,11 @@
 # module without them cimports dropnorm.capi instead. The fused functions at
 # the end (dn_batchnorm_forward_train, ..., the C name without the _f32/_f64
 # suffix) pick the variant from the pointer type, float or double, at compile
-# time, inlined in the module that calls them.
+# time, inlined in the module that calls them; the half functions after them
+# (dn_batchnorm_forward_train_half, ...) pick _bf16 or _f16 by their first
+# argument, bf16 (both types store uint16_t).
 
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "dropnorm/dropnorm.h" nogil:
     enum: DN_VERSION_MAJOR
@@ -43,6 +45,7 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
     const char *dn_kernel_variant()
     const char *dn_batchnorm_kernel_variant()
     const char *dn_dropout_kernel_variant()
+    const char *dn_half_kernel_variant()
 
     # ---- Tensor layout --------------------------------------------------------
     ctypedef enum dn_layout:
@@ -58,6 +61,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, const double *gamma,
         const double *beta, double eps, double momentum, double *running_mean, double *running_var,
         double *y, double *save_mean, double *save_invstd)
+    dn_status dn_batchnorm_forward_train_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, const float *gamma,
+        const float *beta, double eps, double momentum, float *running_mean, float *running_var,
+        uint16_t *y, float *save_mean, float *save_invstd)
+    dn_status dn_batchnorm_forward_train_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, const float *gamma,
+        const float *beta, double eps, double momentum, float *running_mean, float *running_var,
+        uint16_t *y, float *save_mean, float *save_invstd)
 
     dn_status dn_batchnorm_forward_infer_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x,
@@ -67,6 +78,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x,
         const double *running_mean, const double *running_var, const double *gamma,
         const double *beta, double eps, double *y)
+    dn_status dn_batchnorm_forward_infer_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, uint16_t *y)
+    dn_status dn_batchnorm_forward_infer_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, uint16_t *y)
 
     dn_status dn_batchnorm_backward_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
@@ -76,6 +95,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
         const double *save_mean, const double *save_invstd, const double *gamma, double *dx,
         double *dgamma, double *dbeta)
+    dn_status dn_batchnorm_backward_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, uint16_t *dx,
+        float *dgamma, float *dbeta)
+    dn_status dn_batchnorm_backward_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, uint16_t *dx,
+        float *dgamma, float *dbeta)
 
     dn_status dn_batchnorm_backward_infer_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
@@ -85,12 +112,24 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
         const double *running_mean, const double *running_var, const double *gamma, double eps,
         double *dx, double *dgamma, double *dbeta)
+    dn_status dn_batchnorm_backward_infer_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *running_mean, const float *running_var, const float *gamma, double eps,
+        uint16_t *dx, float *dgamma, float *dbeta)
+    dn_status dn_batchnorm_backward_infer_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *running_mean, const float *running_var, const float *gamma, double eps,
+        uint16_t *dx, float *dgamma, float *dbeta)
 
     # ---- Batch normalization over shards --------------------------------------
     dn_status dn_batchnorm_partial_stats_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, double *stats)
     dn_status dn_batchnorm_partial_stats_f64(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, double *stats)
+    dn_status dn_batchnorm_partial_stats_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, double *stats)
+    dn_status dn_batchnorm_partial_stats_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, double *stats)
 
     dn_status dn_batchnorm_merge_stats(
         int64_t k, int64_t c, const double *stats, double *mean, double *var, double *var_unbiased)
@@ -105,6 +144,16 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         const double *var, const double *var_unbiased, const double *gamma, const double *beta,
         double eps, double momentum, double *running_mean, double *running_var, double *y,
         double *save_mean, double *save_invstd)
+    dn_status dn_batchnorm_forward_apply_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, const double *mean,
+        const double *var, const double *var_unbiased, const float *gamma, const float *beta,
+        double eps, double momentum, float *running_mean, float *running_var, uint16_t *y,
+        float *save_mean, float *save_invstd)
+    dn_status dn_batchnorm_forward_apply_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, const double *mean,
+        const double *var, const double *var_unbiased, const float *gamma, const float *beta,
+        double eps, double momentum, float *running_mean, float *running_var, uint16_t *y,
+        float *save_mean, float *save_invstd)
 
     dn_status dn_batchnorm_backward_reduce_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
@@ -112,6 +161,12 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
     dn_status dn_batchnorm_backward_reduce_f64(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
         const double *save_mean, double *sums)
+    dn_status dn_batchnorm_backward_reduce_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, double *sums)
+    dn_status dn_batchnorm_backward_reduce_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, double *sums)
 
     dn_status dn_batchnorm_backward_apply_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
@@ -121,6 +176,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
         const double *save_mean, const double *save_invstd, const double *gamma, const double *sums,
         int64_t count, const double *local_sums, double *dx, double *dgamma, double *dbeta)
+    dn_status dn_batchnorm_backward_apply_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
+        int64_t count, const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta)
+    dn_status dn_batchnorm_backward_apply_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
+        int64_t count, const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta)
 
     # ---- Dropout --------------------------------------------------------------
     ctypedef enum dn_dropout_mode:
@@ -141,6 +204,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *x,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, double *y,
         uint8_t *mask)
+    dn_status dn_dropout_forward_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, uint16_t *y,
+        uint8_t *mask)
+    dn_status dn_dropout_forward_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, uint16_t *y,
+        uint8_t *mask)
 
     dn_status dn_dropout_forward_offset_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *x,
@@ -150,6 +221,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *x,
         double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
         int training, double *y, uint8_t *mask)
+    dn_status dn_dropout_forward_offset_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        int training, uint16_t *y, uint8_t *mask)
+    dn_status dn_dropout_forward_offset_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        int training, uint16_t *y, uint8_t *mask)
 
     dn_status dn_dropout_apply_mask_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *x,
@@ -157,6 +236,12 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
     dn_status dn_dropout_apply_mask_f64(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *x,
         const uint8_t *mask, double p, dn_dropout_mode mode, double *y)
+    dn_status dn_dropout_apply_mask_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        const uint8_t *mask, double p, dn_dropout_mode mode, uint16_t *y)
+    dn_status dn_dropout_apply_mask_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *x,
+        const uint8_t *mask, double p, dn_dropout_mode mode, uint16_t *y)
 
     dn_status dn_dropout_backward_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *dy,
@@ -166,6 +251,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *dy,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
         double *dx)
+    dn_status dn_dropout_backward_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *dy,
+        double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
+        uint16_t *dx)
+    dn_status dn_dropout_backward_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *dy,
+        double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, const uint8_t *mask,
+        uint16_t *dx)
 
     dn_status dn_dropout_backward_offset_f32(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const float *dy,
@@ -175,6 +268,14 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const double *dy,
         double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
         const uint8_t *mask, double *dx)
+    dn_status dn_dropout_backward_offset_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *dy,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        const uint8_t *mask, uint16_t *dx)
+    dn_status dn_dropout_backward_offset_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const uint16_t *dy,
+        double p, uint64_t seed, uint64_t stream, uint64_t offset, dn_dropout_mode mode,
+        const uint8_t *mask, uint16_t *dx)
 
 
 # ---- Fused over float and double ----------------------------------------------
@@ -322,4 +423,150 @@ cdef inline dn_status dn_dropout_backward_offset(
             n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)
     else:
         return dn_dropout_backward_offset_f64(
+            n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)
+
+
+# ---- The half types: bfloat16 if bf16, else binary16 -------------------------
+
+cdef inline dn_status dn_batchnorm_forward_train_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+        float *running_var, uint16_t *y, float *save_mean, float *save_invstd) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_train_bf16(
+            n, c, s, layout, x, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
+            save_invstd)
+    else:
+        return dn_batchnorm_forward_train_f16(
+            n, c, s, layout, x, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
+            save_invstd)
+
+cdef inline dn_status dn_batchnorm_forward_infer_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, uint16_t *y) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_infer_bf16(
+            n, c, s, layout, x, running_mean, running_var, gamma, beta, eps, y)
+    else:
+        return dn_batchnorm_forward_infer_f16(
+            n, c, s, layout, x, running_mean, running_var, gamma, beta, eps, y)
+
+cdef inline dn_status dn_batchnorm_backward_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy,
+        const uint16_t *x, const float *save_mean, const float *save_invstd, const float *gamma,
+        uint16_t *dx, float *dgamma, float *dbeta) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_bf16(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, dx, dgamma, dbeta)
+    else:
+        return dn_batchnorm_backward_f16(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, dx, dgamma, dbeta)
+
+cdef inline dn_status dn_batchnorm_backward_infer_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy,
+        const uint16_t *x, const float *running_mean, const float *running_var, const float *gamma,
+        double eps, uint16_t *dx, float *dgamma, float *dbeta) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_infer_bf16(
+            n, c, s, layout, dy, x, running_mean, running_var, gamma, eps, dx, dgamma, dbeta)
+    else:
+        return dn_batchnorm_backward_infer_f16(
+            n, c, s, layout, dy, x, running_mean, running_var, gamma, eps, dx, dgamma, dbeta)
+
+cdef inline dn_status dn_batchnorm_partial_stats_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        double *stats) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_partial_stats_bf16(n, c, s, layout, x, stats)
+    else:
+        return dn_batchnorm_partial_stats_f16(n, c, s, layout, x, stats)
+
+cdef inline dn_status dn_batchnorm_forward_apply_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const double *mean, const double *var, const double *var_unbiased, const float *gamma,
+        const float *beta, double eps, double momentum, float *running_mean, float *running_var,
+        uint16_t *y, float *save_mean, float *save_invstd) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_apply_bf16(
+            n, c, s, layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum, running_mean,
+            running_var, y, save_mean, save_invstd)
+    else:
+        return dn_batchnorm_forward_apply_f16(
+            n, c, s, layout, x, mean, var, var_unbiased, gamma, beta, eps, momentum, running_mean,
+            running_var, y, save_mean, save_invstd)
+
+cdef inline dn_status dn_batchnorm_backward_reduce_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy,
+        const uint16_t *x, const float *save_mean, double *sums) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_reduce_bf16(n, c, s, layout, dy, x, save_mean, sums)
+    else:
+        return dn_batchnorm_backward_reduce_f16(n, c, s, layout, dy, x, save_mean, sums)
+
+cdef inline dn_status dn_batchnorm_backward_apply_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy,
+        const uint16_t *x, const float *save_mean, const float *save_invstd, const float *gamma,
+        const double *sums, int64_t count, const double *local_sums, uint16_t *dx, float *dgamma,
+        float *dbeta) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_apply_bf16(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
+            dgamma, dbeta)
+    else:
+        return dn_batchnorm_backward_apply_f16(
+            n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
+            dgamma, dbeta)
+
+cdef inline dn_status dn_dropout_forward_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const uint16_t *x, double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode,
+        int training, uint16_t *y, uint8_t *mask) noexcept nogil:
+    if bf16:
+        return dn_dropout_forward_bf16(
+            n, c, s, layout, channelwise, x, p, seed, stream, mode, training, y, mask)
+    else:
+        return dn_dropout_forward_f16(
+            n, c, s, layout, channelwise, x, p, seed, stream, mode, training, y, mask)
+
+cdef inline dn_status dn_dropout_forward_offset_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const uint16_t *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+        dn_dropout_mode mode, int training, uint16_t *y, uint8_t *mask) noexcept nogil:
+    if bf16:
+        return dn_dropout_forward_offset_bf16(
+            n, c, s, layout, channelwise, x, p, seed, stream, offset, mode, training, y, mask)
+    else:
+        return dn_dropout_forward_offset_f16(
+            n, c, s, layout, channelwise, x, p, seed, stream, offset, mode, training, y, mask)
+
+cdef inline dn_status dn_dropout_apply_mask_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const uint16_t *x, const uint8_t *mask, double p, dn_dropout_mode mode,
+        uint16_t *y) noexcept nogil:
+    if bf16:
+        return dn_dropout_apply_mask_bf16(n, c, s, layout, channelwise, x, mask, p, mode, y)
+    else:
+        return dn_dropout_apply_mask_f16(n, c, s, layout, channelwise, x, mask, p, mode, y)
+
+cdef inline dn_status dn_dropout_backward_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const uint16_t *dy, double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode,
+        const uint8_t *mask, uint16_t *dx) noexcept nogil:
+    if bf16:
+        return dn_dropout_backward_bf16(
+            n, c, s, layout, channelwise, dy, p, seed, stream, mode, mask, dx)
+    else:
+        return dn_dropout_backward_f16(
+            n, c, s, layout, channelwise, dy, p, seed, stream, mode, mask, dx)
+
+cdef inline dn_status dn_dropout_backward_offset_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+        const uint16_t *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+        dn_dropout_mode mode, const uint8_t *mask, uint16_t *dx) noexcept nogil:
+    if bf16:
+        return dn_dropout_backward_offset_bf16(
+            n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)
+    else:
+        return dn_dropout_backward_offset_f16(
             n, c, s, layout, channelwise, dy, p, seed, stream, offset, mode, mask, dx)

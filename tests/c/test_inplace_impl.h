@@ -1,5 +1,6 @@
-/* test_inplace.c's checks for one element type: T, and FN(name) pasting
- * its suffix (name##_f32). */
+/* test_inplace.c's checks for one element type: T (the tensors' type), P
+ * (the per-channel arrays' type: T, or float for the half types), TV(v)
+ * (a double as a T), and FN(name) pasting its suffix (name##_f32). */
 
 /* Every function that documents in-place use gives, in place, the bits it
  * gives out of place, for the shape (n, c, s) in both layouts. */
@@ -8,21 +9,21 @@ static void FN(check_inplace)(int64_t n, int64_t c, int64_t s)
     const int64_t total = n * c * s;
     T *x = malloc(sizeof(T) * (size_t)total), *dy = malloc(sizeof(T) * (size_t)total);
     T *want = malloc(sizeof(T) * (size_t)total), *got = malloc(sizeof(T) * (size_t)total);
-    T *gamma = malloc(sizeof(T) * (size_t)c), *beta = malloc(sizeof(T) * (size_t)c);
-    T *mean = malloc(sizeof(T) * (size_t)c), *invstd = malloc(sizeof(T) * (size_t)c);
-    T *rv = malloc(sizeof(T) * (size_t)c);
+    P *gamma = malloc(sizeof(P) * (size_t)c), *beta = malloc(sizeof(P) * (size_t)c);
+    P *mean = malloc(sizeof(P) * (size_t)c), *invstd = malloc(sizeof(P) * (size_t)c);
+    P *rv = malloc(sizeof(P) * (size_t)c);
     uint8_t *mask = malloc((size_t)(total + 7) / 8);
     const size_t bytes = sizeof(T) * (size_t)total;
     CHECK(x && dy && want && got && gamma && beta && mean && invstd && rv && mask);
     if (!(x && dy && want && got && gamma && beta && mean && invstd && rv && mask)) return;
     for (int64_t i = 0; i < total; i++) {
-        x[i] = (T)(100.0 + (double)((i * 7919) % 2003) * 0.01);
-        dy[i] = (T)((double)((i * 104729) % 1009) * 0.001 - 0.5);
+        x[i] = TV(100.0 + (double)((i * 7919) % 2003) * 0.01);
+        dy[i] = TV((double)((i * 104729) % 1009) * 0.001 - 0.5);
     }
     for (int64_t ch = 0; ch < c; ch++) {
-        gamma[ch] = (T)(1.0 + 0.01 * (double)ch);
-        beta[ch] = (T)(0.1 * (double)(ch % 7));
-        rv[ch] = (T)(1.0 + 0.5 * (double)(ch % 3));
+        gamma[ch] = (P)(1.0 + 0.01 * (double)ch);
+        beta[ch] = (P)(0.1 * (double)(ch % 7));
+        rv[ch] = (P)(1.0 + 0.5 * (double)(ch % 3));
     }
     for (int layout = 0; layout < 2; layout++) {
         const dn_layout lay = (dn_layout)layout;

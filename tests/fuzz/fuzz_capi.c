@@ -2,7 +2,9 @@
  * extents, layouts, modes, flags, scalars (NaN, inf, negative, huge) and
  * NULL pointers, decoded from the input bytes. Properties: no crash and no
  * sanitizer report; every status is a dn_status; a call that fails writes
- * nothing (outputs are filled with a sentinel and checked).
+ * nothing (outputs are filled with a sentinel and checked). One op byte in
+ * four (bits 5 and 6 set) calls the _f16 (even op) or _bf16 (odd op)
+ * variant of a tensor function instead (half_call).
  *
  * Built two ways (CMakeLists.txt):
  *   - with clang -fsanitize=fuzzer (DN_LIBFUZZER): a libFuzzer target, run
@@ -114,12 +116,101 @@ static void check_status(dn_status st)
 
 #define SMALL_TOTAL (1 << 14)
 
+/* The arguments of one call, decoded. */
+typedef struct call {
+    int64_t n, c, s, count;
+    dn_layout layout;
+    int channelwise, training, small;
+    dn_dropout_mode mode;
+    double a, b;
+    uint64_t seed, stream, offset;
+    unsigned nulls;
+} call;
+
+/* The _f16 (even op) and _bf16 (odd op) variants of the tensor functions:
+ * uint16_t tensors, float per-channel arrays; the same NULL rules as the
+ * float calls below. */
+static dn_status half_call(unsigned op, const call *k, buffer *in1, buffer *in2, buffer *v1,
+                           buffer *v2, buffer *v3, buffer *mask_in, buffer *out, buffer *o1,
+                           buffer *o2, buffer *o3, buffer *o4, buffer *mask_out, buffer *parts,
+                           buffer *sums)
+{
+    const int bf = op % 2;
+    const int64_t n = k->n, c = k->c, s = k->s;
+    const unsigned nulls = k->nulls;
+#define HARG(i, buf) ((nulls >> (i)) & 1u || (!k->small && (i) <= 1) ? NULL : (void *)(buf)->bytes)
+#define HSARG(i, buf) ((nulls >> (i)) & 1u || !k->small ? NULL : (void *)(buf)->bytes)
+    switch (op / 2) {
+    case 0:
+        return (bf ? dn_batchnorm_forward_train_bf16 : dn_batchnorm_forward_train_f16)(
+            n, c, s, k->layout, HARG(0, in1), HARG(2, v1), HARG(3, v2), k->a, k->b, HARG(4, o1),
+            HARG(5, o2), HARG(1, out), HARG(6, o3), HARG(7, v3));
+    case 1:
+        return (bf ? dn_batchnorm_forward_infer_bf16 : dn_batchnorm_forward_infer_f16)(
+            n, c, s, k->layout, HARG(0, in1), HARG(2, v1), HARG(3, v2), HARG(4, v3), HARG(5, v3),
+            k->a, HARG(1, out));
+    case 2:
+        return (bf ? dn_batchnorm_backward_bf16 : dn_batchnorm_backward_f16)(
+            n, c, s, k->layout, HARG(0, in1), HARG(1, in2), HARG(2, v1), HARG(3, v2), HARG(4, v3),
+            HARG(5, out), HARG(6, o1), HARG(7, o2));
+    case 3:
+        return (bf ? dn_batchnorm_backward_infer_bf16 : dn_batchnorm_backward_infer_f16)(
+            n, c, s, k->layout, HARG(0, in1), HARG(1, in2), HARG(2, v1), HARG(3, v2), HARG(4, v3),
+            k->a, HARG(5, out), HARG(6, o1), HARG(7, o2));
+    case 4:
+        return (bf ? dn_dropout_forward_bf16 : dn_dropout_forward_f16)(
+            n, c, s, k->layout, k->channelwise, HARG(0, in1), k->a, k->seed, k->stream, k->mode,
+            k->training, HARG(1, out), HARG(2, mask_out));
+    case 5:
+        return (bf ? dn_dropout_apply_mask_bf16 : dn_dropout_apply_mask_f16)(
+            n, c, s, k->layout, k->channelwise, HARG(0, in1), HARG(2, mask_in), k->a, k->mode,
+            HARG(1, out));
+    case 6:
+        return (bf ? dn_dropout_backward_bf16 : dn_dropout_backward_f16)(
+            n, c, s, k->layout, k->channelwise, HARG(0, in1), k->a, k->seed, k->stream, k->mode,
+            HARG(2, mask_in), HARG(1, out));
+    case 10:
+        return (bf ? dn_batchnorm_partial_stats_bf16 : dn_batchnorm_partial_stats_f16)(
+            n, c, s, k->layout, HSARG(0, in1), HSARG(1, sums));
+    case 11: {
+        const double *pd = (const double *)HSARG(2, parts);
+        return (bf ? dn_batchnorm_forward_apply_bf16 : dn_batchnorm_forward_apply_f16)(
+            n, c, s, k->layout, HSARG(0, in1), pd, pd ? pd + c : NULL,
+            pd && HSARG(3, parts) ? pd + 2 * c : NULL, HSARG(4, v1), HSARG(5, v2), k->a, k->b,
+            HSARG(6, o1), HSARG(7, o2), HSARG(1, out), HSARG(8, o3), HSARG(9, o4));
+    }
+    case 12:
+        return (bf ? dn_batchnorm_backward_reduce_bf16 : dn_batchnorm_backward_reduce_f16)(
+            n, c, s, k->layout, HSARG(0, in1), HSARG(2, in2), HSARG(3, v1), HSARG(1, sums));
+    case 13:
+        return (bf ? dn_batchnorm_backward_apply_bf16 : dn_batchnorm_backward_apply_f16)(
+            n, c, s, k->layout, HSARG(0, in1), HSARG(2, in2), HSARG(3, v1), HSARG(4, v2),
+            HSARG(5, v3), HSARG(6, parts), k->count, HSARG(7, parts), HSARG(1, out),
+            HSARG(8, o1), HSARG(9, o2));
+    case 14:
+        return (bf ? dn_dropout_forward_offset_bf16 : dn_dropout_forward_offset_f16)(
+            n, c, s, k->layout, k->channelwise, HARG(0, in1), k->a, k->seed, k->stream, k->offset,
+            k->mode, k->training, HARG(1, out), HARG(2, mask_out));
+    case 15:
+        return (bf ? dn_dropout_backward_offset_bf16 : dn_dropout_backward_offset_f16)(
+            n, c, s, k->layout, k->channelwise, HARG(0, in1), k->a, k->seed, k->stream, k->offset,
+            k->mode, HARG(2, mask_in), HARG(1, out));
+    default:
+        return dn_half_kernel_variant() != NULL ? DN_OK : DN_ERR_BAD_VALUE;
+    }
+#undef HARG
+#undef HSARG
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     reader r = {data, size};
-    const unsigned op = (unsigned)take(&r, 1) % 32;
+    const unsigned op_byte = (unsigned)take(&r, 1);
+    const unsigned op = op_byte % 32;
+    /* one op byte in four calls a half type's variant (half_call) */
+    const int half = ((op_byte >> 5) & 3u) == 3u;
     const int64_t n = take_extent(&r), c = take_extent(&r), s = take_extent(&r);
     const dn_layout layout = (dn_layout)take_enum(&r);
     const int channelwise = (int)(take(&r, 1) % 3) - (take(&r, 1) == 255); /* -1, 0, 1, 2 */
@@ -137,14 +228,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const int small = n >= 0 && c >= 1 && s >= 1 && n <= SMALL_TOTAL && c <= SMALL_TOTAL
                       && s <= SMALL_TOTAL && n * c * s <= SMALL_TOTAL;
     const size_t total = small ? (size_t)(n * c * s) : 1, chans = small ? (size_t)c : 1;
-    const size_t esize = (op % 2) ? sizeof(double) : sizeof(float);
+    /* tensors and per-channel arrays: float, double, or (half) uint16_t and float */
+    const size_t esize = half ? sizeof(uint16_t) : (op % 2) ? sizeof(double) : sizeof(float);
+    const size_t csize = half ? sizeof(float) : esize;
     const size_t mask_bytes = (total + 7) / 8;
     buffer in1 = make(total * esize, &r, 1), in2 = make(total * esize, &r, 1);
-    buffer v1 = make(chans * esize, &r, 1), v2 = make(chans * esize, &r, 1);
-    buffer v3 = make(chans * esize, &r, 1), mask_in = make(mask_bytes, &r, 1);
-    buffer out = make(total * esize, &r, 0), o1 = make(chans * esize, &r, 0);
-    buffer o2 = make(chans * esize, &r, 0), o3 = make(chans * esize, &r, 0);
-    buffer mask_out = make(mask_bytes, &r, 0), o4 = make(chans * esize, &r, 0);
+    buffer v1 = make(chans * csize, &r, 1), v2 = make(chans * csize, &r, 1);
+    buffer v3 = make(chans * csize, &r, 1), mask_in = make(mask_bytes, &r, 1);
+    buffer out = make(total * esize, &r, 0), o1 = make(chans * csize, &r, 0);
+    buffer o2 = make(chans * csize, &r, 0), o3 = make(chans * csize, &r, 0);
+    buffer mask_out = make(mask_bytes, &r, 0), o4 = make(chans * csize, &r, 0);
     /* per-channel partials in double: read (shards of 3*c), written (3*c) */
     buffer parts = make(4 * 3 * chans * sizeof(double), &r, 1);
     buffer sums = make(3 * chans * sizeof(double), &r, 0);
@@ -153,7 +246,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 /* the shard functions accept NULL tensors for n == 0: every array is NULL
  * unless the extents are small, so that none is read past its buffer */
 #define SARG(k, buf) ((nulls >> (k)) & 1u || !small ? NULL : (void *)(buf).bytes)
-    switch (op) {
+    if (half) {
+        const call k = {n, c, s, count, layout, channelwise, training, small, mode, a, b,
+                        seed, stream, offset, nulls};
+        st = half_call(op, &k, &in1, &in2, &v1, &v2, &v3, &mask_in, &out, &o1, &o2, &o3, &o4,
+                       &mask_out, &parts, &sums);
+    } else switch (op) {
     case 0: case 1:
         st = op ? dn_batchnorm_forward_train_f64(n, c, s, layout, ARG(0, in1), ARG(2, v1),
                                                  ARG(3, v2), a, b, ARG(4, o1), ARG(5, o2),
@@ -292,7 +390,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(untouched(&out) && untouched(&o1) && untouched(&o2) && untouched(&o3)
                   && untouched(&o4) && untouched(&mask_out) && untouched(&sums),
               "a failed call writes nothing");
-    } else if ((op == 8 || op == 9 || op == 14) && !((nulls >> (op == 14 ? 0 : 2)) & 1u)
+    } else if ((op == 8 || op == 9 || (op == 14 && !half)) && !((nulls >> (op == 14 ? 0 : 2)) & 1u)
                && small) {
         /* the unused high bits of the mask's last byte are 0 */
         const int64_t bits = op == 14 || channelwise == 0 || s == 1 ? n * c * s : n * c;

@@ -2,7 +2,8 @@
  * dropnorm: dropout and batch normalization for the CPU, in portable C99.
  *
  * This is the whole public C API. Every function:
- *   - has the prefix dn_, and an _f32 / _f64 variant per element type;
+ *   - has the prefix dn_, and an _f32 / _f64 / _f16 / _bf16 variant per
+ *     element type (below);
  *   - returns a dn_status (DN_OK == 0); it never aborts, prints or exits,
  *     and on any error it returns before writing to any output;
  *   - takes int64_t extents and const inputs; optional arrays may be NULL.
@@ -14,6 +15,26 @@
  *   DN_LAYOUT_NCS  channels first (NCHW): element (n, c, s) at (n*c_ + c)*s_ + s
  *   DN_LAYOUT_NSC  channels last  (NHWC): element (n, s, c) at (n*s_ + s)*c_ + c
  * Per-channel statistics are taken over the m = n*s values of a channel.
+ *
+ * Element types: _f32 (float) and _f64 (double) store and compute in their
+ * own type. _f16 (IEEE binary16) and _bf16 (bfloat16, the upper 16 bits of
+ * a float32) are storage types: C99 has none, so their tensors (x, y, dy,
+ * dx) are uint16_t arrays holding the bits, while every per-channel array
+ * (gamma, beta, running and saved statistics, dgamma, dbeta) is float, as
+ * in PyTorch's mixed precision. They compute exactly as _f32 does (the
+ * same blocks, lanes and double-precision merges, on the values converted
+ * exactly to float) and round each tensor output once, to nearest even:
+ * subnormals are kept (no flush to zero), overflow gives infinity
+ * (binary16 from 65520 up), NaN stays a quiet NaN. So an output is the
+ * exact result rounded once, give or take one neighbouring value, wherever
+ * float's own rounding (about 2^-24 of the terms, e.g. gamma*(x - mu)*invstd
+ * and beta) is below half a unit of the half type; a result much smaller
+ * than its terms (cancellation) has float's error. A dropout mask is the
+ * _f32 one of the same (seed, stream), and a kept value is the float
+ * product x*scale rounded once (x's bits when nothing is multiplied).
+ * Every instruction-set variant (F16C, AVX512-BF16, portable C) gives the
+ * same bits. bfloat16 has float's range, and float's limits with it: a
+ * block's squared deviations must stay finite in float.
  *
  * Threads: when built with OpenMP the kernels use omp_get_max_threads()
  * threads (OMP_NUM_THREADS, or dn_set_num_threads). Results are bitwise
@@ -123,10 +144,10 @@ DN_API const char *dn_compiler(void);
 
 /*! dn_kernel_variant() :
  * @return the instruction-set level chosen for this process: "avx512",
- *         "avx2" or "portable", the best this CPU runs unless the
- *         environment variable DROPNORM_SIMD=portable|avx2 caps it (for
- *         testing). The choice is made once, on the first kernel call, and
- *         every variant gives the same bits. */
+ *         "avx2" (both with F16C) or "portable", the best this CPU runs
+ *         unless the environment variable DROPNORM_SIMD=portable|avx2|avx512
+ *         caps it (for testing). The choice is made once, on the first
+ *         kernel call, and every variant gives the same bits. */
 DN_API const char *dn_kernel_variant(void);
 
 /*! dn_batchnorm_kernel_variant() :
@@ -138,6 +159,14 @@ DN_API const char *dn_batchnorm_kernel_variant(void);
  * @return the build of the dropout (Philox) kernels that runs at that
  *         level: "avx512", "avx2" or "portable". */
 DN_API const char *dn_dropout_kernel_variant(void);
+
+/*! dn_half_kernel_variant() :
+ * @return how the _f16 and _bf16 kernels convert at that level: "avx2"
+ *         (F16C for binary16, AVX2 integer arithmetic for bfloat16; also
+ *         under "avx512"), "avx512bf16" (bfloat16 rounded by AVX512-BF16's
+ *         vcvtneps2bf16, where the CPU has it) or "portable".
+ *         DROPNORM_SIMD=avx512 keeps the level from using AVX512-BF16. */
+DN_API const char *dn_half_kernel_variant(void);
 
 /* ------------------------------------------------------------------------ */
 /* Tensor layout. */
@@ -157,7 +186,7 @@ typedef enum dn_layout {
  *   eps          added to the variance; finite and >= 0 (0 is allowed)
  */
 
-/*! dn_batchnorm_forward_train_f32() / _f64() :
+/*! dn_batchnorm_forward_train_f32() / _f64() / _f16() / _bf16() :
  * Training forward: per channel, the batch mean mu and biased variance var
  * over m = n*s values; invstd = 1/sqrt(var + eps);
  * y = gamma*(x - mu)*invstd + beta.
@@ -188,8 +217,20 @@ DN_API dn_status dn_batchnorm_forward_train_f64(
     const double *DN_RESTRICT beta, double eps, double momentum,
     double *running_mean, double *running_var,
     double *y, double *save_mean, double *save_invstd);
+DN_API dn_status dn_batchnorm_forward_train_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var,
+    uint16_t *y, float *save_mean, float *save_invstd);
+DN_API dn_status dn_batchnorm_forward_train_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var,
+    uint16_t *y, float *save_mean, float *save_invstd);
 
-/*! dn_batchnorm_forward_infer_f32() / _f64() :
+/*! dn_batchnorm_forward_infer_f32() / _f64() / _f16() / _bf16() :
  * Inference forward from frozen statistics, folded once per channel:
  * a = gamma/sqrt(running_var + eps), b = beta - running_mean*a, y = a*x + b.
  *   running_mean, running_var  c values each, required
@@ -205,8 +246,18 @@ DN_API dn_status dn_batchnorm_forward_infer_f64(
     const double *x, const double *DN_RESTRICT running_mean,
     const double *DN_RESTRICT running_var, const double *DN_RESTRICT gamma,
     const double *DN_RESTRICT beta, double eps, double *y);
+DN_API dn_status dn_batchnorm_forward_infer_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, uint16_t *y);
+DN_API dn_status dn_batchnorm_forward_infer_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, uint16_t *y);
 
-/*! dn_batchnorm_backward_f32() / _f64() :
+/*! dn_batchnorm_backward_f32() / _f64() / _f16() / _bf16() :
  * Backward through training statistics. With xhat = (x - mu)*invstd:
  * dbeta = sum(dy), dgamma = sum(dy*xhat),
  * dx = gamma*invstd/m * (m*dy - dbeta - xhat*dgamma).
@@ -229,8 +280,18 @@ DN_API dn_status dn_batchnorm_backward_f64(
     const double *dy, const double *x,
     const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
     const double *DN_RESTRICT gamma, double *dx, double *dgamma, double *dbeta);
+DN_API dn_status dn_batchnorm_backward_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, uint16_t *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, uint16_t *dx, float *dgamma, float *dbeta);
 
-/*! dn_batchnorm_backward_infer_f32() / _f64() :
+/*! dn_batchnorm_backward_infer_f32() / _f64() / _f16() / _bf16() :
  * Backward through inference (frozen statistics): with
  * a = gamma/sqrt(running_var + eps), dx = a*dy; dbeta = sum(dy);
  * dgamma = sum(dy*(x - running_mean)/sqrt(running_var + eps)).
@@ -252,6 +313,18 @@ DN_API dn_status dn_batchnorm_backward_infer_f64(
     const double *DN_RESTRICT running_mean, const double *DN_RESTRICT running_var,
     const double *DN_RESTRICT gamma, double eps,
     double *dx, double *dgamma, double *dbeta);
+DN_API dn_status dn_batchnorm_backward_infer_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT running_mean, const float *DN_RESTRICT running_var,
+    const float *DN_RESTRICT gamma, double eps,
+    uint16_t *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_infer_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT running_mean, const float *DN_RESTRICT running_var,
+    const float *DN_RESTRICT gamma, double eps,
+    uint16_t *dx, float *dgamma, float *dbeta);
 
 /* ------------------------------------------------------------------------ */
 /* Batch normalization over shards (data-parallel training, SyncBatchNorm):
@@ -273,7 +346,7 @@ DN_API dn_status dn_batchnorm_backward_infer_f64(
  * pointers to its n*c*s values may be NULL); c, s and layout are checked as
  * elsewhere. All per-channel partials are double, in planar blocks of c. */
 
-/*! dn_batchnorm_partial_stats_f32() / _f64() :
+/*! dn_batchnorm_partial_stats_f32() / _f64() / _f16() / _bf16() :
  * One shard's per-channel statistics, reduced exactly as the training
  * forward reduces a batch.
  *   stats        output, 3*c doubles: stats[ch] the count n*s,
@@ -286,6 +359,10 @@ DN_API dn_status dn_batchnorm_partial_stats_f32(
     int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, double *stats);
 DN_API dn_status dn_batchnorm_partial_stats_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, double *stats);
+DN_API dn_status dn_batchnorm_partial_stats_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, double *stats);
+DN_API dn_status dn_batchnorm_partial_stats_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x, double *stats);
 
 /*! dn_batchnorm_merge_stats() :
  * Merges k shards' partial statistics in the order given (Chan et al.;
@@ -304,7 +381,7 @@ DN_API dn_status dn_batchnorm_partial_stats_f64(
 DN_API dn_status dn_batchnorm_merge_stats(int64_t k, int64_t c, const double *stats,
                                           double *mean, double *var, double *var_unbiased);
 
-/*! dn_batchnorm_forward_apply_f32() / _f64() :
+/*! dn_batchnorm_forward_apply_f32() / _f64() / _f16() / _bf16() :
  * The training forward of one shard with the whole batch's statistics:
  * invstd = 1/sqrt(var + eps), y = gamma*(x - mean)*invstd + beta; saved and
  * running statistics as in dn_batchnorm_forward_train_*(), the unbiased
@@ -327,8 +404,20 @@ DN_API dn_status dn_batchnorm_forward_apply_f64(
     const double *DN_RESTRICT gamma, const double *DN_RESTRICT beta, double eps,
     double momentum, double *running_mean, double *running_var,
     double *y, double *save_mean, double *save_invstd);
+DN_API dn_status dn_batchnorm_forward_apply_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const double *mean, const double *var, const double *var_unbiased,
+    const float *DN_RESTRICT gamma, const float *DN_RESTRICT beta, double eps,
+    double momentum, float *running_mean, float *running_var,
+    uint16_t *y, float *save_mean, float *save_invstd);
+DN_API dn_status dn_batchnorm_forward_apply_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const double *mean, const double *var, const double *var_unbiased,
+    const float *DN_RESTRICT gamma, const float *DN_RESTRICT beta, double eps,
+    double momentum, float *running_mean, float *running_var,
+    uint16_t *y, float *save_mean, float *save_invstd);
 
-/*! dn_batchnorm_backward_reduce_f32() / _f64() :
+/*! dn_batchnorm_backward_reduce_f32() / _f64() / _f16() / _bf16() :
  * One shard's per-channel gradient sums about the saved mean h:
  *   sums         output, 3*c doubles: sums[ch] = sum(dy),
  *                sums[c + ch] = sum(x - h), sums[2*c + ch] = sum(dy*(x - h));
@@ -343,8 +432,14 @@ DN_API dn_status dn_batchnorm_backward_reduce_f32(
 DN_API dn_status dn_batchnorm_backward_reduce_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
     const double *dy, const double *x, const double *DN_RESTRICT save_mean, double *sums);
+DN_API dn_status dn_batchnorm_backward_reduce_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x, const float *DN_RESTRICT save_mean, double *sums);
+DN_API dn_status dn_batchnorm_backward_reduce_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x, const float *DN_RESTRICT save_mean, double *sums);
 
-/*! dn_batchnorm_backward_apply_f32() / _f64() :
+/*! dn_batchnorm_backward_apply_f32() / _f64() / _f16() / _bf16() :
  * dx of one shard from the whole batch's gradient sums, as
  * dn_batchnorm_backward_*() forms it from its own.
  *   sums         3*c doubles: the shards' dn_batchnorm_backward_reduce_*()
@@ -372,6 +467,18 @@ DN_API dn_status dn_batchnorm_backward_apply_f64(
     const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
     const double *DN_RESTRICT gamma, const double *sums, int64_t count,
     const double *local_sums, double *dx, double *dgamma, double *dbeta);
+DN_API dn_status dn_batchnorm_backward_apply_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, const double *sums, int64_t count,
+    const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta);
+DN_API dn_status dn_batchnorm_backward_apply_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, const double *sums, int64_t count,
+    const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta);
 
 /* ------------------------------------------------------------------------ */
 /* Dropout (Hinton et al. 2012; Srivastava et al. 2014).
@@ -403,9 +510,9 @@ DN_API dn_status dn_batchnorm_backward_apply_f64(
  *   p            drop probability in [0, 1]; NaN or outside is an error
  *   mode         DN_DROPOUT_INVERTED: training y = x*keep*scale with
  *                scale = 1/(1-p) computed in double and rounded once to the
- *                element type; inference y = x.
+ *                compute type (float for _f16 and _bf16); inference y = x.
  *                DN_DROPOUT_CLASSIC (the 2012 paper): training y = x*keep;
- *                inference y = x*(1-p), (1-p) rounded to the element type.
+ *                inference y = x*(1-p), (1-p) rounded to the compute type.
  * Dropped places are exactly +0 (selected, not multiplied: NaN or inf at a
  * dropped place gives 0). p == 0 in training copies x bitwise; p == 1 gives
  * all zeros (in classic inference too), never inf or NaN.
@@ -443,7 +550,7 @@ DN_API dn_status dn_dropout_mask(int64_t n, double p, uint64_t seed, uint64_t st
 DN_API dn_status dn_dropout_mask_offset(int64_t n, double p, uint64_t seed, uint64_t stream,
                                         uint64_t offset, uint8_t *mask);
 
-/*! dn_dropout_forward_f32() / _f64() :
+/*! dn_dropout_forward_f32() / _f64() / _f16() / _bf16() :
  * Dropout forward, training (training != 0) or inference (training == 0).
  *   x            input, n*c*s values
  *   y            output, n*c*s values; may be x itself (in place)
@@ -462,8 +569,16 @@ DN_API dn_status dn_dropout_forward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *x, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, int training, double *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, int training, uint16_t *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, int training, uint16_t *y, uint8_t *mask);
 
-/*! dn_dropout_forward_offset_f32() / _f64() :
+/*! dn_dropout_forward_offset_f32() / _f64() / _f16() / _bf16() :
  * dn_dropout_forward_*() for a shard of a batch: decision i of this tensor
  * is decision offset + i of the whole batch's (elements, or (n, c) pairs
  * with channelwise), so the shards' outputs and masks, put together, are
@@ -479,8 +594,16 @@ DN_API dn_status dn_dropout_forward_offset_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
     dn_dropout_mode mode, int training, double *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_offset_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, int training, uint16_t *y, uint8_t *mask);
+DN_API dn_status dn_dropout_forward_offset_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, int training, uint16_t *y, uint8_t *mask);
 
-/*! dn_dropout_apply_mask_f32() / _f64() :
+/*! dn_dropout_apply_mask_f32() / _f64() / _f16() / _bf16() :
  * Training forward with a caller's mask instead of (seed, stream):
  * y = x*keep*scale, scale = 1/(1-p) (inverted) or 1 (classic); p sets only
  * the scale (p == 1 gives zeros whatever the mask).
@@ -497,8 +620,16 @@ DN_API dn_status dn_dropout_apply_mask_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *x, const uint8_t *DN_RESTRICT mask, double p,
     dn_dropout_mode mode, double *y);
+DN_API dn_status dn_dropout_apply_mask_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, const uint8_t *DN_RESTRICT mask, double p,
+    dn_dropout_mode mode, uint16_t *y);
+DN_API dn_status dn_dropout_apply_mask_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *x, const uint8_t *DN_RESTRICT mask, double p,
+    dn_dropout_mode mode, uint16_t *y);
 
-/*! dn_dropout_backward_f32() / _f64() :
+/*! dn_dropout_backward_f32() / _f64() / _f16() / _bf16() :
  * Backward of the training forward: dx = dy*keep*scale, scale = 1/(1-p)
  * (inverted) or 1 (classic). (Through inference it is dx = dy, or
  * dy*(1-p) for classic: dn_dropout_forward_*() with training == 0.)
@@ -517,8 +648,16 @@ DN_API dn_status dn_dropout_backward_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *dy, double p, uint64_t seed, uint64_t stream,
     dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
+DN_API dn_status dn_dropout_backward_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *dy, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, uint16_t *dx);
+DN_API dn_status dn_dropout_backward_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *dy, double p, uint64_t seed, uint64_t stream,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, uint16_t *dx);
 
-/*! dn_dropout_backward_offset_f32() / _f64() :
+/*! dn_dropout_backward_offset_f32() / _f64() / _f16() / _bf16() :
  * dn_dropout_backward_*() of dn_dropout_forward_offset_*(): regenerated
  * decisions (mask NULL) are those of offset .. onwards; a stored mask is
  * this tensor's own (bit 0 is decision offset).
@@ -532,6 +671,14 @@ DN_API dn_status dn_dropout_backward_offset_f64(
     int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
     const double *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
     dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, double *dx);
+DN_API dn_status dn_dropout_backward_offset_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, uint16_t *dx);
+DN_API dn_status dn_dropout_backward_offset_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,
+    const uint16_t *dy, double p, uint64_t seed, uint64_t stream, uint64_t offset,
+    dn_dropout_mode mode, const uint8_t *DN_RESTRICT mask, uint16_t *dx);
 
 #ifdef __cplusplus
 }
