@@ -620,7 +620,7 @@ def test_every_kernel_variant_gives_the_same_bits():
 # ---- shards of a batch: offset -------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 @pytest.mark.parametrize("cuts", [[0, 1, 2, 3, 70, 300], [0, 64, 128, 300], [0, 5, 299, 300]])
 def test_shards_at_their_offsets_are_slices_of_the_whole_batch(cuts, dtype):
     """Elementwise, any split: each shard's output, mask and gradient at its
