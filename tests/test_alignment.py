@@ -244,7 +244,8 @@ def test_tensor_that_requires_grad_names_the_argument(fname, name):
     err = unreadable_error(fname, name, FakeTensor())
     assert type(err) is TypeError
     assert str(err) == (f"{name}: cannot read this torch tensor as a NumPy array "
-                        f"(it requires grad): pass {name}.detach()")
+                        f"(it requires grad): pass {name}.detach() (or, for gradients, use "
+                        "dropnorm.torch's functions and modules)")
     assert isinstance(err.__cause__, RuntimeError)
 
 
@@ -270,11 +271,12 @@ def test_other_unreadable_input_names_the_argument(fname, name):
 def test_real_torch_tensor_that_requires_grad():
     torch = pytest.importorskip("torch")
     x = torch.ones((4, 3, 5), requires_grad=True)
-    with pytest.raises(TypeError, match=r"^x: .*requires grad.*pass x\.detach\(\)$") as info:
+    with pytest.raises(TypeError, match=r"^x: .*requires grad.*pass x\.detach\(\) \(or, for "
+                                        r"gradients, use dropnorm\.torch's") as info:
         dropnorm.batch_norm_train(x)
     assert info.value.__cause__ is not None
     w = torch.ones(3, requires_grad=True)
-    with pytest.raises(TypeError, match=r"^weight: .*pass weight\.detach\(\)$"):
+    with pytest.raises(TypeError, match=r"^weight: .*pass weight\.detach\(\) "):
         dropnorm.batch_norm_train(x.detach(), w)
     y, _, _ = dropnorm.batch_norm_train(x.detach(), w.detach())
     assert y.shape == (4, 3, 5)

@@ -258,13 +258,48 @@ def test_sync_suite(monkeypatch, tmp_path, capsys):
         assert r["added_forward"] == pytest.approx(r["sync_forward"] - r["local_forward"])
 
 
+@pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+def test_torch_suite(monkeypatch, tmp_path, capsys):
+    result = bench.run_torch(mlp=(2, 16, 8), cnn_input=(4, 3, 8, 8), cnn_widths=(4, 8),
+                             repeats=2, progress="off")
+    assert result["suite"] == "torch"
+    rows = result["rows"]
+    assert [(r["model"], r["layout"], r["shape"]) for r in rows] == [
+        ("mlp", "-", [2, 16, 8]), ("cnn", "NCHW", [4, 3, 8, 8]), ("cnn", "NHWC", [4, 3, 8, 8])]
+    for r in rows:
+        assert r["torch_ms"] > 0 and r["dropnorm_ms"] > 0 and r["loss_finite"]
+        assert r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+    (total,) = result["totals"]
+    assert total["meets_goal"] == (rows[0]["speedup"] >= bench.TORCH_GOAL)
+    assert "converted ms" in bench.format_torch(result)
+    json.loads(json.dumps(result))
+    # the command line, on the same tiny models
+    monkeypatch.setattr(bench, "TORCH_MLP", (1, 8, 4))
+    monkeypatch.setattr(bench, "TORCH_CNN_INPUT", (2, 3, 4, 4))
+    monkeypatch.setattr(bench, "TORCH_CNN_WIDTHS", (4,))
+    path = tmp_path / "torch.json"
+    assert bench.main(["--suite", "torch", "--repeats", "2", "--dtype", "float64", "--json",
+                       str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert "| model" in out and "goal >= 1.3x" in out
+    suite = json.loads(path.read_text())["suites"]["torch"]
+    assert suite["settings"]["dtype"] == "float64" and len(suite["rows"]) == 3
+
+
+@pytest.mark.skipif(torch is not None, reason="PyTorch is installed")
+def test_torch_suite_without_torch_says_what_to_install():
+    with pytest.raises(SystemExit, match=r"needs PyTorch: pip install \"dropnorm\[torch\]\""):
+        bench.run_torch(progress="off")
+
+
 @pytest.mark.parametrize("argv", [["--batch", "2"], ["--suite", "mlp", "--layout", "nhwc"],
                                   ["--samples", "3"], ["--suite", "resnet50", "--batch", "0"],
                                   ["--ranks", "2"], ["--suite", "sync", "--ranks", "0"],
                                   ["--suite", "sync", "--ranks", "two"],
                                   ["--suite", "sync", "--dtype", "float64"],
                                   ["--suite", "half", "--dtype", "float16"],
-                                  ["--suite", "mlp", "--layout", "nchw"]])
+                                  ["--suite", "mlp", "--layout", "nchw"],
+                                  ["--suite", "torch", "--layout", "nhwc"]])
 def test_main_rejects_options_out_of_place(argv):
     with pytest.raises(SystemExit):
         bench.main(argv)

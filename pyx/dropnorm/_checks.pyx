@@ -10,9 +10,14 @@ the machine's (``>f4`` on a little-endian machine), are copied to native,
 aligned, C-contiguous arrays (as NumPy would); arrays that dropnorm writes
 into (``out=``, running statistics) must already be C-contiguous, aligned,
 writeable, of the right dtype and of native byte order, and are rejected
-otherwise, since a copy would silently not be updated. An input that
-``np.asarray`` cannot read (a torch tensor that requires grad) raises an
-error that names the argument and says what to pass instead.
+otherwise, since a copy would silently not be updated.
+
+Policy for other array types: a read-only input may be any CPU object that
+exports ``__dlpack__`` (a torch tensor, JAX, CuPy on the host, ...; taken
+zero-copy with np.from_dlpack) or the buffer protocol, or anything else
+np.asarray reads (``_read``). An input that cannot be read (a torch tensor
+that requires grad, one on another device) raises an error that names the
+argument and says what to pass instead. Outputs are always NumPy arrays.
 
 Policy for aliasing (the C header's contract): every array a call writes
 must not share memory with any other array argument, read or written
@@ -213,21 +218,50 @@ def _unreadable(name, value, exc):
         fix += ".cpu()"
     cls = ValueError if isinstance(exc, ValueError) else TypeError
     if reasons:
+        # the torch module is where gradients flow through dropnorm's kernels
+        # (on the CPU)
+        hint = (" (or, for gradients, use dropnorm.torch's functions and modules)"
+                if what == "torch tensor" and reasons == ["it requires grad"] else "")
         return cls(f"{name}: cannot read this {what} as a NumPy array "
-                   f"({'; '.join(reasons)}): pass {fix}")
+                   f"({'; '.join(reasons)}): pass {fix}{hint}")
     return cls(f"{name}: cannot read this {what} as a NumPy array ({type(exc).__name__}: "
                f"{exc}); pass a NumPy array or anything numpy.asarray accepts")
 
 
 def _read(name, value):
-    """np.asarray(value), or an error naming the argument (the original
-    error as its __cause__)."""
+    """value as an ndarray, zero-copy where it can be: an object that exports
+    ``__dlpack__`` (a torch tensor, a JAX or CuPy array, ...) through
+    np.from_dlpack, anything else (the buffer protocol, ``__array__``,
+    ``__array_interface__``, sequences) through np.asarray; or an error naming
+    the argument (the original error as its __cause__). The ndarray may share
+    memory with value: the callers only read it (copies are the checks' part).
+
+    An exporter that np.from_dlpack rejects (another device, a dtype DLPack
+    cannot carry, a torch tensor that requires grad) is read by np.asarray
+    when it also offers ``__array__``; if that fails too, the error says why.
+    Only exact ndarrays avoid this function (the checks' fast paths); an
+    ndarray subclass goes to np.asarray, as before."""
     try:
+        if hasattr(type(value), "__dlpack__") and not isinstance(value, np.ndarray):
+            try:
+                return np.from_dlpack(value)
+            except MemoryError:
+                raise
+            except Exception:
+                if not _has_array_interface(value):
+                    raise
         return np.asarray(value)
     except MemoryError:
         raise
     except Exception as exc:
         raise _unreadable(name, value, exc) from exc
+
+
+def _has_array_interface(value):
+    """Whether np.asarray has another way to read value than as an object."""
+    t = type(value)
+    return (hasattr(t, "__array__") or hasattr(t, "__array_interface__")
+            or hasattr(t, "__array_struct__"))
 
 
 def _c_aligned(arr):

@@ -924,19 +924,15 @@ cdef class Dropout(_Layer):
         its ndim fits neither form."""
         if self._ndims is None:
             return False
-        if type(x) is np.ndarray:
-            ndim = x.ndim
-        else:
-            try:
-                ndim = np.ndim(x)
-            except Exception:
-                as_array("x", x)  # raises with a message that names x and says what to pass
-                raise
+        # anything but an ndarray is read as the kernel will read it (zero-copy
+        # for DLPack exporters and the buffer protocol), or raises naming x
+        shape = x.shape if type(x) is np.ndarray else as_array("x", x, 0).shape
+        ndim = len(shape)
         if ndim == self._ndims[0]:
             return False
         if ndim != self._ndims[0] - 1:
             raise ValueError(f"x: {type(self).__name__} expects {self._shape_text}, "
-                             f"got shape {np.shape(x)}")
+                             f"got shape {shape}")
         return True
 
     def forward(self, x, offset=0):
@@ -993,7 +989,7 @@ cdef class Dropout(_Layer):
         gradient for the calling thread's last forward, with that forward's
         p, mode and axis and its mask regenerated from its (seed, stream)."""
         p, mode, seed, stream, training, axis, shape, unbatched, offset = self._recall()
-        dy_shape = np.shape(dy)
+        dy_shape = dy.shape if type(dy) is np.ndarray else as_array("dy", dy, 0).shape
         if dy_shape != shape:
             raise ValueError(f"dy: shape {dy_shape} does not match the last forward's "
                              f"output shape {shape}")

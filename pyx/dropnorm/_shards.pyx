@@ -33,7 +33,7 @@ from dropnorm.libdropnorm cimport *
 
 import numpy as np
 
-from dropnorm._checks import as_int, as_shard
+from dropnorm._checks import _read, as_int, as_shard
 from dropnorm._runtime import raise_status
 
 cnp.import_array()
@@ -70,7 +70,7 @@ cdef cnp.ndarray _planar(name, value, int64_t c, bint optional=False):
     """A (3, C) float64 array of per-channel partials (C-contiguous)."""
     if value is None and optional:
         return None
-    arr = np.asarray(value)
+    arr = _read(name, value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected a float64 array of shape (3, {c}), "
                         f"got dtype {arr.dtype}")
@@ -136,7 +136,7 @@ def batch_norm_merge_stats(stats):
     """
     cdef int64_t k, c
     cdef dn_status st
-    arr = np.asarray(stats)
+    arr = _read("stats", stats)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"stats: expected real numbers, got dtype {arr.dtype}")
     if arr.ndim != 3 or arr.shape[1] != 3 or arr.shape[0] < 1 or arr.shape[2] < 1:
@@ -185,7 +185,7 @@ cdef dn_status _apply_h(bint bf16, const Spans *a, int64_t n, int64_t c, int64_t
 
 
 cdef cnp.ndarray _stat_vector(name, value, int64_t c):
-    arr = np.asarray(value)
+    arr = _read(name, value)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got dtype {arr.dtype}")
     if arr.shape != (c,):

@@ -44,12 +44,18 @@ Suites (float32 unless --dtype; all threads; rows, then totals):
         its shard of (64, 64, 56, 56) and of ResNet-50's last layer
         (32, 2048, 7, 7); the time the communication adds to a training
         forward and a backward, against BatchNorm2d on the same shard
+    python -m dropnorm.bench --suite torch
+        a PyTorch training step (forward, loss, backward, SGD step) before
+        and after dropnorm.torch.convert(): an MLP of 3 x (Linear 1024 ->
+        BatchNorm1d -> ReLU -> Dropout 0.5) at batch 256, and a small CNN
+        with BatchNorm2d at batch 32 in both memory formats
 
 Progress goes to stderr: one line rewritten in place when stdout and stderr
 are terminals, otherwise a whole line every few seconds (--progress).
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -123,6 +129,15 @@ UNDER_LOAD_TIME_LIMIT = 60.0  # seconds for all cases together (a few more to st
 # the sync suite: whole batches (split over the processes), process counts
 SYNC_SHAPES = [MAIN_SHAPE, (32, 2048, 7, 7)]
 SYNC_RANKS = (2, 4)
+
+# the torch suite: the MLP's (blocks, width, batch), its classes; the CNN's
+# (batch, channels, height, width) input, its widths; the converted MLP's
+# goal (its training step's speedup over plain PyTorch's)
+TORCH_MLP = (3, 1024, 256)
+TORCH_CLASSES = 10
+TORCH_CNN_INPUT = (32, 3, 32, 32)
+TORCH_CNN_WIDTHS = (32, 64, 128)
+TORCH_GOAL = 1.3
 
 
 def _channels_last(shape):
@@ -1064,6 +1079,159 @@ def format_half(result):
     ])
 
 
+def _torch_mlp(torch, blocks, width):
+    """blocks x (Linear width -> BatchNorm1d -> ReLU -> Dropout 0.5), then a
+    Linear to TORCH_CLASSES logits."""
+    nn = torch.nn
+    layers = []
+    for _ in range(blocks):
+        layers += [nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(0.5)]
+    layers.append(nn.Linear(width, TORCH_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def _torch_cnn(torch, in_channels, widths):
+    """A small CNN: per width a 3x3 convolution (stride 2 after the first),
+    BatchNorm2d and ReLU; then global average pooling, Dropout 0.5 and a
+    Linear to TORCH_CLASSES logits."""
+    nn = torch.nn
+    layers, c = [], in_channels
+    for i, w in enumerate(widths):
+        layers += [nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                   nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
+               nn.Linear(c, TORCH_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def _torch_step(torch, model, x, target):
+    """One training step of model (SGD with momentum): zero the gradients,
+    forward, cross-entropy, backward, update."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def run_torch(mlp=None, cnn_input=None, cnn_widths=None, layouts=("NCHW", "NHWC"),
+              dtype=np.float32, repeats=11, progress="auto"):
+    """The torch suite: a training step of each model in plain PyTorch and
+    after dropnorm.torch.convert() (a deep copy, so both start from the same
+    weights), timed alternately, with PyTorch on dropnorm's thread count.
+    mlp: (blocks, width, batch), TORCH_MLP by default; cnn_input: (batch,
+    channels, height, width), TORCH_CNN_INPUT; cnn_widths: the CNN's
+    convolutions' widths, TORCH_CNN_WIDTHS; the CNN runs in each of
+    `layouts` ("NCHW"; "NHWC": torch.channels_last model and input).
+
+    Returns {"suite", "settings", "rows", "totals", "elapsed_s"}: a row per
+    model x layout with the medians of both steps and the median of the
+    paired ratios (speedup = PyTorch's step / dropnorm's); the total says
+    whether the MLP reaches TORCH_GOAL."""
+    try:
+        import torch
+
+        import dropnorm.torch as dntorch
+    except ImportError:
+        raise SystemExit('--suite torch needs PyTorch: pip install "dropnorm[torch]"') from None
+    mlp = TORCH_MLP if mlp is None else tuple(mlp)
+    cnn_input = TORCH_CNN_INPUT if cnn_input is None else tuple(cnn_input)
+    cnn_widths = TORCH_CNN_WIDTHS if cnn_widths is None else tuple(cnn_widths)
+    start = time.perf_counter()
+    threads = dropnorm.get_max_threads()
+    torch.set_num_threads(threads)
+    tdtype = {np.dtype(np.float32): torch.float32,
+              np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+    dtype_name = np.dtype(dtype).name
+    blocks, width, batch = mlp
+    cases = [("mlp", "-", list(mlp))] + [("cnn", layout.upper(), list(cnn_input))
+                                          for layout in layouts]
+    bar = Progress(len(cases), "torch", progress)
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for model_name, layout, shape in cases:
+        bar.step(f"{model_name} {layout} {_shape_text(shape)}")
+        torch.manual_seed(0)
+        if model_name == "mlp":
+            plain = _torch_mlp(torch, blocks, width)
+            x = torch.randn(batch, width, generator=gen)
+        else:
+            plain = _torch_cnn(torch, cnn_input[1], cnn_widths)
+            x = torch.randn(*cnn_input, generator=gen)
+        target = torch.randint(0, TORCH_CLASSES, (x.shape[0],), generator=gen)
+        plain = plain.to(tdtype)
+        x = x.to(tdtype)
+        if layout == "NHWC":
+            plain = plain.to(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)
+        converted = dntorch.convert(copy.deepcopy(plain))
+        steps = [_torch_step(torch, plain, x, target), _torch_step(torch, converted, x, target)]
+        for _ in range(3):  # warm up: allocations, thread pools
+            for step in steps:
+                step()
+        times = [[], []]
+        for r in range(repeats):
+            order = (0, 1) if r % 2 == 0 else (1, 0)  # neither always runs first
+            for i in order:
+                times[i].append(_time(steps[i]))
+        ratios = [t / d for t, d in zip(*times)]
+        loss = float(steps[1]().detach())
+        rows.append({
+            "model": model_name,
+            "layout": layout,
+            "shape": shape,
+            "dtype": dtype_name,
+            "threads": threads,
+            "torch_ms": statistics.median(times[0]) * 1e3,
+            "dropnorm_ms": statistics.median(times[1]) * 1e3,
+            "speedup": statistics.median(ratios),
+            "speedup_min": min(ratios),
+            "speedup_max": max(ratios),
+            "loss_finite": bool(np.isfinite(loss)),
+        })
+    bar.close()
+    mlp_row = rows[0]
+    totals = [{"model": "mlp", "speedup": mlp_row["speedup"], "goal": TORCH_GOAL,
+               "meets_goal": mlp_row["speedup"] >= TORCH_GOAL}]
+    settings = {"mlp": list(mlp), "cnn_input": list(cnn_input), "cnn_widths": list(cnn_widths),
+                "layouts": [r["layout"] for r in rows[1:]], "dtype": dtype_name,
+                "threads": threads, "repeats": repeats, "torch": torch.__version__}
+    return {"suite": "torch", "settings": settings, "rows": rows, "totals": totals,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_torch(result):
+    s, t = result["settings"], result["totals"][0]
+    head = ("model", "layout", "input", "torch.nn ms", "converted ms", "speedup",
+            "speedup range")
+    lines = [(r["model"], r["layout"], _shape_text(r["shape"]), f"{r['torch_ms']:.2f}",
+              f"{r['dropnorm_ms']:.2f}", f"{r['speedup']:.2f}x",
+              f"{r['speedup_min']:.2f} - {r['speedup_max']:.2f}x")
+             for r in result["rows"]]
+    blocks, width, batch = s["mlp"]
+    return "\n".join([
+        f"torch: a training step (forward, cross-entropy, backward, SGD step) before and after "
+        f"dropnorm.torch.convert(), {s['dtype']}, {s['threads']} threads, PyTorch {s['torch']}, "
+        f"{s['repeats']} repeats",
+        _table(head, lines),
+        f"mlp: {blocks} x (Linear {width} -> BatchNorm1d -> ReLU -> Dropout 0.5) -> Linear "
+        f"{TORCH_CLASSES}, batch {batch}; cnn: {len(s['cnn_widths'])} x (Conv 3x3 -> "
+        f"BatchNorm2d -> ReLU), widths {', '.join(map(str, s['cnn_widths']))}, pool, Dropout 0.5, "
+        f"Linear; NHWC: torch.channels_last model and input.",
+        "ms: median step time; speedup: median of (torch.nn step / converted step) timed one "
+        "after the other, and the range of those ratios.",
+        f"total: the converted MLP's step is {t['speedup']:.2f}x PyTorch's (goal "
+        f">= {t['goal']:g}x: {'met' if t['meets_goal'] else 'not met'})",
+        f"torch took {result['elapsed_s']:.1f} s",
+    ])
+
+
 def describe_machine():
     info = dropnorm.build_info()
     try:
@@ -1098,7 +1266,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the rows (and the totals of each suite) and the "
                         "machine description as JSON")
-    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync", "half"),
+    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync", "half", "torch"),
                         help="run a suite instead of the default table")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"resnet50: the batch (default {RESNET50_BATCH}; 1: inference only)")
@@ -1189,6 +1357,10 @@ def main(argv=None):
                               progress=args.progress)
             print(format_half(result), flush=True)
             suites["half"] = result
+        elif args.suite == "torch":
+            result = run_torch(dtype=dtype, repeats=repeats, progress=args.progress)
+            print(format_torch(result), flush=True)
+            suites["torch"] = result
         if args.under_load:
             if args.suite is not None:
                 print()

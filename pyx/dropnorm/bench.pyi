@@ -30,6 +30,11 @@ UNDER_LOAD_SAMPLES: int
 UNDER_LOAD_TIME_LIMIT: float
 SYNC_SHAPES: list[_Shape]
 SYNC_RANKS: tuple[int, ...]
+TORCH_MLP: tuple[int, int, int]
+TORCH_CLASSES: int
+TORCH_CNN_INPUT: tuple[int, int, int, int]
+TORCH_CNN_WIDTHS: tuple[int, ...]
+TORCH_GOAL: float
 
 class Progress:
     MODES: tuple[str, ...]
@@ -115,4 +120,14 @@ def run_sync(
     progress: _ProgressMode = "auto",
 ) -> _Result: ...
 def format_sync(result: _Result) -> str: ...
+def run_torch(
+    mlp: Sequence[int] | None = None,
+    cnn_input: Sequence[int] | None = None,
+    cnn_widths: Sequence[int] | None = None,
+    layouts: Sequence[str] = ("NCHW", "NHWC"),
+    dtype: DTypeLike = ...,
+    repeats: int = 11,
+    progress: _ProgressMode = "auto",
+) -> _Result: ...
+def format_torch(result: _Result) -> str: ...
 def main(argv: Sequence[str] | None = None) -> int: ...
