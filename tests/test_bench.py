@@ -6,6 +6,7 @@ installed."""
 import io
 import json
 import pathlib
+import sys
 
 import pytest
 
@@ -352,3 +353,23 @@ def test_progress_off_writes_nothing():
     bar.step("a")
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_run_mpiexec_retries_only_a_launcher_that_failed_to_start(tmp_path):
+    # a stand-in "launcher": fails with Open MPI's start-up message on its first
+    # two runs, then succeeds; a program's own failure is not retried
+    count = tmp_path / "count"
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(count)!r})\n"
+        "n = int(p.read_text()) if p.exists() else 0\n"
+        "p.write_text(str(n + 1))\n"
+        "if sys.argv[1] == 'flaky' and n < 2:\n"
+        "    print(\"The PMIx server's listener thread failed to start.\"); sys.exit(213)\n"
+        "sys.exit(0 if sys.argv[1] == 'flaky' else 3)\n")
+    proc = bench.run_mpiexec([sys.executable, str(script), "flaky"])
+    assert proc.returncode == 0 and count.read_text() == "3"
+    count.unlink()
+    proc = bench.run_mpiexec([sys.executable, str(script), "broken"])
+    assert proc.returncode == 3 and count.read_text() == "1"

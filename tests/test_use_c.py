@@ -176,7 +176,12 @@ def test_cmake_mpi_example(installed, tmp_path):
     cmd = [mpiexec]
     if "Open MPI" in _run([mpiexec, "--version"], env=env):
         cmd += ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    out = _run(cmd + ["-n", "3", str(_exe(build, "dropnorm_sync_mpi"))], env=env, timeout=300)
+    from dropnorm.bench import run_mpiexec
+
+    proc = run_mpiexec(cmd + ["-n", "3", str(_exe(build, "dropnorm_sync_mpi"))], env=env,
+                       timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
     lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
     assert [line.split(":")[0] for line in lines] == [f"rank {r} of 3" for r in range(3)], out
     for line in lines:

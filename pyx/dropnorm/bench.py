@@ -928,6 +928,24 @@ def mpiexec_command():
     return cmd
 
 
+# Open MPI's launcher sometimes fails to start (its PMIx server's listener
+# thread) before any process runs: such a launch is tried again.
+MPI_LAUNCH_FAILURES = ("PMIx server's listener thread failed to start",)
+
+
+def run_mpiexec(cmd, attempts=3, **kwargs):
+    """subprocess.run(cmd, capture_output=True, text=True, **kwargs) for an
+    mpiexec command line, tried again (up to `attempts` times in all) when
+    the launcher itself failed to start (MPI_LAUNCH_FAILURES); returns the
+    last CompletedProcess."""
+    for _ in range(attempts):
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+        if proc.returncode == 0 or not any(text in proc.stdout + proc.stderr
+                                           for text in MPI_LAUNCH_FAILURES):
+            break
+    return proc
+
+
 def run_sync(ranks=SYNC_RANKS, shapes=None, repeats=11, progress="auto"):
     """The sync suite: for each process count K, mpiexec runs
     dropnorm._bench_sync, where every process times a SyncBatchNorm training
@@ -955,10 +973,10 @@ def run_sync(ranks=SYNC_RANKS, shapes=None, repeats=11, progress="auto"):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "sync.json")
-            proc = subprocess.run(
+            proc = run_mpiexec(
                 cmd + ["-n", str(k), sys.executable, "-m", "dropnorm._bench_sync", out,
                        str(repeats)] + [",".join(map(str, s)) for s in shapes],
-                capture_output=True, text=True, env=env, timeout=1800)
+                env=env, timeout=1800)
             if proc.returncode != 0:
                 raise SystemExit(f"--suite sync: mpiexec -n {k} failed:\n"
                                  f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
