@@ -130,6 +130,29 @@ typedef struct FN(train_ctx) {
     double *stats; /* partial_stats: the caller's 3*c doubles */
 } FN(train_ctx);
 
+/* The statistics workspace: groups x channels moments (gmean, gm2), the
+ * groups' merge weights (filled), `nterms` per-channel terms (at *terms),
+ * per-thread scratch (at *scratch, *scratch_bytes each: NSC 3 wide rows of
+ * T, NCS c doubles, wide == c); NULL with *st set if it cannot be had. */
+static double *FN(moments_workspace)(const dn_plan *p, int nterms, T **terms, char **scratch,
+                                     size_t *scratch_bytes, dn_status *st)
+{
+    const int64_t G = p->groups, c = p->c;
+    double *work;
+    dn_bytes need = {0, 0};
+    *scratch_bytes = dn_cache_lines_for(&need, p->wide, 3 * sizeof(T));
+    dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
+    dn_bytes_add(&need, G, 2 * sizeof(double));
+    if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    dn_bytes_add(&need, p->threads, *scratch_bytes);
+    work = (double *)dn_workspace(&need, st);
+    if (work == NULL) return NULL;
+    dn_group_weights(p, work + 2 * G * c);
+    *terms = (T *)(work + 2 * G * c + 2 * G);
+    *scratch = (char *)(*terms + nterms * p->wide);
+    return work;
+}
+
 static void FN(train_reduce)(const void *ctx, int64_t t, void *scratch)
 {
     const FN(train_ctx) *o = (const FN(train_ctx) *)ctx;
@@ -155,26 +178,16 @@ dn_status FN(dn_batchnorm_forward_train)(
     size_t scratch_bytes;
     double *work;
     T *terms;
+    char *scratch;
     if (st != DN_OK) return st;
     if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
     if (p.m < 2) return DN_ERR_BATCH_TOO_SMALL;
     dn_plan_short_rows(&p, DN_SHORT_ROW);
     G = p.groups;
-    {
-        /* groups x channels moments, merge weights, the four per-channel
-         * terms of the elementwise pass, and per thread NSC 3 wide rows of
-         * T, NCS c doubles (wide == c) */
-        dn_bytes need = {0, 0};
-        scratch_bytes = dn_cache_lines_for(&need, p.wide, 3 * sizeof(T));
-        dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
-        dn_bytes_add(&need, G, 2 * sizeof(double));
-        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
-        dn_bytes_add(&need, p.threads, scratch_bytes);
-        work = (double *)dn_workspace(&need, &st);
-        if (work == NULL) return st;
-    }
-    terms = (T *)(work + 2 * G * c + 2 * G);
+    /* with the four per-channel terms of the elementwise pass */
+    work = FN(moments_workspace)(&p, 4, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
     {
         T *const mean_hi = terms, *const mean_lo = terms + p.wide;
         T *const scale = terms + 2 * p.wide, *const shift = terms + 3 * p.wide;
@@ -195,10 +208,9 @@ dn_status FN(dn_batchnorm_forward_train)(
         };
         const FN(pass) ps = {
             .reduce = FN(train_reduce), .finish = FN(train_channels), .ctx = &o,
-            .scratch = (char *)(terms + 4 * p.wide), .scratch_bytes = scratch_bytes,
+            .scratch = scratch, .scratch_bytes = scratch_bytes,
             .op = &op, .wide_terms = {mean_hi, mean_lo, scale, shift}, .out = y,
         };
-        dn_group_weights(&p, weights);
         FN(run_pass)(&p, o.kern, &ps);
     }
     free(work);
@@ -415,6 +427,8 @@ dn_status FN(dn_batchnorm_partial_stats)(
     int64_t G;
     size_t scratch_bytes;
     double *work;
+    T *terms;
+    char *scratch;
     if (st != DN_OK) return st;
     if ((x == NULL && n != 0) || stats == NULL) return DN_ERR_NULL_POINTER;
     if (n == 0) {
@@ -423,15 +437,8 @@ dn_status FN(dn_batchnorm_partial_stats)(
     }
     dn_plan_short_rows(&p, DN_SHORT_ROW);
     G = p.groups;
-    {
-        dn_bytes need = {0, 0};
-        scratch_bytes = dn_cache_lines_for(&need, p.wide, 3 * sizeof(T));
-        dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
-        dn_bytes_add(&need, G, 2 * sizeof(double));
-        dn_bytes_add(&need, p.threads, scratch_bytes);
-        work = (double *)dn_workspace(&need, &st);
-        if (work == NULL) return st;
-    }
+    work = FN(moments_workspace)(&p, 0, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
     {
         const FN(train_ctx) o = {
             .p = &p, .kern = dn_kernels()->BN_TABLE, .x = x,
@@ -440,9 +447,8 @@ dn_status FN(dn_batchnorm_partial_stats)(
         };
         const FN(pass) ps = {
             .reduce = FN(train_reduce), .finish = FN(stats_channels), .ctx = &o,
-            .scratch = (char *)(work + 2 * G * c + 2 * G), .scratch_bytes = scratch_bytes,
+            .scratch = scratch, .scratch_bytes = scratch_bytes,
         };
-        dn_group_weights(&p, work + 2 * G * c);
         FN(run_pass)(&p, o.kern, &ps);
     }
     free(work);
