@@ -11,8 +11,6 @@ run always.
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 
 import dropnorm
-from dropnorm.bench import run_mpiexec
+from dropnorm.bench import mpiexec_command, run_mpiexec
 
 WORKER = Path(__file__).resolve().parent / "mpi_sync_worker.py"
 # max |a - b| / max |b| against one process, the issue's bounds
@@ -28,17 +26,9 @@ TOLERANCE = {"float32": 2e-6, "float64": 1e-12}
 
 
 def _mpiexec():
-    """The mpiexec command with the options this machine needs, or None."""
-    exe = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
-    if exe is None:
-        return None
-    cmd = [exe]
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-    if "Open MPI" in version.stdout + version.stderr or "OpenRTE" in version.stdout:
-        cmd.append("--oversubscribe")  # more ranks than cores here
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            cmd.append("--allow-run-as-root")  # containers and CI run as root
-    return cmd
+    """The mpiexec command with the options this machine needs, or None: the
+    benchmark's (its sync suite launches the same way)."""
+    return mpiexec_command()
 
 
 def _need_mpi():

