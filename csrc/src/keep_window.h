@@ -12,6 +12,27 @@
 #define DN_WIN 64                  /* indices per window */
 #define DN_WIN_BLOCKS (DN_WIN / 4) /* Philox blocks per window */
 
+/* The window loops run ten Philox rounds between one window's loads and
+ * the next's: more instructions than the out-of-order window reaches, and
+ * this CPU's hardware prefetchers did not keep the lines coming (one thread,
+ * float32, 51 MB: 1.10 ns per element without, 0.31 with, which is the
+ * in-cache speed). So each window first prefetches the input a fixed
+ * distance ahead. A prefetch never faults; the address is formed as an
+ * integer, so near the end of the tensor it is no pointer arithmetic past
+ * the array. */
+#define DN_PREFETCH_AHEAD 1024 /* bytes */
+
+static inline void dn_prefetch_ahead(const void *at, int64_t bytes)
+{
+#if defined(__GNUC__)
+    const uintptr_t a = (uintptr_t)at + DN_PREFETCH_AHEAD;
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const void *)(a + (uintptr_t)o));
+#else
+    (void)at;
+    (void)bytes;
+#endif
+}
+
 /* What a window needs: key, the stream's counter words and the threshold. */
 typedef struct dn_philox_stream {
     uint32_t k0, k1; /* key: lo32(seed), hi32(seed) */

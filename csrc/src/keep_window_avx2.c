@@ -133,6 +133,8 @@ static inline void dn_drop_windows_avx2(const dn_philox_stream *ps, uint64_t blo
     const __m256d s64 = _mm256_set1_pd(scale);
     for (int64_t w = 0; w < windows; w++) {
         __m256i words[8], kept[8];
+        if (f64) dn_prefetch_ahead((const double *)x + w * DN_WIN, DN_WIN * (int64_t)sizeof(double));
+        else dn_prefetch_ahead((const float *)x + w * DN_WIN, DN_WIN * (int64_t)sizeof(float));
         dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
         for (int v = 0; v < 8; v++) {
             const int64_t at = w * DN_WIN + 8 * v;
@@ -181,6 +183,7 @@ static inline void dn_drop_windows_half_avx2(const dn_philox_stream *ps, uint64_
     const __m256 s = _mm256_set1_ps(scale);
     for (int64_t w = 0; w < windows; w++) {
         __m256i words[8], kept[8];
+        dn_prefetch_ahead(x + w * DN_WIN, DN_WIN * (int64_t)sizeof *x);
         dn_window_words_avx2(ps, block0 + (uint64_t)(w * DN_WIN_BLOCKS), words);
         for (int v = 0; v < 8; v++) {
             const int64_t at = w * DN_WIN + 8 * v;

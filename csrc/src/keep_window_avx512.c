@@ -22,6 +22,7 @@ static inline void dn_drop_some_avx512_f32(const dn_philox_stream *ps, uint64_t 
                                            int mul, uint64_t *bits)
 {
     __mmask16 q[4 * DN_AVX512_WINDOWS];
+    dn_prefetch_ahead(x, count * DN_WIN * (int64_t)sizeof *x);
     dn_window_masks_avx512(ps, block0, count, q);
     for (int v = 0; v < 4 * count; v++) {
         const __m512 val = _mm512_loadu_ps(x + 16 * v);
@@ -37,6 +38,7 @@ static inline void dn_drop_some_avx512_f64(const dn_philox_stream *ps, uint64_t 
                                            uint64_t *bits)
 {
     __mmask16 q[4 * DN_AVX512_WINDOWS];
+    dn_prefetch_ahead(x, count * DN_WIN * (int64_t)sizeof *x);
     dn_window_masks_avx512(ps, block0, count, q);
     for (int v = 0; v < 8 * count; v++) {
         const __mmask8 k = (__mmask8)(q[v / 2] >> (8 * (v % 2)));

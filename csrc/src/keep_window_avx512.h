@@ -117,6 +117,7 @@ static inline void dn_drop_some_avx512_half(const dn_philox_stream *ps, uint64_t
                                             __m512 s, int mul, uint64_t *bits)
 {
     __mmask16 q[4 * DN_AVX512_WINDOWS];
+    dn_prefetch_ahead(x, count * DN_WIN * (int64_t)sizeof *x);
     dn_window_masks_avx512(ps, block0, count, q);
     for (int v = 0; v < 4 * count; v++) {
         __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)(x + 16 * v));
