@@ -525,6 +525,8 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
                                   double *gmean, double *gm2, T *DN_RESTRICT w)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
+    /* columns reduced at a time: a wide row, or a task's page of channels */
+    const int64_t tile = per > 1 ? W : p->cblock;
     T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
     int64_t g, c0, c1, w1, lo, hi;
     double cnt = 0.0;
@@ -549,8 +551,8 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
             const T snap2 = snap * snap;
             for (int64_t j = c0; j < w1; j++) sum[j] = 0;
             /* a tile of the row at a time (the accumulators stay in L1) */
-            for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
-                const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
+            for (int64_t j0 = c0; j0 < w1; j0 += tile) {
+                const int64_t j1 = dn_min64(j0 + tile, w1);
                 for (int64_t q = 0; q < full; q++) {
 #if defined(DN_HALF)
                     FN(half_add)(sum, x + (r0 + q * per) * C, j0, j1);
@@ -585,8 +587,8 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
          * of the accumulator traffic; from memory one, since one sequential
          * stream is what the prefetchers follow best (four measured 25%
          * slower over the whole kernel). */
-        for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
-            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
+        for (int64_t j0 = c0; j0 < w1; j0 += tile) {
+            const int64_t j1 = dn_min64(j0 + tile, w1);
             int64_t q = 0;
             if (r0 == lo) {
                 for (; q + 4 <= full; q += 4) {
@@ -697,6 +699,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
                               int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
+    const int64_t tile = per > 1 ? W : p->cblock; /* as nsc_group_moments */
     T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
     T *DN_RESTRICT hw = acc + 3 * W;
     int64_t g, c0, c1, w1, lo, hi;
@@ -713,8 +716,8 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         const int64_t full = (r1 - r0) / per;
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
         /* a tile of the row at a time: the accumulators stay in L1 */
-        for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
-            const int64_t j1 = dn_min64(j0 + DN_ROW_TILE, w1);
+        for (int64_t j0 = c0; j0 < w1; j0 += tile) {
+            const int64_t j1 = dn_min64(j0 + tile, w1);
             for (int64_t q = 0; q < full; q++) {
 #if defined(DN_HALF)
                 FN(half_grad)(a0, a1, a2, dy + (r0 + q * per) * C, x + (r0 + q * per) * C, hw,
