@@ -52,7 +52,14 @@ from dropnorm._paths import (
     get_pkgconfig_dir,
     get_runtime_dir,
 )
-from dropnorm._runtime import build_info, c_version, get_max_threads, set_num_threads
+from dropnorm._runtime import (
+    build_info,
+    c_version,
+    get_max_threads,
+    output_cache_info,
+    set_num_threads,
+    set_output_cache_limit,
+)
 from dropnorm._shards import (
     batch_norm_backward_apply,
     batch_norm_backward_reduce,
@@ -96,6 +103,8 @@ __all__ = [
     "get_pkgconfig_dir",
     "get_runtime_dir",
     "manual_seed",
+    "output_cache_info",
     "philox4x32_10",
     "set_num_threads",
+    "set_output_cache_limit",
 ]

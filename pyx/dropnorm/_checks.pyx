@@ -67,6 +67,60 @@ from libc.string cimport memcmp
 
 cnp.import_array()
 
+
+cdef extern from "_output_cache.h":
+    size_t DN_CACHE_MIN
+    void *_cache_handler "(&dn_cache_handler)"
+    void dn_cache_set_limit(size_t limit) nogil
+    size_t dn_cache_get_limit() nogil
+    size_t dn_cache_get_held() nogil
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+from cpython.pycapsule cimport PyCapsule_New
+
+# NumPy's memory handler for the large outputs (_output_cache.h)
+cdef object _CACHE_HANDLER = PyCapsule_New(_cache_handler, "mem_handler", NULL)
+
+
+def _cache_limit_from_environment():
+    value = __import__("os").environ.get("DROPNORM_OUTPUT_CACHE_MB")
+    if value is None:
+        return
+    try:
+        mib = int(value)
+        if mib < 0:
+            raise ValueError
+    except ValueError:
+        import warnings
+        warnings.warn(f"DROPNORM_OUTPUT_CACHE_MB: expected a whole number of MiB >= 0, got "
+                      f"{value!r}; the default limit applies", RuntimeWarning, stacklevel=2)
+        return
+    dn_cache_set_limit(<size_t>mib << 20)
+
+
+_cache_limit_from_environment()
+
+
+def output_cache_set_limit(size_t nbytes):
+    """Sets the output cache's limit in bytes (0: keep nothing)."""
+    dn_cache_set_limit(nbytes)
+
+
+def output_cache_state():
+    """(limit, held): the output cache's limit and the bytes it holds."""
+    return dn_cache_get_limit(), dn_cache_get_held()
+
+
+cdef object _cached_empty_like(x):
+    """np.empty_like(x) from the output cache's handler."""
+    old = PyDataMem_SetHandler(_CACHE_HANDLER)
+    try:
+        return np.empty_like(x)
+    finally:
+        PyDataMem_SetHandler(old)
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 cdef object _FLOAT32 = FLOAT_DTYPES[0]
 cdef object _FLOAT64 = FLOAT_DTYPES[1]
@@ -419,6 +473,8 @@ cpdef output_like(name, out, x):
 
     Whether ``out`` overlaps another argument is check_disjoint's part."""
     if out is None:
+        if type(x) is cnp.ndarray and <size_t>cnp.PyArray_NBYTES(x) >= DN_CACHE_MIN:
+            return _cached_empty_like(x)
         return np.empty_like(x)
     if (type(x) is cnp.ndarray and _is_float(out, _WRITE_FLAGS)
             and _like(out, x)):

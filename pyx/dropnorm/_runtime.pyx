@@ -47,6 +47,38 @@ def get_max_threads():
     return dn_get_max_threads()
 
 
+def set_output_cache_limit(nbytes):
+    """Set nbytes, how many bytes of freed outputs dropnorm may keep for
+    reuse (an integer >= 0; 0 keeps none and frees what is held).
+
+    Outputs of 1 MiB or more that dropnorm's functions allocate (``out``
+    not given) come from an output cache: when such an array is freed its
+    memory is kept, up to this limit (default 256 MiB, or the environment
+    variable DROPNORM_OUTPUT_CACHE_MB read at import) and at most 8 blocks,
+    and the next output of exactly that size reuses it. A fresh block
+    costs the page faults that zero it, about as much time as a kernel's
+    pass over it; a loop that calls the same layers again pays them once.
+    The arrays are ordinary NumPy arrays (NumPy's memory-handler protocol,
+    NEP 49). PyTorch's CUDA caching allocator works the same way."""
+    import operator
+    from dropnorm._checks import output_cache_set_limit
+    try:
+        n = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"nbytes: expected an integer, got {type(nbytes).__name__}") from None
+    if n < 0:
+        raise ValueError(f"nbytes: expected a number of bytes >= 0, got {n}")
+    output_cache_set_limit(min(n, (1 << 62)))
+
+
+def output_cache_info():
+    """The output cache (see set_output_cache_limit) as a dict: limit (bytes
+    it may hold) and held (bytes of freed outputs it holds now)."""
+    from dropnorm._checks import output_cache_state
+    limit, held = output_cache_state()
+    return {"limit": limit, "held": held}
+
+
 def raise_status(int status, str where):
     """Raise the Python exception for a failed C call (status != DN_OK)."""
     text = dn_status_str(<dn_status>status).decode()
