@@ -659,13 +659,69 @@ static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double
         FN(ncs_group_moments)(p, (const S *)x, t, gmean, gm2, (double *)scratch);
 }
 
+/* ---- The fused backward's gradient (dn_grad_gate). ---------------------
+ * g[i] = gate(i) ? dy[i]*scale rounded to S (dy[i] when !mul) : +0 for the
+ * len elements from flat index i0: what dn_dropout_backward_*() and a
+ * ReLU's backward (dy where the output is positive, +0 elsewhere) give in
+ * turn. g may be dy itself (iteration k reads and writes index k only). */
+static inline S FN(gated)(S d, T scale, int mul, int keep)
+{
+    const S v = mul ? DN_ST(DN_LD(d) * scale) : d;
+    return keep ? v : (S)0;
+}
+
+static void FN(gate_run)(const dn_grad_gate *gt, int64_t i0, int64_t len)
+{
+    const S *dy = (const S *)gt->dy + i0;
+    S *g = (S *)gt->g + i0;
+    const T scale = (T)gt->scale;
+    const int mul = gt->mul;
+    switch (gt->kind) {
+    case DN_GATE_ALL:
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, mul, 1);
+        break;
+    case DN_GATE_NONE:
+        for (int64_t k = 0; k < len; k++) g[k] = (S)0;
+        break;
+    case DN_GATE_Y: {
+        const S *y = (const S *)gt->y + i0;
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++)
+            g[k] = FN(gated)(dy[k], scale, mul, DN_LD(y[k]) > (T)0);
+        break;
+    }
+    case DN_GATE_BITS: {
+        const uint8_t *DN_RESTRICT b = gt->bits;
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) {
+            const int64_t i = i0 + k;
+            g[k] = FN(gated)(dy[k], scale, mul, (b[i >> 3] >> (i & 7)) & 1);
+        }
+        break;
+    }
+    case DN_GATE_PHILOX: {
+        /* whole windows from the one before i0 (Philox blocks start at
+         * multiples of 4; windows here at multiples of DN_WIN) */
+        uint32_t keep[DN_WIN];
+        for (int64_t base = i0 - i0 % DN_WIN; base < i0 + len; base += DN_WIN) {
+            const int64_t lo = dn_max64(base, i0), hi = dn_min64(base + DN_WIN, i0 + len);
+            gt->gen(&gt->ps, (uint64_t)base >> 2, keep, NULL);
+            for (int64_t i = lo; i < hi; i++)
+                g[i - i0] = FN(gated)(dy[i - i0], scale, mul, (int)keep[i - base]);
+        }
+        break;
+    }
+    }
+}
+
 /* ---- Gradient sums of one group. ---------------------------------------- */
 
 /* Channels first: per (channel, group) of task t, as run_grad_sums over
  * its pieces in memory order; short_rows channel by channel, all of a
  * channel's rows in the group summed together. */
 static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
-                              int64_t t, double *sums)
+                              int64_t t, double *sums, const dn_grad_gate *gate)
 {
     const int64_t G = p->groups, sp = p->s;
     dn_ncs_pieces it;
@@ -680,21 +736,26 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         const int64_t rows = it.hi / sp - it.img;
         for (int64_t ch = it.c0; ch < it.c1; ch++) {
             const int64_t first = (it.img * p->c + ch) * sp;
+            if (gate)
+                for (int64_t r = 0; r < rows; r++) FN(gate_run)(gate, first + r * p->c * sp, sp);
             FN(rows_grad_sums)(dy + first, x + first, p->c * sp, rows, sp, h[ch],
                                sums + 3 * (ch * G + it.g));
         }
         return;
     }
-    while (dn_ncs_pieces_next(p, &it, &pc))
+    while (dn_ncs_pieces_next(p, &it, &pc)) {
+        if (gate) FN(gate_run)(gate, pc.off, pc.len);
         FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch],
                           sums + 3 * (pc.ch * G + it.g));
+    }
 }
 
 /* Channels last: per channel, rows summed in T over wide rows (as
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
  * w in double. acc: scratch of 4*p->wide values. */
 static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
-                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc)
+                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc,
+                              const dn_grad_gate *gate)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
     T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
@@ -711,6 +772,10 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const int64_t full = (r1 - r0) / per;
+        /* the gradient of the chunk's channels (whole rows when a wide
+         * row holds several: then the task has every channel) */
+        if (gate)
+            for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
         /* a tile of the row at a time: the accumulators stay in L1 */
         for (int64_t j0 = c0; j0 < w1; j0 += DN_ROW_TILE) {
@@ -761,9 +826,21 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
 {
     if (p->nsc)
         FN(nsc_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums,
-                          (T *)scratch);
+                          (T *)scratch, NULL);
     else
-        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums);
+        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums, NULL);
+}
+
+/* The fused backward's sums: each piece's gradient written by gate_run,
+ * then summed from there exactly as group_grad_sums sums dy. */
+static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
+                                 const void *shift, int64_t t, double *sums, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums,
+                          (T *)scratch, gate);
+    else
+        FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
 }
 
 /* ---- Elementwise passes. -------------------------------------------------
@@ -908,6 +985,61 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
     }
 }
 
+/* The fused steps (dn_fused_terms) on a tile of the normalised values
+ * y0[0 .. len), flat elements i0 .. i0 + len (i0 a multiple of DN_WIN and
+ * of 8: the tiles of a block): residual add, relu, dropout, the gradient
+ * mask. */
+static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *DN_RESTRICT y0)
+{
+    uint32_t keep[DN_STREAM_TILE];
+    uint32_t pass[DN_STREAM_TILE];
+    if (f->residual) {
+        const S *DN_RESTRICT r = (const S *)f->residual + i0;
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) y0[k] = DN_ST(DN_LD(y0[k]) + DN_LD(r[k]));
+    }
+    if (f->relu) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) {
+            const T v = DN_LD(y0[k]);
+            /* the gradient passes where t > 0; NaN stays NaN in y */
+            pass[k] = v > (T)0;
+            y0[k] = v <= (T)0 ? (S)0 : y0[k];
+        }
+    } else if (f->mask) {
+        for (int64_t k = 0; k < len; k++) pass[k] = 1;
+    }
+    if (f->drop == DN_DROP_PHILOX) {
+        const T scale = (T)f->scale;
+        for (int64_t w = 0; w < len; w += DN_WIN)
+            f->gen(&f->ps, (uint64_t)(i0 + w) >> 2, keep + w, NULL);
+        if (f->mul) {
+            DN_IVDEP
+            for (int64_t k = 0; k < len; k++) {
+                const S v = DN_ST(DN_LD(y0[k]) * scale);
+                y0[k] = keep[k] ? v : (S)0;
+            }
+        } else {
+            DN_IVDEP
+            for (int64_t k = 0; k < len; k++) y0[k] = keep[k] ? y0[k] : (S)0;
+        }
+        if (f->mask)
+            for (int64_t k = 0; k < len; k++) pass[k] &= keep[k];
+    } else if (f->drop == DN_DROP_ALL) {
+        for (int64_t k = 0; k < len; k++) y0[k] = (S)0;
+        if (f->mask)
+            for (int64_t k = 0; k < len; k++) pass[k] = 0;
+    }
+    if (f->mask) {
+        uint8_t *DN_RESTRICT m = f->mask + i0 / 8;
+        for (int64_t b = 0; b < (len + 7) / 8; b++) {
+            uint32_t v = 0;
+            for (int64_t k = 8 * b; k < dn_min64(8 * b + 8, len); k++) v |= pass[k] << (k - 8 * b);
+            m[b] = (uint8_t)v;
+        }
+    }
+}
+
 /* The table's elementwise entry: directly into out, or (stream) through a
  * small buffer with streaming stores, which skip reading the destination
  * lines first (for outputs larger than the caches). */
@@ -915,7 +1047,17 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
                             void *out, int stream)
 {
     S *y = (S *)out;
-    if (stream) {
+    if (op->fused) {
+        /* through an L1 tile: the normalised values, then the fused steps */
+        S buf[DN_STREAM_TILE];
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            FN(elementwise_range)(p, op, t0, t1, buf);
+            FN(fused_tile)(op->fused, t0, t1 - t0, buf);
+            if (stream) dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+            else memcpy(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+        }
+    } else if (stream) {
         S buf[DN_STREAM_TILE];
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
             const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
@@ -1086,6 +1228,7 @@ static void FN(finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f,
 const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
     FN(group_moments),
     FN(group_grad_sums),
+    FN(group_gated_sums),
     FN(elementwise),
     FN(finish_train),
     FN(finish_backward),
