@@ -9,6 +9,9 @@
  *              the half types f16 and bf16, which compute in float)
  *   FN(name)   the name with its type suffix (name##_f32)
  *   BN_TABLE   the kernel table's member for the type (bn_f32, ..., bn_bf16)
+ *   DROP_WINDOWS  the table's member of the type's fused dropout windows
+ *              (drop_windows_f32, ...), DROP_FIELD dn_fused_terms' field
+ *              for it (windows_f32, windows_f64, windows_half)
  * Reductions are in double between blocks; the merge of statistics is in
  * double; elementwise passes are in T, rounded once to S. */
 #if !defined(S)
@@ -445,6 +448,7 @@ static dn_fused_terms FN(fused_terms)(const S *residual, dn_activation activatio
     if (f.drop == DN_DROP_PHILOX) {
         f.ps = dn_philox_stream_of(p, seed, stream);
         f.gen = dn_kernels()->keep_window;
+        f.DROP_FIELD = dn_kernels()->DROP_WINDOWS;
     }
     f.scale = (double)FN(fused_scale)(p, &f.mul);
     f.mask = mask;

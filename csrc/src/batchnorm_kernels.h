@@ -1011,20 +1011,37 @@ static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *
     }
     if (f->drop == DN_DROP_PHILOX) {
         const T scale = (T)f->scale;
-        for (int64_t w = 0; w < len; w += DN_WIN)
+        int64_t k0 = 0;
+#if defined(DN_HALF)
+        const dn_drop_windows_fn_f16 dw = f->windows_half;
+#else
+        const DN_PASTE2(dn_drop_windows_fn_, DN_TSFX) dw = f->DN_PASTE2(windows_, DN_TSFX);
+#endif
+        if (dw != NULL) {
+            /* the whole windows in registers, as dn_dropout_forward_*() does */
+            const int64_t windows = len / DN_WIN;
+            uint64_t bits[DN_STREAM_TILE / DN_WIN];
+            dw(&f->ps, (uint64_t)i0 >> 2, windows, y0, y0, scale, f->mul, f->mask ? bits : NULL);
+            if (f->mask)
+                for (int64_t w = 0; w < windows; w++)
+                    for (int k = 0; k < DN_WIN; k++)
+                        pass[w * DN_WIN + k] &= (uint32_t)(bits[w] >> k) & 1u;
+            k0 = windows * DN_WIN;
+        }
+        for (int64_t w = k0; w < len; w += DN_WIN)
             f->gen(&f->ps, (uint64_t)(i0 + w) >> 2, keep + w, NULL);
         if (f->mul) {
             DN_IVDEP
-            for (int64_t k = 0; k < len; k++) {
+            for (int64_t k = k0; k < len; k++) {
                 const S v = DN_ST(DN_LD(y0[k]) * scale);
                 y0[k] = keep[k] ? v : (S)0;
             }
         } else {
             DN_IVDEP
-            for (int64_t k = 0; k < len; k++) y0[k] = keep[k] ? y0[k] : (S)0;
+            for (int64_t k = k0; k < len; k++) y0[k] = keep[k] ? y0[k] : (S)0;
         }
         if (f->mask)
-            for (int64_t k = 0; k < len; k++) pass[k] &= keep[k];
+            for (int64_t k = k0; k < len; k++) pass[k] &= keep[k];
     } else if (f->drop == DN_DROP_ALL) {
         for (int64_t k = 0; k < len; k++) y0[k] = (S)0;
         if (f->mask)

@@ -61,6 +61,11 @@ typedef struct dn_fused_terms {
     dn_drop_kind drop;
     dn_philox_stream ps;  /* DN_DROP_PHILOX: key, stream, threshold */
     dn_keep_window_fn gen;
+    /* the type's fused dropout windows of the dispatch table (whole
+     * windows generated and applied in registers), or NULL (portable) */
+    dn_drop_windows_fn_f32 windows_f32;
+    dn_drop_windows_fn_f64 windows_f64;
+    dn_drop_windows_fn_f16 windows_half; /* f16 and bf16 */
     double scale;         /* the kept values' scale, a value of T */
     int mul;              /* scale != 1 */
     uint8_t *mask;        /* the gradient mask, written; may be NULL */
