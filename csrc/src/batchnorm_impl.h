@@ -563,7 +563,8 @@ dn_status FN(dn_batchnorm_backward_fused)(
     T *terms;
     char *scratch;
     size_t scratch_bytes;
-    dn_grad_gate gate;
+    dn_grad_gate gate, apply;
+    uint8_t *rowbits = NULL;
     if (st != DN_OK) return st;
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
@@ -573,7 +574,6 @@ dn_status FN(dn_batchnorm_backward_fused)(
     if (activation == DN_ACTIVATION_RELU && y == NULL && mask == NULL) return DN_ERR_NULL_POINTER;
     memset(&gate, 0, sizeof gate);
     gate.dy = dy;
-    gate.g = d_residual ? (void *)d_residual : (void *)dx;
     gate.scale = (double)FN(fused_scale)(p, &gate.mul);
     if (mask != NULL) {
         gate.kind = DN_GATE_BITS;
@@ -592,13 +592,36 @@ dn_status FN(dn_batchnorm_backward_fused)(
         gate.gen = dn_kernels()->keep_window;
     }
     dn_plan_short_rows(&pl, DN_SHORT_GRAD_ROW);
+    /* the tiles schedule where the reduction reads contiguous pieces (the
+     * gradient made twice, never stored but as d_residual); else g stored */
+    gate.tiles = !pl.nsc && !pl.short_rows;
+    gate.g = d_residual ? (void *)d_residual : gate.tiles ? NULL : (void *)dx;
+    apply = gate;
+    if (gate.tiles && pl.row_parts == 0 && gate.kind != DN_GATE_BITS
+        && gate.kind != DN_GATE_ALL && gate.kind != DN_GATE_NONE) {
+        /* whole rows per reduction task: the reduction keeps the gate of
+         * y (or of Philox) as row masks for the elementwise pass */
+        dn_bytes need = {0, 0};
+        const int64_t rowbytes = (pl.s + 7) / 8;
+        dn_bytes_add(&need, pl.n * pl.c, (size_t)rowbytes);
+        rowbits = (uint8_t *)dn_workspace(&need, &st);
+        if (rowbits == NULL) return st;
+        gate.rowbits_out = rowbits;
+        gate.row = apply.row = pl.s;
+        gate.rowbytes = apply.rowbytes = rowbytes;
+        apply.kind = DN_GATE_ROWBITS;
+        apply.rowbits = rowbits;
+    }
     work = FN(grad_workspace)(&pl, 4, &terms, &scratch, &scratch_bytes, &st);
-    if (work == NULL) return st;
+    if (work == NULL) {
+        free(rowbits);
+        return st;
+    }
     {
         T *const dy_scale = terms, *const x_scale = terms + pl.wide;
         T *const centre = terms + 2 * pl.wide, *const offset = terms + 3 * pl.wide;
         const FN(grad_ctx) o = {
-            .p = &pl, .kern = dn_kernels()->BN_TABLE, .dy = (const S *)gate.g, .x = x,
+            .p = &pl, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x,
             .finish = {
                 .sums = work, .shift = save_mean, .save_invstd = save_invstd, .gamma = gamma,
                 .dgamma = dgamma, .dbeta = dbeta,
@@ -607,8 +630,9 @@ dn_status FN(dn_batchnorm_backward_fused)(
             .gate = &gate,
         };
         const dn_elementwise op = {
-            .kind = DN_ELEMENTWISE_BACKWARD, .in = gate.g, .x = x,
-            .backward = {dy_scale, x_scale, centre, offset},
+            .kind = DN_ELEMENTWISE_BACKWARD, .in = gate.tiles ? (const void *)dy : gate.g,
+            .x = x, .backward = {dy_scale, x_scale, centre, offset},
+            .gate = gate.tiles ? &apply : NULL,
         };
         const FN(pass) ps = {
             .reduce = FN(gated_reduce), .finish = FN(backward_channels), .ctx = &o,
@@ -618,6 +642,7 @@ dn_status FN(dn_batchnorm_backward_fused)(
         FN(run_pass)(&pl, o.kern, &ps);
     }
     free(work);
+    free(rowbits);
     return DN_OK;
 }
 

@@ -664,55 +664,158 @@ static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double
  * len elements from flat index i0: what dn_dropout_backward_*() and a
  * ReLU's backward (dy where the output is positive, +0 elsewhere) give in
  * turn. g may be dy itself (iteration k reads and writes index k only). */
+#ifndef DN_GATE_UINT_ONCE
+#  define DN_GATE_UINT_ONCE
+/* the unsigned integer type of each storage type's width */
+#  define DN_UINT_f32 uint32_t
+#  define DN_UINT_f64 uint64_t
+#  define DN_UINT_f16 uint16_t
+#  define DN_UINT_bf16 uint16_t
+#endif
+
+/* The select is a bitwise AND with all ones or all zeros, as dropout's
+ * (dropout_impl.h): no branch on a random mask, and +0 where not kept. */
 static inline S FN(gated)(S d, T scale, int mul, int keep)
 {
-    const S v = mul ? DN_ST(DN_LD(d) * scale) : d;
-    return keep ? v : (S)0;
+    S v = mul ? DN_ST(DN_LD(d) * scale) : d;
+    DN_PASTE2(DN_UINT_, DN_TSFX) bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= (DN_PASTE2(DN_UINT_, DN_TSFX))0 - (DN_PASTE2(DN_UINT_, DN_TSFX))(keep != 0);
+    memcpy(&v, &bits, sizeof bits);
+    return v;
 }
 
-static void FN(gate_run)(const dn_grad_gate *gt, int64_t i0, int64_t len)
+/* g[k] = keep[k] ? dy[k]*scale (dy[k] when !mul) : +0 for k < len; the two
+ * loops are separate so that each vectorises without a test inside. */
+static inline void FN(gate_select)(const S *dy, const uint8_t *DN_RESTRICT keep, int64_t len,
+                                   T scale, int mul, S *g)
 {
-    const S *dy = (const S *)gt->dy + i0;
-    S *g = (S *)gt->g + i0;
-    const T scale = (T)gt->scale;
-    const int mul = gt->mul;
+    if (mul) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 1, (int)keep[k]);
+    } else {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 0, (int)keep[k]);
+    }
+}
+
+#ifndef DN_SPREAD_ONCE
+#  define DN_SPREAD_ONCE
+/* The 8 bits of a mask byte, LSB first, as 8 bytes of 0 or 1: byte j of
+ * the result is bit j (each byte of the product holds the mask byte; the
+ * AND keeps bit j of byte j; adding 0x7F carries a set bit into the byte's
+ * top bit). */
+static inline void dn_spread_byte(unsigned byte, uint8_t *DN_RESTRICT out)
+{
+    const uint64_t v = ((((uint64_t)byte * 0x0101010101010101u) & 0x8040201008040201u)
+                        + 0x7F7F7F7F7F7F7F7Fu) >> 7 & 0x0101010101010101u;
+    for (int j = 0; j < 8; j++) out[j] = (uint8_t)(v >> (8 * j));
+}
+
+/* The inverse: 8 bytes of 0 or 1 packed LSB first (byte j of v, moved to
+ * bit 56 + j by the product, whose partial products do not overlap). */
+static inline unsigned dn_pack_byte(const uint8_t *DN_RESTRICT in)
+{
+    uint64_t v = 0;
+    for (int j = 0; j < 8; j++) v |= (uint64_t)in[j] << (8 * j);
+    return (unsigned)((v * 0x0102040810204080u) >> 56);
+}
+
+/* keep[0 .. n) from packed bits starting at bit `bit` of b */
+static inline void dn_unpack_bits(const uint8_t *DN_RESTRICT b, int64_t bit, int64_t n,
+                                  uint8_t *DN_RESTRICT keep)
+{
+    int64_t q = 0;
+    for (; q < n && ((bit + q) & 7) != 0; q++)
+        keep[q] = (uint8_t)((b[(bit + q) >> 3] >> ((bit + q) & 7)) & 1u);
+    for (; q + 8 <= n; q += 8) dn_spread_byte(b[(bit + q) >> 3], keep + q);
+    for (; q < n; q++) keep[q] = (uint8_t)((b[(bit + q) >> 3] >> ((bit + q) & 7)) & 1u);
+}
+#endif
+
+/* The gate of flat elements [i0, i0 + len) into keep[0 .. len) (len at
+ * most DN_GATE_CHUNK), from y, the mask or Philox. */
+#define DN_GATE_CHUNK 256
+static void FN(gate_keep)(const dn_grad_gate *gt, int64_t i0, int64_t len,
+                          uint8_t *DN_RESTRICT keep)
+{
     switch (gt->kind) {
-    case DN_GATE_ALL:
-        DN_IVDEP
-        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, mul, 1);
-        break;
-    case DN_GATE_NONE:
-        for (int64_t k = 0; k < len; k++) g[k] = (S)0;
-        break;
     case DN_GATE_Y: {
-        const S *y = (const S *)gt->y + i0;
-        DN_IVDEP
-        for (int64_t k = 0; k < len; k++)
-            g[k] = FN(gated)(dy[k], scale, mul, DN_LD(y[k]) > (T)0);
+        const S *DN_RESTRICT y = (const S *)gt->y + i0;
+        for (int64_t k = 0; k < len; k++) keep[k] = (uint8_t)(DN_LD(y[k]) > (T)0);
         break;
     }
-    case DN_GATE_BITS: {
-        const uint8_t *DN_RESTRICT b = gt->bits;
-        DN_IVDEP
-        for (int64_t k = 0; k < len; k++) {
-            const int64_t i = i0 + k;
-            g[k] = FN(gated)(dy[k], scale, mul, (b[i >> 3] >> (i & 7)) & 1);
-        }
+    case DN_GATE_BITS:
+        dn_unpack_bits(gt->bits, i0, len, keep);
         break;
-    }
     case DN_GATE_PHILOX: {
-        /* whole windows from the one before i0 (Philox blocks start at
-         * multiples of 4; windows here at multiples of DN_WIN) */
-        uint32_t keep[DN_WIN];
+        /* whole windows from the one holding i0 (a window starts at a
+         * multiple of DN_WIN, so at a Philox block) */
+        uint32_t win[DN_WIN];
         for (int64_t base = i0 - i0 % DN_WIN; base < i0 + len; base += DN_WIN) {
             const int64_t lo = dn_max64(base, i0), hi = dn_min64(base + DN_WIN, i0 + len);
-            gt->gen(&gt->ps, (uint64_t)base >> 2, keep, NULL);
-            for (int64_t i = lo; i < hi; i++)
-                g[i - i0] = FN(gated)(dy[i - i0], scale, mul, (int)keep[i - base]);
+            gt->gen(&gt->ps, (uint64_t)base >> 2, win, NULL);
+            for (int64_t i = lo; i < hi; i++) keep[i - i0] = (uint8_t)win[i - base];
         }
         break;
     }
+    case DN_GATE_ROWBITS: {
+        /* row by row: element (r, j) at bit j of row r's bytes */
+        for (int64_t k = 0; k < len;) {
+            const int64_t i = i0 + k, r = i / gt->row, j = i - r * gt->row;
+            const int64_t n = dn_min64(len - k, gt->row - j);
+            dn_unpack_bits(gt->rowbits + r * gt->rowbytes, j, n, keep + k);
+            k += n;
+        }
+        break;
     }
+    default: /* DN_GATE_ALL */
+        memset(keep, 1, (size_t)len);
+        break;
+    }
+}
+
+/* Packs keep[0 .. n) into the row masks from flat element i (i within one
+ * row, at a multiple of 8 in it: the reduction's blocks). */
+static void FN(gate_pack)(const dn_grad_gate *gt, int64_t i, int64_t n,
+                          const uint8_t *DN_RESTRICT keep)
+{
+    const int64_t r = i / gt->row, j = i - r * gt->row;
+    uint8_t *DN_RESTRICT b = gt->rowbits_out + r * gt->rowbytes + j / 8;
+    int64_t q = 0;
+    for (; q + 8 <= n; q += 8) b[q / 8] = (uint8_t)dn_pack_byte(keep + q);
+    if (q < n) {
+        unsigned v = 0;
+        for (int64_t t = q; t < n; t++) v |= (unsigned)keep[t] << (t - q);
+        b[q / 8] = (uint8_t)v;
+    }
+}
+
+static void FN(gate_values)(const dn_grad_gate *gt, int64_t i0, int64_t len, S *g)
+{
+    const S *dy = (const S *)gt->dy + i0;
+    const T scale = (T)gt->scale;
+    uint8_t keep[DN_GATE_CHUNK];
+    if (gt->kind == DN_GATE_NONE) {
+        for (int64_t k = 0; k < len; k++) g[k] = (S)0;
+        return;
+    }
+    if (gt->kind == DN_GATE_ALL && !gt->mul) {
+        if ((const void *)g != (const void *)dy) memmove(g, dy, sizeof(S) * (size_t)len);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < len; k0 += DN_GATE_CHUNK) {
+        const int64_t n = dn_min64(DN_GATE_CHUNK, len - k0);
+        FN(gate_keep)(gt, i0 + k0, n, keep);
+        if (gt->rowbits_out != NULL) FN(gate_pack)(gt, i0 + k0, n, keep);
+        FN(gate_select)(dy + k0, keep, n, scale, gt->mul, g + k0);
+    }
+}
+
+/* g of elements [i0, i0 + len) into the gate's buffer, at the same places */
+static void FN(gate_run)(const dn_grad_gate *gt, int64_t i0, int64_t len)
+{
+    FN(gate_values)(gt, i0, len, (S *)gt->g + i0);
 }
 
 /* ---- Gradient sums of one group. ---------------------------------------- */
@@ -744,6 +847,17 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         return;
     }
     while (dn_ncs_pieces_next(p, &it, &pc)) {
+        if (gate && gate->tiles) {
+            /* run_grad_sums' blocks, each made on the stack first */
+            S gb[DN_INNER];
+            for (int64_t b = 0; b < pc.len; b += DN_INNER) {
+                const int64_t len = dn_min64(DN_INNER, pc.len - b);
+                FN(gate_values)(gate, pc.off + b, len, gb);
+                FN(rows_grad_sums)(gb, x + pc.off + b, 0, 1, len, h[pc.ch],
+                                   sums + 3 * (pc.ch * G + it.g));
+            }
+            continue;
+        }
         if (gate) FN(gate_run)(gate, pc.off, pc.len);
         FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch],
                           sums + 3 * (pc.ch * G + it.g));
@@ -953,7 +1067,9 @@ static void FN(backward_run)(const S *dy, const S *x, const dn_backward_terms *t
 static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
                                   int64_t i1, S *out)
 {
+    /* in + k is flat element in_from + k */
     const S *in = (const S *)op->in, *x = (const S *)op->x;
+    const int64_t from = op->in_from;
     const dn_train_terms *tr = &op->train;
     const dn_affine_terms *af = &op->affine;
     dn_runs runs;
@@ -963,23 +1079,23 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
         switch (op->kind) {
         case DN_ELEMENTWISE_TRAIN:
             if (p->nsc)
-                FN(train_wide)(in + i, (const T *)tr->mean_hi + at, (const T *)tr->mean_lo + at,
+                FN(train_wide)(in + (i - from), (const T *)tr->mean_hi + at, (const T *)tr->mean_lo + at,
                                (const T *)tr->scale + at, (const T *)tr->shift + at, len, dst);
             else
-                FN(train_run)(in + i, ((const T *)tr->mean_hi)[at], ((const T *)tr->mean_lo)[at],
+                FN(train_run)(in + (i - from), ((const T *)tr->mean_hi)[at], ((const T *)tr->mean_lo)[at],
                               ((const T *)tr->scale)[at], ((const T *)tr->shift)[at], len, dst);
             break;
         case DN_ELEMENTWISE_AFFINE:
             if (p->nsc)
-                FN(affine_wide)(in + i, (const T *)af->scale + at, (const T *)af->shift + at, len,
+                FN(affine_wide)(in + (i - from), (const T *)af->scale + at, (const T *)af->shift + at, len,
                                 dst);
             else
-                FN(affine_run)(in + i, ((const T *)af->scale)[at], ((const T *)af->shift)[at], len,
+                FN(affine_run)(in + (i - from), ((const T *)af->scale)[at], ((const T *)af->shift)[at], len,
                                dst);
             break;
         case DN_ELEMENTWISE_BACKWARD:
-            if (p->nsc) FN(backward_wide)(in + i, x + i, &op->backward, at, len, dst);
-            else FN(backward_run)(in + i, x + i, &op->backward, at, len, dst);
+            if (p->nsc) FN(backward_wide)(in + (i - from), x + i, &op->backward, at, len, dst);
+            else FN(backward_run)(in + (i - from), x + i, &op->backward, at, len, dst);
             break;
         }
     }
@@ -1064,7 +1180,31 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
                             void *out, int stream)
 {
     S *y = (S *)out;
-    if (op->fused) {
+    if (op->gate) {
+        /* the backward's tiles: g made in an L1 tile (and d_residual
+         * written from it), then dx from the tile and x */
+        S gb[DN_STREAM_TILE], buf[DN_STREAM_TILE];
+        dn_elementwise tile = *op;
+        S *dres = (S *)op->gate->g;
+        tile.gate = NULL;
+        tile.in = gb;
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            const size_t bytes = (size_t)(t1 - t0) * sizeof(S);
+            FN(gate_values)(op->gate, t0, t1 - t0, gb);
+            tile.in_from = t0;
+            if (dres != NULL) {
+                if (stream) dn_stream_store(dres + t0, gb, bytes);
+                else memcpy(dres + t0, gb, bytes);
+            }
+            if (stream) {
+                FN(elementwise_range)(p, &tile, t0, t1, buf);
+                dn_stream_store(y + t0, buf, bytes);
+            } else {
+                FN(elementwise_range)(p, &tile, t0, t1, y + t0);
+            }
+        }
+    } else if (op->fused) {
         /* through an L1 tile: the normalised values, then the fused steps */
         S buf[DN_STREAM_TILE];
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {

@@ -76,15 +76,21 @@ typedef struct dn_fused_terms {
  * gate of each element from the fused output (y > 0: relu, with or
  * without dropout, since a kept positive value stays positive), a
  * gradient mask, the Philox decisions (dropout without relu), or all/none.
- * The reduction writes g into `g` (n*c*s values: d_residual, or dx) and
- * sums it as the plain backward sums dy; the elementwise pass then reads
- * it back as its dy. */
+ * Two schedules, the same sums of the same values:
+ *   tiles (channels first with long rows): the reduction makes g of each
+ *     block of at most DN_INNER values on the stack and sums it from there;
+ *     the elementwise pass makes g again, tile by tile, and writes
+ *     d_residual (`g`, may be NULL) from the tile;
+ *   buffer (the other schedules, whose reductions read rows with a
+ *     stride): the reduction writes g into `g` (d_residual, or dx) just
+ *     before summing it, and the elementwise pass reads it back as dy. */
 typedef enum dn_gate_kind {
     DN_GATE_ALL = 0, /* g = dy */
     DN_GATE_NONE,    /* g = +0 (p == 1) */
     DN_GATE_Y,       /* y > 0 */
     DN_GATE_BITS,    /* a packed gradient mask */
-    DN_GATE_PHILOX   /* the dropout decisions */
+    DN_GATE_PHILOX,  /* the dropout decisions */
+    DN_GATE_ROWBITS  /* the reduction's row masks (rowbits) */
 } dn_gate_kind;
 
 typedef struct dn_grad_gate {
@@ -96,18 +102,29 @@ typedef struct dn_grad_gate {
     dn_keep_window_fn gen;
     double scale;         /* a value of T */
     int mul;
-    void *g;              /* written (S); may be dy itself */
+    int tiles;            /* the tiles schedule */
+    void *g;              /* written (S): d_residual (tiles: may be NULL), or dx */
+    /* Row masks (tiles, channels first, whole rows per reduction task): the
+     * reduction writes each row's gate packed from a byte of its own, row r
+     * (of s = row values) at rowbits + r*rowbytes, so that no byte has two
+     * writers; the elementwise pass reads them (DN_GATE_ROWBITS) instead of
+     * y: a 32nd of a float tensor instead of a whole one. */
+    uint8_t *rowbits_out; /* the reduction's, or NULL */
+    const uint8_t *rowbits;
+    int64_t row, rowbytes;
 } dn_grad_gate;
 
 /* One elementwise pass: out = f(in[, x]) with the kind's terms. */
 typedef struct dn_elementwise {
     dn_elementwise_kind kind;
     const void *in; /* x (forward passes), dy (backward) */
+    int64_t in_from; /* in points at flat element in_from (a tile), 0 otherwise */
     const void *x;  /* backward: the forward input */
     dn_train_terms train;
     dn_affine_terms affine;
     dn_backward_terms backward;
     const dn_fused_terms *fused; /* forward passes: the fused steps after, or NULL */
+    const dn_grad_gate *gate;    /* backward, tiles schedule: `in` is made from it */
 } dn_elementwise;
 
 /* The per-channel arithmetic after the group reductions ("finishing" a
