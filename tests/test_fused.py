@@ -20,7 +20,11 @@ import dropnorm
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 # (shape, axis): no spatial extent, 1-D, 2-D, 3-D, channels first and last
 SHAPES = [((24, 6), 1), ((24, 6), -1), ((6, 5, 37), 1), ((6, 37, 5), -1),
-          ((4, 3, 9, 11), 1), ((4, 9, 11, 3), -1), ((2, 3, 4, 5, 6), 1), ((2, 4, 5, 6, 3), -1)]
+          ((4, 3, 9, 11), 1), ((4, 9, 11, 3), -1), ((2, 3, 4, 5, 6), 1), ((2, 4, 5, 6, 3), -1),
+          # the backward's schedules (batchnorm_impl.h): short rows and channels last store
+          # the gradient; long rows make it in tiles, with row masks from whole-image groups
+          # (16 images or more) and without them when few images split their rows
+          ((17, 3, 130), 1), ((2, 2, 4100), 1)]
 OPTIONS = list(itertools.product([False, True], [None, "relu"], [0.0, 0.3]))
 SEED, STREAM = 1234, 56
 
