@@ -177,13 +177,18 @@ def test_seedless_dropout_draws_from_the_default_generator():
 
 _SCRIPT = textwrap.dedent("""
     import hashlib, numpy as np, dropnorm
+    try:
+        import ml_dtypes
+        halves = (np.float16, ml_dtypes.bfloat16)
+    except ImportError:
+        halves = (np.float16,)
     h = hashlib.sha256()
     rng = np.random.default_rng(3)
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((3000, 70), 1),
                         ((17, 300, 7, 7), 1), ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1),
                         ((8, 16, 6, 7, 9), 1)]:
-        for dtype in (np.float32, np.float64, np.float16):
-            pd = np.float32 if dtype == np.float16 else dtype
+        for dtype in (np.float32, np.float64) + halves:
+            pd = np.float32 if np.dtype(dtype).itemsize == 2 else dtype
             x = (0.5 + rng.standard_normal(shape)).astype(dtype)
             r = rng.standard_normal(shape).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)
