@@ -735,7 +735,9 @@ static inline void dn_unpack_bits(const uint8_t *DN_RESTRICT b, int64_t bit, int
 
 /* The gate of flat elements [i0, i0 + len) into keep[0 .. len) (len at
  * most DN_GATE_CHUNK), from y, the mask or Philox. */
-#define DN_GATE_CHUNK 256
+#ifndef DN_GATE_CHUNK
+#  define DN_GATE_CHUNK 256
+#endif
 static void FN(gate_keep)(const dn_grad_gate *gt, int64_t i0, int64_t len,
                           uint8_t *DN_RESTRICT keep)
 {
