@@ -705,11 +705,19 @@ static inline void FN(gate_select)(const S *dy, const uint8_t *DN_RESTRICT keep,
  * the result is bit j (each byte of the product holds the mask byte; the
  * AND keeps bit j of byte j; adding 0x7F carries a set bit into the byte's
  * top bit). */
+#  if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) \
+      && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#    define DN_LITTLE_ENDIAN 1
+#  endif
 static inline void dn_spread_byte(unsigned byte, uint8_t *DN_RESTRICT out)
 {
     const uint64_t v = ((((uint64_t)byte * 0x0101010101010101u) & 0x8040201008040201u)
                         + 0x7F7F7F7F7F7F7F7Fu) >> 7 & 0x0101010101010101u;
+#  if defined(DN_LITTLE_ENDIAN)
+    memcpy(out, &v, 8); /* byte j of v is out[j]: one store */
+#  else
     for (int j = 0; j < 8; j++) out[j] = (uint8_t)(v >> (8 * j));
+#  endif
 }
 
 /* The inverse: 8 bytes of 0 or 1 packed LSB first (byte j of v, moved to
@@ -717,7 +725,11 @@ static inline void dn_spread_byte(unsigned byte, uint8_t *DN_RESTRICT out)
 static inline unsigned dn_pack_byte(const uint8_t *DN_RESTRICT in)
 {
     uint64_t v = 0;
+#  if defined(DN_LITTLE_ENDIAN)
+    memcpy(&v, in, 8); /* one load */
+#  else
     for (int j = 0; j < 8; j++) v |= (uint64_t)in[j] << (8 * j);
+#  endif
     return (unsigned)((v * 0x0102040810204080u) >> 56);
 }
 
@@ -771,6 +783,9 @@ static void FN(gate_keep)(const dn_grad_gate *gt, int64_t i0, int64_t len,
         }
         break;
     }
+    case DN_GATE_NONE:
+        memset(keep, 0, (size_t)len);
+        break;
     default: /* DN_GATE_ALL */
         memset(keep, 1, (size_t)len);
         break;
@@ -1065,6 +1080,28 @@ static void FN(backward_run)(const S *dy, const S *x, const dn_backward_terms *t
     for (; i < len; i++) dx[i] = DN_ST(a * DN_LD(dy[i]) + b * (DN_LD(x[i]) - h) + k);
 }
 
+#if !defined(DN_HALF)
+/* backward_run on the gradient g of the gate's keep bytes, g made in
+ * registers from dy (the same arithmetic on the same values: g is a value
+ * of T here, as the stored one would be). */
+static void FN(backward_run_gated)(const S *dy, const uint8_t *DN_RESTRICT keep, T scale,
+                                   int mul, const S *x, const dn_backward_terms *t, int64_t ch,
+                                   int64_t len, S *dx)
+{
+    const T a = ((const T *)t->dy_scale)[ch], b = ((const T *)t->x_scale)[ch];
+    const T h = ((const T *)t->centre)[ch], k = ((const T *)t->offset)[ch];
+    if (mul) {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++)
+            dx[i] = a * FN(gated)(dy[i], scale, 1, (int)keep[i]) + b * (x[i] - h) + k;
+    } else {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++)
+            dx[i] = a * FN(gated)(dy[i], scale, 0, (int)keep[i]) + b * (x[i] - h) + k;
+    }
+}
+#endif
+
 /* op over flat elements [i0, i1) into out[0 .. i1 - i0), run by run. */
 static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
                                   int64_t i1, S *out)
@@ -1182,6 +1219,27 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
                             void *out, int stream)
 {
     S *y = (S *)out;
+#if !defined(DN_HALF)
+    if (op->gate && op->gate->g == NULL && !p->nsc) {
+        /* the backward's tiles without d_residual: the gate of a tile as
+         * bytes, and g made in registers in dx's loop */
+        uint8_t keep[DN_STREAM_TILE];
+        S buf[DN_STREAM_TILE];
+        const dn_grad_gate *gt = op->gate;
+        const S *dy = (const S *)gt->dy, *x = (const S *)op->x;
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            dn_runs runs;
+            int64_t i, len, at;
+            FN(gate_keep)(gt, t0, t1 - t0, keep);
+            for (dn_runs_start(p, t0, &runs); dn_runs_next(p, &runs, t1, &i, &len, &at);)
+                FN(backward_run_gated)(dy + i, keep + (i - t0), (T)gt->scale, gt->mul, x + i,
+                                       &op->backward, at, len, stream ? buf + (i - t0) : y + i);
+            if (stream) dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+        }
+        return;
+    }
+#endif
     if (op->gate) {
         /* the backward's tiles: g made in an L1 tile (and d_residual
          * written from it), then dx from the tile and x */
