@@ -709,10 +709,22 @@ static inline void FN(gate_select)(const S *dy, const uint8_t *DN_RESTRICT keep,
       && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #    define DN_LITTLE_ENDIAN 1
 #  endif
+/* ... the same, for every byte, as a constant table (one load instead of
+ * the arithmetic) */
+#  define DN_SPREAD(b) ((((((uint64_t)(b)) * 0x0101010101010101u) & 0x8040201008040201u) \
+                        + 0x7F7F7F7F7F7F7F7Fu) >> 7 & 0x0101010101010101u)
+#  define DN_SPREAD4(b) DN_SPREAD(b), DN_SPREAD((b) + 1), DN_SPREAD((b) + 2), DN_SPREAD((b) + 3)
+#  define DN_SPREAD16(b) DN_SPREAD4(b), DN_SPREAD4((b) + 4), DN_SPREAD4((b) + 8), \
+                         DN_SPREAD4((b) + 12)
+#  define DN_SPREAD64(b) DN_SPREAD16(b), DN_SPREAD16((b) + 16), DN_SPREAD16((b) + 32), \
+                         DN_SPREAD16((b) + 48)
+static const uint64_t dn_spread_table[256] = {
+    DN_SPREAD64(0), DN_SPREAD64(64), DN_SPREAD64(128), DN_SPREAD64(192),
+};
+
 static inline void dn_spread_byte(unsigned byte, uint8_t *DN_RESTRICT out)
 {
-    const uint64_t v = ((((uint64_t)byte * 0x0101010101010101u) & 0x8040201008040201u)
-                        + 0x7F7F7F7F7F7F7F7Fu) >> 7 & 0x0101010101010101u;
+    const uint64_t v = dn_spread_table[byte & 255u];
 #  if defined(DN_LITTLE_ENDIAN)
     memcpy(out, &v, 8); /* byte j of v is out[j]: one store */
 #  else
