@@ -18,9 +18,9 @@ FUNCTIONS = [name for name in PUBLIC if name not in CLASSES]
 
 # what each layer's constructor takes, as issue 14 lists them
 BATCHNORM_ARGS = ["num_features", "eps", "momentum", "affine", "track_running_stats", "axis",
-                  "dtype"]
+                  "dtype", "activation"]
 DROPOUT_ARGS = ["p", "mode", "seed", "axis", "inplace"]
-SYNC_ARGS = BATCHNORM_ARGS[:5] + ["comm"] + BATCHNORM_ARGS[5:]
+SYNC_ARGS = BATCHNORM_ARGS[:5] + ["comm"] + BATCHNORM_ARGS[5:7]  # no activation
 
 
 def parameters(obj):

@@ -233,6 +233,32 @@ def test_half_suite(use_torch):
     assert "x float32" in bench.format_half(result)
 
 
+@pytest.mark.parametrize("layouts", [("NCHW",), ("NCHW", "NHWC")])
+def test_fused_suite(layouts, tiny, tmp_path, capsys):
+    """Every fused block paired with what it replaces, its ratio in the
+    direction of its goal and the goal's verdict; and from main."""
+    result = bench.run_fused(shape=(4, 3, 6, 5), layouts=layouts, repeats=3, progress=False)
+    rows = result["rows"]
+    assert len(rows) == len(bench.FUSED_GOALS) * len(layouts)
+    for r in rows:
+        kind, goal = bench.FUSED_GOALS[r["block"]]
+        assert r["kind"] == kind and r["goal"] == goal
+        assert r["fused_ms"] > 0 and r["reference_ms"] > 0
+        assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+        if goal is None:
+            assert r["meets_goal"] is None
+        else:
+            assert r["meets_goal"] == (r["ratio"] <= goal if kind == "x" else r["ratio"] >= goal)
+    text = bench.format_fused(result)
+    assert "bn+add+relu+dropout" in text and "x faster" in text
+    path = tmp_path / "fused.json"
+    assert bench.main(["--suite", "fused", "--repeats", "2", "--progress", "off",
+                       "--json", str(path)]) == 0
+    assert "bn+relu" in capsys.readouterr().out
+    saved = json.loads(path.read_text())["suites"]["fused"]
+    assert saved["settings"]["shape"] == [2, 4, 3, 3] and len(saved["rows"]) == 7
+
+
 def test_main_half_dtype_table(tiny, tmp_path, capsys):
     path = tmp_path / "half.json"
     assert bench.main(["--dtype", "float16", "--repeats", "2", "--json", str(path)]) == 0

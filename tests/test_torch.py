@@ -863,7 +863,8 @@ def test_public_names_have_signatures_and_docstrings(name):
     if isinstance(obj, type):
         for p in _params(obj):  # each constructor argument has its own entry
             assert re.search(rf"^\s+{p}: \S", doc, re.M), (name, p)
-        base = getattr(nn, name)
+        # the fused BatchNormReLU classes take their batch norm's arguments
+        base = getattr(nn, name.replace("ReLU", ""))
         theirs = [p for p in _params(base)]
         assert _params(obj)[:len(theirs)] == theirs  # torch.nn's arguments, in order
         for method in ("forward", "__init__"):
@@ -878,11 +879,83 @@ def test_the_public_names():
     assert sorted(dt.__all__) == dt.__all__
     assert {n for n in dt.__all__ if isinstance(getattr(dt, n), type)} == {
         "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "Dropout", "Dropout1d",
-        "Dropout2d", "Dropout3d"}
+        "Dropout2d", "Dropout3d", "BatchNormReLU1d", "BatchNormReLU2d", "BatchNormReLU3d"}
     for name in dt.__all__:
         obj = getattr(dt, name)
         if isinstance(obj, type):
-            assert issubclass(obj, getattr(nn, name)) and issubclass(obj, nn.Module)
+            # a fused BatchNormReLU is its batch norm (and so torch.nn's)
+            assert issubclass(obj, getattr(nn, name.replace("ReLU", "")))
+            assert issubclass(obj, nn.Module)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dt.BatchNorm2d(3).extra_repr() == nn.BatchNorm2d(3).extra_repr()
+
+
+# ---- the fused batch norm + ReLU (issue 19) ---------------------------------------------------
+
+def _relu_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 4), nn.Sequential(nn.BatchNorm1d(4), nn.ReLU()))
+
+
+@needs_torch
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_convert_fuse_relu_is_bitwise_the_unfused_model(fmt):
+    """convert(fuse_relu=True) makes each batch norm + ReLU of an
+    nn.Sequential a BatchNormReLU and an Identity, with the same keys, and
+    the same bits as the unfused converted model: outputs, gradients and
+    running statistics, in training and eval."""
+    torch.manual_seed(0)
+    base = _relu_model()
+    plain = dt.convert(copy.deepcopy(base))
+    fused = dt.convert(copy.deepcopy(base), fuse_relu=True)
+    assert [type(m) for m in fused][:3] == [nn.Conv2d, dt.BatchNormReLU2d, nn.Identity]
+    assert type(fused[5]) is dt.BatchNormReLU1d and type(fused[8][0]) is dt.BatchNormReLU1d
+    assert isinstance(fused[1], nn.BatchNorm2d)
+    assert list(fused.state_dict()) == list(base.state_dict())
+    if fmt == "channels_last":
+        plain = plain.to(memory_format=torch.channels_last)
+        fused = fused.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    for mode in ("train", "train", "eval"):
+        plain.train(mode == "train")
+        fused.train(mode == "train")
+        x = _lay(torch.randn(8, 3, 8, 8, generator=gen), fmt)
+        ya, yb = plain(x), fused(x)
+        assert torch.equal(ya, yb), mode
+        ya.square().sum().backward()
+        yb.square().sum().backward()
+        for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+            assert torch.equal(a.grad, b.grad), (mode, name)
+            a.grad = b.grad = None
+        for (name, a), b in zip(plain.named_buffers(), fused.buffers()):
+            assert torch.equal(a, b), (mode, name)
+
+
+@needs_torch
+def test_fused_relu_compiles_fullgraph():
+    torch.manual_seed(0)
+    eager = dt.convert(_relu_model(), fuse_relu=True)
+    compiled_model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 3, 8, 8)
+    ya, yb = eager(x), compiled(x)
+    assert rel(yb, ya) <= 1e-6
+    ya.sum().backward()
+    yb.sum().backward()
+    for a, b in zip(eager.parameters(), compiled_model.parameters()):
+        assert rel(b.grad, a.grad) <= 1e-5
+
+
+@needs_torch
+def test_convert_fuse_relu_leaves_other_pairs_and_checks_its_flag():
+    seq = nn.Sequential(nn.BatchNorm1d(4), nn.ReLU(inplace=True), nn.ReLU(), nn.BatchNorm1d(4),
+                        nn.Sigmoid(), nn.BatchNorm1d(4))
+    out = dt.convert(seq, fuse_relu=True)
+    assert [type(m) for m in out] == [dt.BatchNormReLU1d, nn.Identity, nn.ReLU, dt.BatchNorm1d,
+                                      nn.Sigmoid, dt.BatchNorm1d]
+    assert type(dt.convert(nn.Sequential(nn.BatchNorm1d(4), nn.ReLU()))[0]) is dt.BatchNorm1d
+    with pytest.raises(TypeError, match="fuse_relu"):
+        dt.convert(nn.Sequential(nn.BatchNorm1d(4)), fuse_relu="yes")

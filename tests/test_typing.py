@@ -284,7 +284,9 @@ dropnorm.manual_seed(0)
 bn = dropnorm.BatchNorm2d(4, momentum=None, dtype=np.float64).eval()
 drop = dropnorm.Dropout1d(0.2, inplace=True)
 reveal_type(bn(x64[..., None]))  # float64
-reveal_type(bn.backward(x64[..., None]))  # float64
+dxb = bn.backward(x64[..., None])  # dx, or (dx, d_residual) after a forward with a residual
+assert not isinstance(dxb, tuple)
+reveal_type(dxb)  # float64
 reveal_type(drop(x))  # float32
 reveal_type(drop.backward(x))  # float32
 reveal_type(dropnorm.Dropout(0.1).train().forward([1.0, 2.0]))  # array

@@ -71,7 +71,7 @@ BUILTIN = {"void", "char", "int", "long", "short", "unsigned", "signed", "float"
 QUALIFIERS_DROPPED = {"DN_RESTRICT", "restrict", "__restrict", "__restrict__"}
 # The tensor parameters, which the half types (_f16, _bf16) store as uint16_t;
 # every other float array of theirs (per-channel) stays float.
-TENSORS = {"x", "y", "dy", "dx"}
+TENSORS = {"x", "y", "dy", "dx", "residual", "d_residual"}
 
 
 class HeaderError(ValueError):

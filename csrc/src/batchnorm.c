@@ -7,38 +7,54 @@
 #define T float
 #define FN(name) name##_f32
 #define BN_TABLE bn_f32
+#define DROP_WINDOWS drop_windows_f32
+#define DROP_FIELD windows_f32
 #include "batchnorm_impl.h"
 #undef T
 #undef FN
 #undef BN_TABLE
+#undef DROP_WINDOWS
+#undef DROP_FIELD
 
 #define T double
 #define FN(name) name##_f64
 #define BN_TABLE bn_f64
+#define DROP_WINDOWS drop_windows_f64
+#define DROP_FIELD windows_f64
 #include "batchnorm_impl.h"
 #undef T
 #undef FN
 #undef BN_TABLE
+#undef DROP_WINDOWS
+#undef DROP_FIELD
 
 #define T float
 #define S uint16_t
 #define FN(name) name##_f16
 #define BN_TABLE bn_f16
+#define DROP_WINDOWS drop_windows_f16
+#define DROP_FIELD windows_half
 #include "batchnorm_impl.h"
 #undef T
 #undef S
 #undef FN
 #undef BN_TABLE
+#undef DROP_WINDOWS
+#undef DROP_FIELD
 
 #define T float
 #define S uint16_t
 #define FN(name) name##_bf16
 #define BN_TABLE bn_bf16
+#define DROP_WINDOWS drop_windows_bf16
+#define DROP_FIELD windows_half
 #include "batchnorm_impl.h"
 #undef T
 #undef S
 #undef FN
 #undef BN_TABLE
+#undef DROP_WINDOWS
+#undef DROP_FIELD
 
 dn_status dn_batchnorm_merge_stats(int64_t k, int64_t c, const double *stats, double *mean,
                                    double *var, double *var_unbiased)

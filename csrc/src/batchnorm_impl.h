@@ -9,6 +9,9 @@
  *              the half types f16 and bf16, which compute in float)
  *   FN(name)   the name with its type suffix (name##_f32)
  *   BN_TABLE   the kernel table's member for the type (bn_f32, ..., bn_bf16)
+ *   DROP_WINDOWS  the table's member of the type's fused dropout windows
+ *              (drop_windows_f32, ...), DROP_FIELD dn_fused_terms' field
+ *              for it (windows_f32, windows_f64, windows_half)
  * Reductions are in double between blocks; the merge of statistics is in
  * double; elementwise passes are in T, rounded once to S. */
 #if !defined(S)
@@ -266,12 +269,19 @@ typedef struct FN(grad_ctx) {
     const S *dy, *x;
     dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
     double *sums;          /* backward_reduce: the caller's 3*c doubles */
+    const dn_grad_gate *gate; /* the fused backward: the gradient summed instead of dy */
 } FN(grad_ctx);
 
 static void FN(grad_reduce)(const void *ctx, int64_t t, void *scratch)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
     o->kern->group_grad_sums(o->p, o->dy, o->x, o->finish.shift, t, o->finish.sums, scratch);
+}
+
+static void FN(gated_reduce)(const void *ctx, int64_t t, void *scratch)
+{
+    const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
+    o->kern->group_gated_sums(o->p, o->gate, o->x, o->finish.shift, t, o->finish.sums, scratch);
 }
 
 static void FN(backward_channels)(const void *ctx, int64_t c0, int64_t c1)
@@ -399,6 +409,240 @@ dn_status FN(dn_batchnorm_backward_infer)(
         }
     }
     free(work);
+    return DN_OK;
+}
+
+
+/* ---- Fused blocks: batch norm, residual add, ReLU, dropout. -------------
+ * The forward runs the plain schedule with the fused steps on each tile of
+ * the elementwise pass (dn_fused_terms, batchnorm_kernels.h' fused_tile);
+ * the backward writes the gradient at the normalisation's output (g,
+ * dn_grad_gate) in the reduction tasks, piece by piece just before it is
+ * summed, into d_residual (which is g) or into dx, and the elementwise
+ * pass reads it back as the plain backward reads dy. Both are therefore
+ * the unfused composition bit for bit: the same values in the same sums. */
+
+static int FN(bad_activation)(dn_activation activation)
+{
+    return (int)activation != (int)DN_ACTIVATION_NONE
+           && (int)activation != (int)DN_ACTIVATION_RELU;
+}
+
+/* dropout's scale of kept values, as dn_dropout_forward_*() rounds it
+ * (inverted mode): 1/(1-p) rounded to T; *mul = 0 when that is 1. */
+static T FN(fused_scale)(double p, int *mul)
+{
+    const T scale = (p > 0.0 && p < 1.0) ? (T)(1.0 / (1.0 - p)) : (T)1;
+    *mul = scale != (T)1;
+    return scale;
+}
+
+static dn_fused_terms FN(fused_terms)(const S *residual, dn_activation activation, double p,
+                                      uint64_t seed, uint64_t stream, uint8_t *mask)
+{
+    dn_fused_terms f;
+    memset(&f, 0, sizeof f);
+    f.residual = residual;
+    f.relu = activation == DN_ACTIVATION_RELU;
+    f.drop = p == 0.0 ? DN_DROP_NONE : p == 1.0 ? DN_DROP_ALL : DN_DROP_PHILOX;
+    if (f.drop == DN_DROP_PHILOX) {
+        f.ps = dn_philox_stream_of(p, seed, stream);
+        f.gen = dn_kernels()->keep_window;
+        f.DROP_FIELD = dn_kernels()->DROP_WINDOWS;
+    }
+    f.scale = (double)FN(fused_scale)(p, &f.mul);
+    f.mask = mask;
+    return f;
+}
+
+dn_status FN(dn_batchnorm_forward_train_fused)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const S *x, const S *residual, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, double momentum,
+    T *running_mean, T *running_var, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    S *y, T *save_mean, T *save_invstd, uint8_t *mask)
+{
+    dn_plan pl;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &pl);
+    int64_t G;
+    size_t scratch_bytes;
+    double *work;
+    T *terms;
+    char *scratch;
+    if (st != DN_OK) return st;
+    if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
+    if (FN(bad_activation)(activation)) return DN_ERR_BAD_MODE;
+    if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0) || !(p >= 0.0 && p <= 1.0))
+        return DN_ERR_BAD_VALUE;
+    if (pl.m < 2) return DN_ERR_BATCH_TOO_SMALL;
+    dn_plan_short_rows(&pl, DN_SHORT_ROW);
+    G = pl.groups;
+    work = FN(moments_workspace)(&pl, 4, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) return st;
+    {
+        T *const mean_hi = terms, *const mean_lo = terms + pl.wide;
+        T *const scale = terms + 2 * pl.wide, *const shift = terms + 3 * pl.wide;
+        double *const gmean = work, *const gm2 = work + G * c, *const weights = work + 2 * G * c;
+        const dn_fused_terms f = FN(fused_terms)(residual, activation, p, seed, stream, mask);
+        const FN(train_ctx) o = {
+            .p = &pl, .kern = dn_kernels()->BN_TABLE, .x = x,
+            .finish = {
+                .gmean = gmean, .gm2 = gm2, .weights = weights,
+                .gamma = gamma, .beta = beta, .eps = eps, .momentum = momentum,
+                .running_mean = running_mean, .running_var = running_var,
+                .save_mean = save_mean, .save_invstd = save_invstd,
+                .mean_hi = mean_hi, .mean_lo = mean_lo, .scale = scale, .shift = shift,
+            },
+        };
+        const dn_elementwise op = {
+            .kind = DN_ELEMENTWISE_TRAIN, .in = x,
+            .train = {mean_hi, mean_lo, scale, shift}, .fused = &f,
+        };
+        const FN(pass) ps = {
+            .reduce = FN(train_reduce), .finish = FN(train_channels), .ctx = &o,
+            .scratch = scratch, .scratch_bytes = scratch_bytes,
+            .op = &op, .wide_terms = {mean_hi, mean_lo, scale, shift}, .out = y,
+        };
+        FN(run_pass)(&pl, o.kern, &ps);
+    }
+    free(work);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_forward_infer_fused)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const S *x, const S *residual, const T *DN_RESTRICT running_mean,
+    const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, dn_activation activation, S *y)
+{
+    dn_plan pl;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &pl);
+    T *scale, *shift;
+    if (st != DN_OK) return st;
+    if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
+        return DN_ERR_NULL_POINTER;
+    if (FN(bad_activation)(activation)) return DN_ERR_BAD_MODE;
+    if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
+    {
+        dn_bytes need = {0, 0};
+        dn_bytes_add(&need, pl.wide, 2 * sizeof(T));
+        scale = (T *)dn_workspace(&need, &st);
+        if (scale == NULL) return st;
+    }
+    shift = scale + pl.wide;
+    /* the terms exactly as dn_batchnorm_forward_infer_*() folds them */
+    for (int64_t ch = 0; ch < c; ch++) {
+        const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
+        scale[ch] = (T)a;
+        shift[ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
+    }
+    {
+        const dn_fused_terms f = FN(fused_terms)(residual, activation, 0.0, 0, 0, NULL);
+        const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = x,
+                                   .affine = {scale, shift}, .fused = &f};
+        T *const wide_terms[4] = {scale, shift, NULL, NULL};
+        FN(widen_terms)(&pl, wide_terms);
+        FN(elementwise_all)(&pl, dn_kernels()->BN_TABLE, &op, y);
+    }
+    free(scale);
+    return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_backward_fused)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const S *dy, const S *x, const S *y, const uint8_t *DN_RESTRICT mask,
+    const T *DN_RESTRICT save_mean, const T *DN_RESTRICT save_invstd,
+    const T *DN_RESTRICT gamma, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    S *dx, T *dgamma, T *dbeta, S *d_residual)
+{
+    dn_plan pl;
+    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &pl);
+    double *work;
+    T *terms;
+    char *scratch;
+    size_t scratch_bytes;
+    dn_grad_gate gate, apply;
+    uint8_t *rowbits = NULL;
+    if (st != DN_OK) return st;
+    if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
+        return DN_ERR_NULL_POINTER;
+    if (FN(bad_activation)(activation)) return DN_ERR_BAD_MODE;
+    if (!(p >= 0.0 && p <= 1.0)) return DN_ERR_BAD_VALUE;
+    /* the ReLU's gate comes from y or from the mask */
+    if (activation == DN_ACTIVATION_RELU && y == NULL && mask == NULL) return DN_ERR_NULL_POINTER;
+    memset(&gate, 0, sizeof gate);
+    gate.dy = dy;
+    gate.scale = (double)FN(fused_scale)(p, &gate.mul);
+    if (mask != NULL) {
+        gate.kind = DN_GATE_BITS;
+        gate.bits = mask;
+    } else if (activation == DN_ACTIVATION_RELU) {
+        /* y > 0 iff kept and positive before the dropout (its scale is >= 1) */
+        gate.kind = DN_GATE_Y;
+        gate.y = y;
+    } else if (p == 0.0) {
+        gate.kind = DN_GATE_ALL;
+    } else if (p == 1.0) {
+        gate.kind = DN_GATE_NONE;
+    } else {
+        gate.kind = DN_GATE_PHILOX;
+        gate.ps = dn_philox_stream_of(p, seed, stream);
+        gate.gen = dn_kernels()->keep_window;
+    }
+    dn_plan_short_rows(&pl, DN_SHORT_GRAD_ROW);
+    /* the tiles schedule where the reduction reads contiguous pieces (the
+     * gradient made twice, never stored but as d_residual); else g stored */
+    gate.tiles = !pl.nsc && !pl.short_rows;
+    gate.g = d_residual ? (void *)d_residual : gate.tiles ? NULL : (void *)dx;
+    apply = gate;
+    if (gate.tiles && pl.row_parts == 0 && gate.kind != DN_GATE_BITS
+        && gate.kind != DN_GATE_ALL && gate.kind != DN_GATE_NONE) {
+        /* whole rows per reduction task: the reduction keeps the gate of
+         * y (or of Philox) as row masks for the elementwise pass */
+        dn_bytes need = {0, 0};
+        const int64_t rowbytes = (pl.s + 7) / 8;
+        dn_bytes_add(&need, pl.n * pl.c, (size_t)rowbytes);
+        rowbits = (uint8_t *)dn_workspace(&need, &st);
+        if (rowbits == NULL) return st;
+        gate.rowbits_out = rowbits;
+        gate.row = apply.row = pl.s;
+        gate.rowbytes = apply.rowbytes = rowbytes;
+        apply.kind = DN_GATE_ROWBITS;
+        apply.rowbits = rowbits;
+    }
+    work = FN(grad_workspace)(&pl, 4, &terms, &scratch, &scratch_bytes, &st);
+    if (work == NULL) {
+        free(rowbits);
+        return st;
+    }
+    {
+        T *const dy_scale = terms, *const x_scale = terms + pl.wide;
+        T *const centre = terms + 2 * pl.wide, *const offset = terms + 3 * pl.wide;
+        const FN(grad_ctx) o = {
+            .p = &pl, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x,
+            .finish = {
+                .sums = work, .shift = save_mean, .save_invstd = save_invstd, .gamma = gamma,
+                .dgamma = dgamma, .dbeta = dbeta,
+                .dy_scale = dy_scale, .x_scale = x_scale, .centre = centre, .offset = offset,
+            },
+            .gate = &gate,
+        };
+        const dn_elementwise op = {
+            .kind = DN_ELEMENTWISE_BACKWARD, .in = gate.tiles ? (const void *)dy : gate.g,
+            .x = x, .backward = {dy_scale, x_scale, centre, offset},
+            .gate = gate.tiles ? &apply : NULL,
+        };
+        const FN(pass) ps = {
+            .reduce = FN(gated_reduce), .finish = FN(backward_channels), .ctx = &o,
+            .scratch = scratch, .scratch_bytes = scratch_bytes, .op = &op,
+            .wide_terms = {dy_scale, x_scale, centre, offset}, .out = dx,
+        };
+        FN(run_pass)(&pl, o.kern, &ps);
+    }
+    free(work);
+    free(rowbits);
     return DN_OK;
 }
 

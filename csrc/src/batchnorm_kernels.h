@@ -661,13 +661,201 @@ static void FN(group_moments)(const dn_plan *p, const void *x, int64_t t, double
         FN(ncs_group_moments)(p, (const S *)x, t, gmean, gm2, (double *)scratch);
 }
 
+/* ---- The fused backward's gradient (dn_grad_gate). ---------------------
+ * g[i] = gate(i) ? dy[i]*scale rounded to S (dy[i] when !mul) : +0 for the
+ * len elements from flat index i0: what dn_dropout_backward_*() and a
+ * ReLU's backward (dy where the output is positive, +0 elsewhere) give in
+ * turn. g may be dy itself (iteration k reads and writes index k only). */
+#ifndef DN_GATE_UINT_ONCE
+#  define DN_GATE_UINT_ONCE
+/* the unsigned integer type of each storage type's width */
+#  define DN_UINT_f32 uint32_t
+#  define DN_UINT_f64 uint64_t
+#  define DN_UINT_f16 uint16_t
+#  define DN_UINT_bf16 uint16_t
+#endif
+
+/* The select is a bitwise AND with all ones or all zeros, as dropout's
+ * (dropout_impl.h): no branch on a random mask, and +0 where not kept. */
+static inline S FN(gated)(S d, T scale, int mul, int keep)
+{
+    S v = mul ? DN_ST(DN_LD(d) * scale) : d;
+    DN_PASTE2(DN_UINT_, DN_TSFX) bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= (DN_PASTE2(DN_UINT_, DN_TSFX))0 - (DN_PASTE2(DN_UINT_, DN_TSFX))(keep != 0);
+    memcpy(&v, &bits, sizeof bits);
+    return v;
+}
+
+/* g[k] = keep[k] ? dy[k]*scale (dy[k] when !mul) : +0 for k < len; the two
+ * loops are separate so that each vectorises without a test inside. */
+static inline void FN(gate_select)(const S *dy, const uint8_t *DN_RESTRICT keep, int64_t len,
+                                   T scale, int mul, S *g)
+{
+    if (mul) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 1, (int)keep[k]);
+    } else {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 0, (int)keep[k]);
+    }
+}
+
+#ifndef DN_SPREAD_ONCE
+#  define DN_SPREAD_ONCE
+/* The 8 bits of a mask byte, LSB first, as 8 bytes of 0 or 1: byte j of
+ * the result is bit j (each byte of the product holds the mask byte; the
+ * AND keeps bit j of byte j; adding 0x7F carries a set bit into the byte's
+ * top bit). */
+#  if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) \
+      && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#    define DN_LITTLE_ENDIAN 1
+#  endif
+/* ... the same, for every byte, as a constant table (one load instead of
+ * the arithmetic) */
+#  define DN_SPREAD(b) ((((((uint64_t)(b)) * 0x0101010101010101u) & 0x8040201008040201u) \
+                        + 0x7F7F7F7F7F7F7F7Fu) >> 7 & 0x0101010101010101u)
+#  define DN_SPREAD4(b) DN_SPREAD(b), DN_SPREAD((b) + 1), DN_SPREAD((b) + 2), DN_SPREAD((b) + 3)
+#  define DN_SPREAD16(b) DN_SPREAD4(b), DN_SPREAD4((b) + 4), DN_SPREAD4((b) + 8), \
+                         DN_SPREAD4((b) + 12)
+#  define DN_SPREAD64(b) DN_SPREAD16(b), DN_SPREAD16((b) + 16), DN_SPREAD16((b) + 32), \
+                         DN_SPREAD16((b) + 48)
+static const uint64_t dn_spread_table[256] = {
+    DN_SPREAD64(0), DN_SPREAD64(64), DN_SPREAD64(128), DN_SPREAD64(192),
+};
+
+static inline void dn_spread_byte(unsigned byte, uint8_t *DN_RESTRICT out)
+{
+    const uint64_t v = dn_spread_table[byte & 255u];
+#  if defined(DN_LITTLE_ENDIAN)
+    memcpy(out, &v, 8); /* byte j of v is out[j]: one store */
+#  else
+    for (int j = 0; j < 8; j++) out[j] = (uint8_t)(v >> (8 * j));
+#  endif
+}
+
+/* The inverse: 8 bytes of 0 or 1 packed LSB first (byte j of v, moved to
+ * bit 56 + j by the product, whose partial products do not overlap). */
+static inline unsigned dn_pack_byte(const uint8_t *DN_RESTRICT in)
+{
+    uint64_t v = 0;
+#  if defined(DN_LITTLE_ENDIAN)
+    memcpy(&v, in, 8); /* one load */
+#  else
+    for (int j = 0; j < 8; j++) v |= (uint64_t)in[j] << (8 * j);
+#  endif
+    return (unsigned)((v * 0x0102040810204080u) >> 56);
+}
+
+/* keep[0 .. n) from packed bits starting at bit `bit` of b */
+static inline void dn_unpack_bits(const uint8_t *DN_RESTRICT b, int64_t bit, int64_t n,
+                                  uint8_t *DN_RESTRICT keep)
+{
+    int64_t q = 0;
+    for (; q < n && ((bit + q) & 7) != 0; q++)
+        keep[q] = (uint8_t)((b[(bit + q) >> 3] >> ((bit + q) & 7)) & 1u);
+    for (; q + 8 <= n; q += 8) dn_spread_byte(b[(bit + q) >> 3], keep + q);
+    for (; q < n; q++) keep[q] = (uint8_t)((b[(bit + q) >> 3] >> ((bit + q) & 7)) & 1u);
+}
+#endif
+
+/* The gate of flat elements [i0, i0 + len) into keep[0 .. len) (len at
+ * most DN_GATE_CHUNK), from y, the mask or Philox. */
+#ifndef DN_GATE_CHUNK
+#  define DN_GATE_CHUNK 256
+#endif
+static void FN(gate_keep)(const dn_grad_gate *gt, int64_t i0, int64_t len,
+                          uint8_t *DN_RESTRICT keep)
+{
+    switch (gt->kind) {
+    case DN_GATE_Y: {
+        const S *DN_RESTRICT y = (const S *)gt->y + i0;
+        for (int64_t k = 0; k < len; k++) keep[k] = (uint8_t)(DN_LD(y[k]) > (T)0);
+        break;
+    }
+    case DN_GATE_BITS:
+        dn_unpack_bits(gt->bits, i0, len, keep);
+        break;
+    case DN_GATE_PHILOX: {
+        /* whole windows from the one holding i0 (a window starts at a
+         * multiple of DN_WIN, so at a Philox block) */
+        uint32_t win[DN_WIN];
+        for (int64_t base = i0 - i0 % DN_WIN; base < i0 + len; base += DN_WIN) {
+            const int64_t lo = dn_max64(base, i0), hi = dn_min64(base + DN_WIN, i0 + len);
+            gt->gen(&gt->ps, (uint64_t)base >> 2, win, NULL);
+            for (int64_t i = lo; i < hi; i++) keep[i - i0] = (uint8_t)win[i - base];
+        }
+        break;
+    }
+    case DN_GATE_ROWBITS: {
+        /* row by row: element (r, j) at bit j of row r's bytes */
+        for (int64_t k = 0; k < len;) {
+            const int64_t i = i0 + k, r = i / gt->row, j = i - r * gt->row;
+            const int64_t n = dn_min64(len - k, gt->row - j);
+            dn_unpack_bits(gt->rowbits + r * gt->rowbytes, j, n, keep + k);
+            k += n;
+        }
+        break;
+    }
+    case DN_GATE_NONE:
+        memset(keep, 0, (size_t)len);
+        break;
+    default: /* DN_GATE_ALL */
+        memset(keep, 1, (size_t)len);
+        break;
+    }
+}
+
+/* Packs keep[0 .. n) into the row masks from flat element i (i within one
+ * row, at a multiple of 8 in it: the reduction's blocks). */
+static void FN(gate_pack)(const dn_grad_gate *gt, int64_t i, int64_t n,
+                          const uint8_t *DN_RESTRICT keep)
+{
+    const int64_t r = i / gt->row, j = i - r * gt->row;
+    uint8_t *DN_RESTRICT b = gt->rowbits_out + r * gt->rowbytes + j / 8;
+    int64_t q = 0;
+    for (; q + 8 <= n; q += 8) b[q / 8] = (uint8_t)dn_pack_byte(keep + q);
+    if (q < n) {
+        unsigned v = 0;
+        for (int64_t t = q; t < n; t++) v |= (unsigned)keep[t] << (t - q);
+        b[q / 8] = (uint8_t)v;
+    }
+}
+
+static void FN(gate_values)(const dn_grad_gate *gt, int64_t i0, int64_t len, S *g)
+{
+    const S *dy = (const S *)gt->dy + i0;
+    const T scale = (T)gt->scale;
+    uint8_t keep[DN_GATE_CHUNK];
+    if (gt->kind == DN_GATE_NONE) {
+        for (int64_t k = 0; k < len; k++) g[k] = (S)0;
+        return;
+    }
+    if (gt->kind == DN_GATE_ALL && !gt->mul) {
+        if ((const void *)g != (const void *)dy) memmove(g, dy, sizeof(S) * (size_t)len);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < len; k0 += DN_GATE_CHUNK) {
+        const int64_t n = dn_min64(DN_GATE_CHUNK, len - k0);
+        FN(gate_keep)(gt, i0 + k0, n, keep);
+        if (gt->rowbits_out != NULL) FN(gate_pack)(gt, i0 + k0, n, keep);
+        FN(gate_select)(dy + k0, keep, n, scale, gt->mul, g + k0);
+    }
+}
+
+/* g of elements [i0, i0 + len) into the gate's buffer, at the same places */
+static void FN(gate_run)(const dn_grad_gate *gt, int64_t i0, int64_t len)
+{
+    FN(gate_values)(gt, i0, len, (S *)gt->g + i0);
+}
+
 /* ---- Gradient sums of one group. ---------------------------------------- */
 
 /* Channels first: per (channel, group) of task t, as run_grad_sums over
  * its pieces in memory order; short_rows channel by channel, all of a
  * channel's rows in the group summed together. */
 static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
-                              int64_t t, double *sums)
+                              int64_t t, double *sums, const dn_grad_gate *gate)
 {
     const int64_t G = p->groups, sp = p->s;
     dn_ncs_pieces it;
@@ -682,21 +870,37 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         const int64_t rows = it.hi / sp - it.img;
         for (int64_t ch = it.c0; ch < it.c1; ch++) {
             const int64_t first = (it.img * p->c + ch) * sp;
+            if (gate)
+                for (int64_t r = 0; r < rows; r++) FN(gate_run)(gate, first + r * p->c * sp, sp);
             FN(rows_grad_sums)(dy + first, x + first, p->c * sp, rows, sp, h[ch],
                                sums + 3 * (ch * G + it.g));
         }
         return;
     }
-    while (dn_ncs_pieces_next(p, &it, &pc))
+    while (dn_ncs_pieces_next(p, &it, &pc)) {
+        if (gate && gate->tiles) {
+            /* run_grad_sums' blocks, each made on the stack first */
+            S gb[DN_INNER];
+            for (int64_t b = 0; b < pc.len; b += DN_INNER) {
+                const int64_t len = dn_min64(DN_INNER, pc.len - b);
+                FN(gate_values)(gate, pc.off + b, len, gb);
+                FN(rows_grad_sums)(gb, x + pc.off + b, 0, 1, len, h[pc.ch],
+                                   sums + 3 * (pc.ch * G + it.g));
+            }
+            continue;
+        }
+        if (gate) FN(gate_run)(gate, pc.off, pc.len);
         FN(run_grad_sums)(dy + pc.off, x + pc.off, pc.len, h[pc.ch],
                           sums + 3 * (pc.ch * G + it.g));
+    }
 }
 
 /* Channels last: per channel, rows summed in T over wide rows (as
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
  * w in double. acc: scratch of 4*p->wide values. */
 static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
-                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc)
+                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc,
+                              const dn_grad_gate *gate)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
     const int64_t tile = per > 1 ? W : p->cblock; /* as nsc_group_moments */
@@ -714,6 +918,10 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
         const int64_t full = (r1 - r0) / per;
+        /* the gradient of the chunk's channels (whole rows when a wide
+         * row holds several: then the task has every channel) */
+        if (gate)
+            for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
         /* a tile of the row at a time: the accumulators stay in L1 */
         for (int64_t j0 = c0; j0 < w1; j0 += tile) {
@@ -764,9 +972,21 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
 {
     if (p->nsc)
         FN(nsc_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums,
-                          (T *)scratch);
+                          (T *)scratch, NULL);
     else
-        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums);
+        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums, NULL);
+}
+
+/* The fused backward's sums: each piece's gradient written by gate_run,
+ * then summed from there exactly as group_grad_sums sums dy. */
+static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
+                                 const void *shift, int64_t t, double *sums, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums,
+                          (T *)scratch, gate);
+    else
+        FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
 }
 
 /* ---- Elementwise passes. -------------------------------------------------
@@ -875,11 +1095,35 @@ static void FN(backward_run)(const S *dy, const S *x, const dn_backward_terms *t
     for (; i < len; i++) dx[i] = DN_ST(a * DN_LD(dy[i]) + b * (DN_LD(x[i]) - h) + k);
 }
 
+#if !defined(DN_HALF)
+/* backward_run on the gradient g of the gate's keep bytes, g made in
+ * registers from dy (the same arithmetic on the same values: g is a value
+ * of T here, as the stored one would be). */
+static void FN(backward_run_gated)(const S *dy, const uint8_t *DN_RESTRICT keep, T scale,
+                                   int mul, const S *x, const dn_backward_terms *t, int64_t ch,
+                                   int64_t len, S *dx)
+{
+    const T a = ((const T *)t->dy_scale)[ch], b = ((const T *)t->x_scale)[ch];
+    const T h = ((const T *)t->centre)[ch], k = ((const T *)t->offset)[ch];
+    if (mul) {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++)
+            dx[i] = a * FN(gated)(dy[i], scale, 1, (int)keep[i]) + b * (x[i] - h) + k;
+    } else {
+        DN_IVDEP
+        for (int64_t i = 0; i < len; i++)
+            dx[i] = a * FN(gated)(dy[i], scale, 0, (int)keep[i]) + b * (x[i] - h) + k;
+    }
+}
+#endif
+
 /* op over flat elements [i0, i1) into out[0 .. i1 - i0), run by run. */
 static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
                                   int64_t i1, S *out)
 {
+    /* in + k is flat element in_from + k */
     const S *in = (const S *)op->in, *x = (const S *)op->x;
+    const int64_t from = op->in_from;
     const dn_train_terms *tr = &op->train;
     const dn_affine_terms *af = &op->affine;
     dn_runs runs;
@@ -889,24 +1133,96 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
         switch (op->kind) {
         case DN_ELEMENTWISE_TRAIN:
             if (p->nsc)
-                FN(train_wide)(in + i, (const T *)tr->mean_hi + at, (const T *)tr->mean_lo + at,
+                FN(train_wide)(in + (i - from), (const T *)tr->mean_hi + at, (const T *)tr->mean_lo + at,
                                (const T *)tr->scale + at, (const T *)tr->shift + at, len, dst);
             else
-                FN(train_run)(in + i, ((const T *)tr->mean_hi)[at], ((const T *)tr->mean_lo)[at],
+                FN(train_run)(in + (i - from), ((const T *)tr->mean_hi)[at], ((const T *)tr->mean_lo)[at],
                               ((const T *)tr->scale)[at], ((const T *)tr->shift)[at], len, dst);
             break;
         case DN_ELEMENTWISE_AFFINE:
             if (p->nsc)
-                FN(affine_wide)(in + i, (const T *)af->scale + at, (const T *)af->shift + at, len,
+                FN(affine_wide)(in + (i - from), (const T *)af->scale + at, (const T *)af->shift + at, len,
                                 dst);
             else
-                FN(affine_run)(in + i, ((const T *)af->scale)[at], ((const T *)af->shift)[at], len,
+                FN(affine_run)(in + (i - from), ((const T *)af->scale)[at], ((const T *)af->shift)[at], len,
                                dst);
             break;
         case DN_ELEMENTWISE_BACKWARD:
-            if (p->nsc) FN(backward_wide)(in + i, x + i, &op->backward, at, len, dst);
-            else FN(backward_run)(in + i, x + i, &op->backward, at, len, dst);
+            if (p->nsc) FN(backward_wide)(in + (i - from), x + i, &op->backward, at, len, dst);
+            else FN(backward_run)(in + (i - from), x + i, &op->backward, at, len, dst);
             break;
+        }
+    }
+}
+
+/* The fused steps (dn_fused_terms) on a tile of the normalised values
+ * y0[0 .. len), flat elements i0 .. i0 + len (i0 a multiple of DN_WIN and
+ * of 8: the tiles of a block): residual add, relu, dropout, the gradient
+ * mask. */
+static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *DN_RESTRICT y0)
+{
+    uint32_t keep[DN_STREAM_TILE];
+    uint32_t pass[DN_STREAM_TILE];
+    if (f->residual) {
+        const S *DN_RESTRICT r = (const S *)f->residual + i0;
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) y0[k] = DN_ST(DN_LD(y0[k]) + DN_LD(r[k]));
+    }
+    if (f->relu) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) {
+            const T v = DN_LD(y0[k]);
+            /* the gradient passes where t > 0; NaN stays NaN in y */
+            pass[k] = v > (T)0;
+            y0[k] = v <= (T)0 ? (S)0 : y0[k];
+        }
+    } else if (f->mask) {
+        for (int64_t k = 0; k < len; k++) pass[k] = 1;
+    }
+    if (f->drop == DN_DROP_PHILOX) {
+        const T scale = (T)f->scale;
+        int64_t k0 = 0;
+#if defined(DN_HALF)
+        const dn_drop_windows_fn_f16 dw = f->windows_half;
+#else
+        const DN_PASTE2(dn_drop_windows_fn_, DN_TSFX) dw = f->DN_PASTE2(windows_, DN_TSFX);
+#endif
+        if (dw != NULL) {
+            /* the whole windows in registers, as dn_dropout_forward_*() does */
+            const int64_t windows = len / DN_WIN;
+            uint64_t bits[DN_STREAM_TILE / DN_WIN];
+            dw(&f->ps, (uint64_t)i0 >> 2, windows, y0, y0, scale, f->mul, f->mask ? bits : NULL);
+            if (f->mask)
+                for (int64_t w = 0; w < windows; w++)
+                    for (int k = 0; k < DN_WIN; k++)
+                        pass[w * DN_WIN + k] &= (uint32_t)(bits[w] >> k) & 1u;
+            k0 = windows * DN_WIN;
+        }
+        for (int64_t w = k0; w < len; w += DN_WIN)
+            f->gen(&f->ps, (uint64_t)(i0 + w) >> 2, keep + w, NULL);
+        if (f->mul) {
+            DN_IVDEP
+            for (int64_t k = k0; k < len; k++) {
+                const S v = DN_ST(DN_LD(y0[k]) * scale);
+                y0[k] = keep[k] ? v : (S)0;
+            }
+        } else {
+            DN_IVDEP
+            for (int64_t k = k0; k < len; k++) y0[k] = keep[k] ? y0[k] : (S)0;
+        }
+        if (f->mask)
+            for (int64_t k = k0; k < len; k++) pass[k] &= keep[k];
+    } else if (f->drop == DN_DROP_ALL) {
+        for (int64_t k = 0; k < len; k++) y0[k] = (S)0;
+        if (f->mask)
+            for (int64_t k = 0; k < len; k++) pass[k] = 0;
+    }
+    if (f->mask) {
+        uint8_t *DN_RESTRICT m = f->mask + i0 / 8;
+        for (int64_t b = 0; b < (len + 7) / 8; b++) {
+            uint32_t v = 0;
+            for (int64_t k = 8 * b; k < dn_min64(8 * b + 8, len); k++) v |= pass[k] << (k - 8 * b);
+            m[b] = (uint8_t)v;
         }
     }
 }
@@ -918,7 +1234,62 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
                             void *out, int stream)
 {
     S *y = (S *)out;
-    if (stream) {
+#if !defined(DN_HALF)
+    if (op->gate && op->gate->g == NULL && !p->nsc) {
+        /* the backward's tiles without d_residual: the gate of a tile as
+         * bytes, and g made in registers in dx's loop */
+        uint8_t keep[DN_STREAM_TILE];
+        S buf[DN_STREAM_TILE];
+        const dn_grad_gate *gt = op->gate;
+        const S *dy = (const S *)gt->dy, *x = (const S *)op->x;
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            dn_runs runs;
+            int64_t i, len, at;
+            FN(gate_keep)(gt, t0, t1 - t0, keep);
+            for (dn_runs_start(p, t0, &runs); dn_runs_next(p, &runs, t1, &i, &len, &at);)
+                FN(backward_run_gated)(dy + i, keep + (i - t0), (T)gt->scale, gt->mul, x + i,
+                                       &op->backward, at, len, stream ? buf + (i - t0) : y + i);
+            if (stream) dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+        }
+        return;
+    }
+#endif
+    if (op->gate) {
+        /* the backward's tiles: g made in an L1 tile (and d_residual
+         * written from it), then dx from the tile and x */
+        S gb[DN_STREAM_TILE], buf[DN_STREAM_TILE];
+        dn_elementwise tile = *op;
+        S *dres = (S *)op->gate->g;
+        tile.gate = NULL;
+        tile.in = gb;
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            const size_t bytes = (size_t)(t1 - t0) * sizeof(S);
+            FN(gate_values)(op->gate, t0, t1 - t0, gb);
+            tile.in_from = t0;
+            if (dres != NULL) {
+                if (stream) dn_stream_store(dres + t0, gb, bytes);
+                else memcpy(dres + t0, gb, bytes);
+            }
+            if (stream) {
+                FN(elementwise_range)(p, &tile, t0, t1, buf);
+                dn_stream_store(y + t0, buf, bytes);
+            } else {
+                FN(elementwise_range)(p, &tile, t0, t1, y + t0);
+            }
+        }
+    } else if (op->fused) {
+        /* through an L1 tile: the normalised values, then the fused steps */
+        S buf[DN_STREAM_TILE];
+        for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
+            const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
+            FN(elementwise_range)(p, op, t0, t1, buf);
+            FN(fused_tile)(op->fused, t0, t1 - t0, buf);
+            if (stream) dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+            else memcpy(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
+        }
+    } else if (stream) {
         S buf[DN_STREAM_TILE];
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
             const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
@@ -1089,6 +1460,7 @@ static void FN(finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f,
 const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
     FN(group_moments),
     FN(group_grad_sums),
+    FN(group_gated_sums),
     FN(elementwise),
     FN(finish_train),
     FN(finish_backward),

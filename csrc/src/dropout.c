@@ -53,21 +53,13 @@ static int dn_bad_mode(dn_dropout_mode mode)
     return (int)mode != (int)DN_DROPOUT_INVERTED && (int)mode != (int)DN_DROPOUT_CLASSIC;
 }
 
-/* floor(p * 2^32) for 0 <= p < 1: the product is exact (a power of two) and
- * below 2^32, so the conversion truncates exactly. */
-static uint32_t dn_threshold(double p) { return (uint32_t)(p * 4294967296.0); }
-
 static void dn_src_generate(dn_keep_src *src, int64_t nbits, double p, uint64_t seed,
                             uint64_t stream, uint64_t offset)
 {
     src->mask = NULL;
     src->nbits = nbits;
     src->offset = offset;
-    src->ps.k0 = (uint32_t)seed;
-    src->ps.k1 = (uint32_t)(seed >> 32);
-    src->ps.s0 = (uint32_t)stream;
-    src->ps.s1 = (uint32_t)(stream >> 32);
-    src->ps.thr = dn_threshold(p);
+    src->ps = dn_philox_stream_of(p, seed, stream);
     src->gen = dn_kernels()->keep_window;
 }
 

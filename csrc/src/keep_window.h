@@ -40,6 +40,22 @@ typedef struct dn_philox_stream {
     uint32_t thr;    /* dropped iff word < thr */
 } dn_philox_stream;
 
+/* The stream of (seed, stream) at drop probability 0 <= p < 1: the key,
+ * the counter's words 2 and 3, and threshold = floor(p * 2^32) (the
+ * product is exact, a power of two, and below 2^32, so the conversion
+ * truncates exactly). The one place this rule is written: dropout.c and
+ * the fused batch norm take their streams from here. */
+static inline dn_philox_stream dn_philox_stream_of(double p, uint64_t seed, uint64_t stream)
+{
+    dn_philox_stream ps;
+    ps.k0 = (uint32_t)seed;
+    ps.k1 = (uint32_t)(seed >> 32);
+    ps.s0 = (uint32_t)stream;
+    ps.s1 = (uint32_t)(stream >> 32);
+    ps.thr = (uint32_t)(p * 4294967296.0);
+    return ps;
+}
+
 /* block0 = base / 4, the first Philox block of the window. If bits is not
  * NULL it also gets the window packed: bit i set iff keep[i]. */
 typedef void (*dn_keep_window_fn)(const dn_philox_stream *ps, uint64_t block0,

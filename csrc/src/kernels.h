@@ -39,14 +39,92 @@ typedef enum dn_elementwise_kind {
     DN_ELEMENTWISE_BACKWARD
 } dn_elementwise_kind;
 
+/* The fused forward's steps after the normalisation (dn_batchnorm_*_fused),
+ * on each tile of the normalised values y0 (rounded to the storage type S):
+ *   t = y0 + residual, computed in T and rounded to S (as NumPy adds two
+ *       float16 or bfloat16 arrays: in float32, rounded once);
+ *   t = t <= 0 ? +0 : t (relu; NaN passes, -0 becomes +0);
+ *   y = kept ? t*scale rounded to S (t itself when !mul) : +0, with the
+ *       keep decision of the element's flat index from Philox (as
+ *       dn_dropout_forward_*() on the whole tensor: offset 0).
+ * mask (may be NULL) gets the packed gradient mask: bit i = 1 iff the
+ * gradient passes element i (t > 0 with relu, and kept). */
+typedef enum dn_drop_kind {
+    DN_DROP_NONE = 0, /* p == 0: everything kept, nothing multiplied */
+    DN_DROP_PHILOX,   /* 0 < p < 1 */
+    DN_DROP_ALL       /* p == 1: everything dropped */
+} dn_drop_kind;
+
+typedef struct dn_fused_terms {
+    const void *residual; /* n*c*s values of S, or NULL */
+    int relu;
+    dn_drop_kind drop;
+    dn_philox_stream ps;  /* DN_DROP_PHILOX: key, stream, threshold */
+    dn_keep_window_fn gen;
+    /* the type's fused dropout windows of the dispatch table (whole
+     * windows generated and applied in registers), or NULL (portable) */
+    dn_drop_windows_fn_f32 windows_f32;
+    dn_drop_windows_fn_f64 windows_f64;
+    dn_drop_windows_fn_f16 windows_half; /* f16 and bf16 */
+    double scale;         /* the kept values' scale, a value of T */
+    int mul;              /* scale != 1 */
+    uint8_t *mask;        /* the gradient mask, written; may be NULL */
+} dn_fused_terms;
+
+/* The fused backward's gradient at the normalisation's output:
+ * g = gate ? dy*scale rounded to S (dy itself when !mul) : +0, with the
+ * gate of each element from the fused output (y > 0: relu, with or
+ * without dropout, since a kept positive value stays positive), a
+ * gradient mask, the Philox decisions (dropout without relu), or all/none.
+ * Two schedules, the same sums of the same values:
+ *   tiles (channels first with long rows): the reduction makes g of each
+ *     block of at most DN_INNER values on the stack and sums it from there;
+ *     the elementwise pass makes g again, tile by tile, and writes
+ *     d_residual (`g`, may be NULL) from the tile;
+ *   buffer (the other schedules, whose reductions read rows with a
+ *     stride): the reduction writes g into `g` (d_residual, or dx) just
+ *     before summing it, and the elementwise pass reads it back as dy. */
+typedef enum dn_gate_kind {
+    DN_GATE_ALL = 0, /* g = dy */
+    DN_GATE_NONE,    /* g = +0 (p == 1) */
+    DN_GATE_Y,       /* y > 0 */
+    DN_GATE_BITS,    /* a packed gradient mask */
+    DN_GATE_PHILOX,  /* the dropout decisions */
+    DN_GATE_ROWBITS  /* the reduction's row masks (rowbits) */
+} dn_gate_kind;
+
+typedef struct dn_grad_gate {
+    dn_gate_kind kind;
+    const void *dy;       /* the upstream gradient (S) */
+    const void *y;        /* DN_GATE_Y: the fused output (S) */
+    const uint8_t *bits;  /* DN_GATE_BITS */
+    dn_philox_stream ps;  /* DN_GATE_PHILOX */
+    dn_keep_window_fn gen;
+    double scale;         /* a value of T */
+    int mul;
+    int tiles;            /* the tiles schedule */
+    void *g;              /* written (S): d_residual (tiles: may be NULL), or dx */
+    /* Row masks (tiles, channels first, whole rows per reduction task): the
+     * reduction writes each row's gate packed from a byte of its own, row r
+     * (of s = row values) at rowbits + r*rowbytes, so that no byte has two
+     * writers; the elementwise pass reads them (DN_GATE_ROWBITS) instead of
+     * y: a 32nd of a float tensor instead of a whole one. */
+    uint8_t *rowbits_out; /* the reduction's, or NULL */
+    const uint8_t *rowbits;
+    int64_t row, rowbytes;
+} dn_grad_gate;
+
 /* One elementwise pass: out = f(in[, x]) with the kind's terms. */
 typedef struct dn_elementwise {
     dn_elementwise_kind kind;
     const void *in; /* x (forward passes), dy (backward) */
+    int64_t in_from; /* in points at flat element in_from (a tile), 0 otherwise */
     const void *x;  /* backward: the forward input */
     dn_train_terms train;
     dn_affine_terms affine;
     dn_backward_terms backward;
+    const dn_fused_terms *fused; /* forward passes: the fused steps after, or NULL */
+    const dn_grad_gate *gate;    /* backward, tiles schedule: `in` is made from it */
 } dn_elementwise;
 
 /* The per-channel arithmetic after the group reductions ("finishing" a
@@ -102,6 +180,10 @@ typedef struct dn_bn_kernels {
      * (channels first) or 3*(g*c + ch) (channels last). */
     void (*group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
                             const void *shift, int64_t t, double *sums, void *scratch);
+    /* The same sums of the gradient gate->g (dn_grad_gate), which the task
+     * first writes for the elements it sums, piece by piece. */
+    void (*group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
+                             const void *shift, int64_t t, double *sums, void *scratch);
     /* The pass over flat elements [i0, i1) into out (which may be op->in or
      * op->x itself); with stream, through an L1 tile and streaming stores
      * (the caller fences). */

@@ -734,6 +734,20 @@ cpdef as_dropout_mode(mode):
     return DROPOUT_MODES[mode]
 
 
+ACTIVATIONS = {None: 0, "relu": 1}
+
+
+cpdef as_activation(activation):
+    """The C value (dn_activation) of a fused block's activation: None or "relu"."""
+    if activation is None:
+        return 0
+    if not isinstance(activation, str):
+        raise TypeError(f"activation: expected None or 'relu', got {type(activation).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
 def as_count(name, n):
     """A non-negative integer count."""
     n = as_int(name, n)

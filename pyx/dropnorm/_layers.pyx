@@ -22,6 +22,7 @@ from dropnorm._batchnorm import (
     batch_norm_train,
 )
 from dropnorm._checks import (
+    as_activation,
     as_dropout_mode,
     as_eps,
     as_flag,
@@ -38,6 +39,7 @@ from dropnorm._checks import (
     as_tensor,
     as_uint,
     is_half,
+    same_tensor,
     tensor_extents,
     writable_vector,
 )
@@ -266,6 +268,7 @@ cdef class _BatchNorm(_Layer):
     cdef readonly bint track_running_stats
     cdef readonly object dtype
     cdef readonly object param_dtype
+    cdef readonly object activation
     cdef public object weight
     cdef public object bias
     cdef public object grad_weight
@@ -282,7 +285,7 @@ cdef class _BatchNorm(_Layer):
     _shape_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, axis=1, dtype="float32"):
+                 track_running_stats=True, axis=1, dtype="float32", activation=None):
         """Initialize self; the parameters are in help(type(self))."""
         # every check first: a bad argument raises before anything is set
         num_features = as_positive_int("num_features", num_features)
@@ -292,6 +295,7 @@ cdef class _BatchNorm(_Layer):
         track_running_stats = as_flag("track_running_stats", track_running_stats)
         axis = as_layer_axis(axis)
         dtype = as_float_dtype("dtype", dtype)
+        as_activation(activation)
         self.num_features = num_features
         self._eps = eps
         self._momentum = momentum
@@ -299,6 +303,7 @@ cdef class _BatchNorm(_Layer):
         self.track_running_stats = track_running_stats
         self._axis = axis
         self.dtype = dtype
+        self.activation = activation
         # the per-channel arrays: float32 for the half types
         self.param_dtype = np.dtype(np.float32) if is_half(dtype) else dtype
         self._training = True
@@ -358,29 +363,50 @@ cdef class _BatchNorm(_Layer):
                              f"got shape {x.shape}")
         return x
 
-    def forward(self, x):
-        """Normalise x; remembers what backward needs (x itself, which must
-        not change until then, and a snapshot of the rest)."""
+    def forward(self, x, residual=None):
+        """Normalise x, then add residual (an array of x's shape and dtype,
+        or None) and apply the layer's activation, in one pass (the fused
+        block of batch_norm_train: bit for bit the separate steps);
+        remembers what backward needs (x itself, which must not change until
+        then, and a snapshot of the rest: the statistics, and with the
+        activation the packed mask of where the gradient passes)."""
         with self._lock:
             training, eps, axis = self._training, self._eps, self._axis
             weight, bias = _copy_or_none(self.weight), _copy_or_none(self.bias)
         x = self._check_input(x, axis)
+        act = self.activation
+        if residual is not None:
+            residual = same_tensor("residual", residual, x)
         use_batch = training or not self.track_running_stats
+        gate = None
+        fused = act is not None or residual is not None
         if use_batch and training and self.track_running_stats:
-            y, mean, invstd = self._train_and_update(x, weight, bias, eps, axis)
+            y, mean, invstd, gate = self._train_and_update(x, weight, bias, eps, axis, residual)
             stats = (mean, invstd)
         elif use_batch:
-            y, mean, invstd = batch_norm_train(x, weight, bias, eps=eps, axis=axis)
+            if fused:
+                y, mean, invstd, gate = batch_norm_train(x, weight, bias, eps=eps, axis=axis,
+                                                         residual=residual, activation=act,
+                                                         return_mask=True)
+            else:
+                y, mean, invstd = batch_norm_train(x, weight, bias, eps=eps, axis=axis)
             stats = (mean, invstd)
         else:
             # the backward must use the statistics of this forward
             with self._lock:
                 stats = (_copy_or_none(self.running_mean), _copy_or_none(self.running_var))
-            y = batch_norm_infer(x, *stats, weight, bias, eps=eps, axis=axis)
-        self._remember((x, _fingerprint(x), stats, use_batch, weight, eps, axis))
+            y = batch_norm_infer(x, *stats, weight, bias, eps=eps, axis=axis,
+                                 residual=residual, activation=act)
+            if act is not None:
+                # where the gradient passes: t > 0 is y > 0 after the ReLU
+                gate = y > 0
+        if act is None:
+            gate = None
+        self._remember((x, _fingerprint(x), stats, use_batch, weight, eps, axis, gate,
+                        residual is not None))
         return y
 
-    def _train_and_update(self, x, weight, bias, eps, axis):
+    def _train_and_update(self, x, weight, bias, eps, axis, residual):
         """The training forward with the update of the running statistics,
         atomic with respect to other forwards, without the lock around the
         kernel: see the class docstring."""
@@ -393,8 +419,14 @@ cdef class _BatchNorm(_Layer):
         writable_vector("running_mean", shared_mean, c, self.param_dtype)
         writable_vector("running_var", shared_var, c, self.param_dtype)
         momentum = 1.0 / (k + 1) if setting is None else setting
-        y, mean, invstd = batch_norm_train(x, weight, bias, next_mean, next_var,
-                                           momentum=momentum, eps=eps, axis=axis)
+        gate = None
+        if self.activation is not None or residual is not None:
+            y, mean, invstd, gate = batch_norm_train(
+                x, weight, bias, next_mean, next_var, momentum=momentum, eps=eps, axis=axis,
+                residual=residual, activation=self.activation, return_mask=True)
+        else:
+            y, mean, invstd = batch_norm_train(x, weight, bias, next_mean, next_var,
+                                               momentum=momentum, eps=eps, axis=axis)
         with self._lock:
             if (self._stats_version == version and self.num_batches_tracked == k
                     and self.running_mean is shared_mean and self.running_var is shared_var):
@@ -407,7 +439,7 @@ cdef class _BatchNorm(_Layer):
                 self._apply_batch_statistics(mean, invstd, x.size // c, setting, eps)
             self.num_batches_tracked += 1
             self._stats_version += 1
-        return y, mean, invstd
+        return y, mean, invstd, gate
 
     cdef _apply_batch_statistics(self, mean, invstd, m, setting, eps):
         """The kernel's running-statistics update from a batch's saved mean
@@ -429,22 +461,40 @@ cdef class _BatchNorm(_Layer):
         the gradient with respect to the input of the calling thread's last
         forward (which must not have changed since; RuntimeError if it did);
         accumulates grad_weight and grad_bias (like PyTorch's .grad) when
-        affine."""
-        x, fingerprint, stats, used_batch_stats, weight, eps, axis = self._recall()
+        affine. Through the activation, dy is first masked where the
+        gradient does not pass (+0 there). When that forward had a
+        residual, returns (dx, d_residual), d_residual being the masked
+        gradient."""
+        x, fingerprint, stats, used_batch_stats, weight, eps, axis, gate, has_residual = (
+            self._recall())
         if _fingerprint(x) != fingerprint:
             raise RuntimeError(
                 "x: the input of the forward was changed (written or reshaped in place) "
                 "before backward, which needs it as it was; give forward a copy of x if "
                 "x must change")
-        if used_batch_stats:
+        act = "relu" if gate is not None else None
+        d_residual = None
+        if used_batch_stats and (gate is not None or has_residual):
+            grads = batch_norm_backward(dy, x, *stats, weight, axis=axis, activation=act,
+                                        mask=gate, residual=has_residual)
+            dx, dw, db = grads[:3]
+            if has_residual:
+                d_residual = grads[3]
+        elif used_batch_stats:
             dx, dw, db = batch_norm_backward(dy, x, *stats, weight, axis=axis)
         else:
+            if gate is not None or has_residual:
+                dy = same_tensor("dy", dy, x)
+                if gate is not None:
+                    # the ReLU's backward: dy where y > 0, +0 elsewhere
+                    dy = np.where(gate, dy, np.zeros((), dy.dtype))
+                d_residual = dy.copy() if has_residual else None
             dx, dw, db = batch_norm_infer_backward(dy, x, *stats, weight, eps=eps, axis=axis)
         if self.affine:
             with self._lock:
                 self.grad_weight = dw if self.grad_weight is None else self.grad_weight + dw
                 self.grad_bias = db if self.grad_bias is None else self.grad_bias + db
-        return dx
+        return (dx, d_residual) if has_residual else dx
 
     def zero_grad(self):
         """Forget accumulated gradients (set them to None, as PyTorch does)."""
@@ -613,7 +663,8 @@ cdef class _BatchNorm(_Layer):
         return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}, axis={self.axis}, "
-                f"dtype={self.dtype.name})")
+                f"dtype={self.dtype.name}"
+                + (f", activation={self.activation!r})" if self.activation else ")"))
 
     def __reduce__(self):
         # the running statistics as copies taken together under the lock, so
@@ -629,7 +680,7 @@ cdef class _BatchNorm(_Layer):
                 "num_batches_tracked": self.num_batches_tracked,
             }
             args = (self.num_features, self._eps, self._momentum, self.affine,
-                    self.track_running_stats, self._axis, self.dtype)
+                    self.track_running_stats, self._axis, self.dtype, self.activation)
         return (type(self), args, state)
 
     def __setstate__(self, state):
@@ -639,7 +690,7 @@ cdef class _BatchNorm(_Layer):
 
 cdef class BatchNorm1d(_BatchNorm):
     """BatchNorm1d(num_features, eps=1e-05, momentum=0.1, affine=True,
-    track_running_stats=True, axis=1, dtype='float32')
+    track_running_stats=True, axis=1, dtype='float32', activation=None)
 --
 
     Batch norm over (N, C) or (N, C, L) input; (N, C) or (N, L, C) with axis=-1.
@@ -670,6 +721,11 @@ cdef class BatchNorm1d(_BatchNorm):
         dtype of weight, bias and the running statistics, and the dtype x
         must have (a float64 x needs BatchNorm1d(C, dtype=np.float64), or
         x.astype(np.float32) for the default).
+      activation: None, or "relu": the fused block y = relu(bn(x) + residual)
+        in one pass (forward(x, residual=r) adds the shortcut r, an array of
+        x's shape and dtype; backward then returns (dx, d_residual)), bit for
+        bit np.maximum(bn(x) + r, 0). fold_into and calibrate concern the
+        normalisation only: after a folded layer apply the activation.
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of
@@ -683,7 +739,7 @@ cdef class BatchNorm1d(_BatchNorm):
 
 cdef class BatchNorm2d(_BatchNorm):
     """BatchNorm2d(num_features, eps=1e-05, momentum=0.1, affine=True,
-    track_running_stats=True, axis=1, dtype='float32')
+    track_running_stats=True, axis=1, dtype='float32', activation=None)
 --
 
     Batch norm over (N, C, H, W) input; (N, H, W, C) with axis=-1.
@@ -714,6 +770,11 @@ cdef class BatchNorm2d(_BatchNorm):
         dtype of weight, bias and the running statistics, and the dtype x
         must have (a float64 x needs BatchNorm2d(C, dtype=np.float64), or
         x.astype(np.float32) for the default).
+      activation: None, or "relu": the fused block y = relu(bn(x) + residual)
+        in one pass (forward(x, residual=r) adds the shortcut r, an array of
+        x's shape and dtype; backward then returns (dx, d_residual)), bit for
+        bit np.maximum(bn(x) + r, 0). fold_into and calibrate concern the
+        normalisation only: after a folded layer apply the activation.
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of
@@ -727,7 +788,7 @@ cdef class BatchNorm2d(_BatchNorm):
 
 cdef class BatchNorm3d(_BatchNorm):
     """BatchNorm3d(num_features, eps=1e-05, momentum=0.1, affine=True,
-    track_running_stats=True, axis=1, dtype='float32')
+    track_running_stats=True, axis=1, dtype='float32', activation=None)
 --
 
     Batch norm over (N, C, D, H, W) input; (N, D, H, W, C) with axis=-1.
@@ -758,6 +819,11 @@ cdef class BatchNorm3d(_BatchNorm):
         dtype of weight, bias and the running statistics, and the dtype x
         must have (a float64 x needs BatchNorm3d(C, dtype=np.float64), or
         x.astype(np.float32) for the default).
+      activation: None, or "relu": the fused block y = relu(bn(x) + residual)
+        in one pass (forward(x, residual=r) adds the shortcut r, an array of
+        x's shape and dtype; backward then returns (dx, d_residual)), bit for
+        bit np.maximum(bn(x) + r, 0). fold_into and calibrate concern the
+        normalisation only: after a folded layer apply the activation.
 
     Threads may share the layer for forwards and backwards: every training
     batch updates the running statistics once (momentum=None: the average of

@@ -15,7 +15,7 @@ cimport numpy as cnp
 from dropnorm._checks cimport raise_overlap
 
 cdef enum:
-    SPANS_MAX = 8
+    SPANS_MAX = 12
 
 
 cdef struct Spans:

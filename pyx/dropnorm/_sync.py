@@ -233,5 +233,6 @@ class SyncBatchNorm(_BatchNorm):
 
     def __reduce__(self):
         cls, args, state = super().__reduce__()
-        # the base's arguments with comm before axis
-        return (cls, args[:5] + (self.comm,) + args[5:], state)
+        # the base's arguments with comm before axis (and without the
+        # activation, which a SyncBatchNorm does not take)
+        return (cls, args[:5] + (self.comm,) + args[5:7], state)

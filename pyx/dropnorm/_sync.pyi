@@ -3,16 +3,18 @@
 # tests/test_typing.py checks that these names and signatures match the
 # module's and runs mypy --strict.
 from collections.abc import Iterable
-from typing import Any, Protocol, SupportsIndex, TypeVar
+from typing import Any, Protocol, SupportsIndex, TypeVar, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from dropnorm._layers import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
 _Self = TypeVar("_Self", bound="SyncBatchNorm")
+_F = TypeVar("_F", np.float32, np.float64)
+_FloatArray = NDArray[np.floating[Any]]
 _Real = float | np.floating[Any] | np.integer[Any]
 _Flag = bool | np.bool_
 
@@ -33,4 +35,13 @@ class SyncBatchNorm(_BatchNorm):
         axis: SupportsIndex = 1,
         dtype: DTypeLike = "float32",
     ) -> None: ...
+    # no residual or activation here: the shard's forward and backward only
+    @overload  # type: ignore[override]
+    def forward(self, x: NDArray[_F]) -> NDArray[_F]: ...
+    @overload
+    def forward(self, x: ArrayLike) -> _FloatArray: ...
+    @overload
+    def backward(self, dy: NDArray[_F]) -> NDArray[_F]: ...
+    @overload
+    def backward(self, dy: ArrayLike) -> _FloatArray: ...
     def calibrate(self: _Self, batches: Iterable[ArrayLike]) -> _Self: ...

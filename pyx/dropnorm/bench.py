@@ -44,6 +44,13 @@ Suites (float32 unless --dtype; all threads; rows, then totals):
         its shard of (64, 64, 56, 56) and of ResNet-50's last layer
         (32, 2048, 7, 7); the time the communication adds to a training
         forward and a backward, against BatchNorm2d on the same shard
+    python -m dropnorm.bench --suite fused [--layout nchw|nhwc|both]
+        the fused blocks at (64, 64, 56, 56), each paired in one run with what
+        it replaces: batch norm + ReLU and + residual add + ReLU against
+        plain batch_norm_train (goals <= 1.15x, <= 1.45x), the whole block
+        with dropout against the three separate calls (batch_norm_train,
+        np.add and np.maximum, dropnorm.dropout; goal >= 1.8x faster), the
+        fused backward against the plain backward (goal <= 1.35x)
     python -m dropnorm.bench --suite torch
         a PyTorch training step (forward, loss, backward, SGD step) before
         and after dropnorm.torch.convert(): an MLP of 3 x (Linear 1024 ->
@@ -1250,6 +1257,155 @@ def format_torch(result):
     ])
 
 
+# ---- the fused suite -----------------------------------------------------------------
+
+FUSED_P = 0.1  # the drop probability of the fused suite's blocks
+# (row, goal kind, goal): "x" rows are fused / plain (at most the goal), "speedup"
+# rows separate / fused (at least the goal); None: no goal, for the record
+FUSED_GOALS = {
+    "bn+relu": ("x", 1.15),
+    "bn+add+relu": ("x", 1.45),
+    "bn+add+relu+dropout": ("speedup", 1.8),
+    "backward, gate from y": ("x", 1.35),
+    "backward, gate from the mask": ("x", 1.35),
+    "backward, with d_residual": ("x", None),
+    "backward vs separate": ("speedup", None),
+}
+
+
+def _fused_pairs(x, r, dy, w, b, axis, p):
+    """(row, fused callable, reference callable, reference's name) of the
+    fused suite, on preallocated outputs."""
+    y, t, u, dx, g = (np.empty_like(x) for _ in range(5))
+    seed, stream = 12345, 6
+    zero = x.dtype.type(0)
+
+    def plain():
+        dropnorm.batch_norm_train(x, w, b, axis=axis, out=y)
+
+    def separate():
+        dropnorm.batch_norm_train(x, w, b, axis=axis, out=t)
+        np.add(t, r, out=t)
+        np.maximum(t, zero, out=t)
+        dropnorm.dropout(t, p, seed=seed, stream=stream, out=u)
+
+    yb, mean, invstd, mask = dropnorm.batch_norm_train(
+        x, w, b, axis=axis, residual=r, activation="relu", dropout=p, seed=seed, stream=stream,
+        return_mask=True)
+
+    def plain_backward():
+        dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=axis, out=dx)
+
+    def separate_backward():
+        dropnorm.dropout_backward(dy, p, seed=seed, stream=stream, out=g)
+        np.multiply(g, yb > 0, out=g)
+        dropnorm.batch_norm_backward(g, x, mean, invstd, w, axis=axis, out=dx)
+
+    block = {"axis": axis, "residual": r, "activation": "relu", "dropout": p, "seed": seed,
+             "stream": stream}
+    grad = {"axis": axis, "activation": "relu", "dropout": p, "out": dx}
+    return [
+        ("bn+relu", lambda: dropnorm.batch_norm_train(x, w, b, axis=axis, activation="relu",
+                                                      out=y), plain, "batch_norm_train"),
+        ("bn+add+relu", lambda: dropnorm.batch_norm_train(x, w, b, axis=axis, residual=r,
+                                                          activation="relu", out=y),
+         plain, "batch_norm_train"),
+        ("bn+add+relu+dropout", lambda: dropnorm.batch_norm_train(x, w, b, out=y, **block),
+         separate, "bn, add, maximum, dropout"),
+        ("backward, gate from y",
+         lambda: dropnorm.batch_norm_backward(dy, x, mean, invstd, w, y=yb, **grad),
+         plain_backward, "batch_norm_backward"),
+        ("backward, gate from the mask",
+         lambda: dropnorm.batch_norm_backward(dy, x, mean, invstd, w, mask=mask, **grad),
+         plain_backward, "batch_norm_backward"),
+        ("backward, with d_residual",
+         lambda: dropnorm.batch_norm_backward(dy, x, mean, invstd, w, y=yb, residual=True,
+                                              **grad),
+         plain_backward, "batch_norm_backward"),
+        ("backward vs separate",
+         lambda: dropnorm.batch_norm_backward(dy, x, mean, invstd, w, y=yb, **grad),
+         separate_backward, "dropout_backward, mask, bn backward"),
+    ]
+
+
+def run_fused(shape=MAIN_SHAPE, layouts=("NCHW",), dtype=np.float32, repeats=11,
+              progress="auto"):
+    """The fused suite: each fused block of `_fused_pairs` at `shape`, timed
+    in turn with what it replaces within each repeat (the order alternating,
+    so that neither always runs first). Rows: both medians, and the median,
+    least and greatest over the repeats of the paired ratio fused / plain
+    ("x" rows) or separate / fused ("speedup" rows), against FUSED_GOALS."""
+    start = time.perf_counter()
+    threads = dropnorm.get_max_threads()
+    dt = np.dtype(dtype)
+    layouts = [layout.upper() for layout in layouts]
+    _settle_allocator(shape)
+    bar = Progress(len(layouts) * len(FUSED_GOALS), "fused", progress)
+    rows = []
+    for layout in layouts:
+        axis = -1 if layout == "NHWC" else 1
+        xs = _channels_last(shape) if axis == -1 else shape
+        rng = np.random.default_rng(0)
+        x, r, dy = (rng.standard_normal(xs).astype(dt) for _ in range(3))
+        c = shape[1]
+        w = (1.0 + 0.1 * rng.standard_normal(c)).astype(_param_dtype(dt))
+        b = (0.1 * rng.standard_normal(c)).astype(_param_dtype(dt))
+        for name, fused, reference, ref_name in _fused_pairs(x, r, dy, w, b, axis, FUSED_P):
+            bar.step(f"{name} {layout} {_shape_text(shape)}")
+            for _ in range(2):  # warm up
+                fused()
+                reference()
+            tf, tr = [], []
+            for k in range(repeats):
+                if k % 2 == 0:
+                    tr.append(_time(reference))
+                    tf.append(_time(fused))
+                else:
+                    tf.append(_time(fused))
+                    tr.append(_time(reference))
+            kind, goal = FUSED_GOALS[name]
+            ratios = [f / q for f, q in zip(tf, tr)] if kind == "x" else \
+                [q / f for f, q in zip(tf, tr)]
+            value = statistics.median(ratios)
+            rows.append({
+                "block": name, "layout": layout, "shape": list(shape), "dtype": dt.name,
+                "threads": threads, "fused_ms": statistics.median(tf) * 1e3,
+                "reference": ref_name, "reference_ms": statistics.median(tr) * 1e3,
+                "kind": kind, "ratio": value, "ratio_min": min(ratios),
+                "ratio_max": max(ratios), "goal": goal,
+                "meets_goal": None if goal is None else
+                (value <= goal if kind == "x" else value >= goal),
+            })
+    bar.close()
+    settings = {"shape": list(shape), "layouts": layouts, "dtype": dt.name, "threads": threads,
+                "repeats": repeats, "p": FUSED_P}
+    return {"suite": "fused", "settings": settings, "rows": rows,
+            "elapsed_s": time.perf_counter() - start}
+
+
+def format_fused(result):
+    s = result["settings"]
+    head = ("block", "layout", "fused ms", "against", "ms", "ratio", "range", "goal")
+    lines = []
+    for r in result["rows"]:
+        unit = "x" if r["kind"] == "x" else "x faster"
+        goal = "" if r["goal"] is None else (
+            f"{'<=' if r['kind'] == 'x' else '>='} {r['goal']:g} "
+            f"{'ok' if r['meets_goal'] else 'MISS'}")
+        lines.append((r["block"], r["layout"], f"{r['fused_ms']:.2f}", r["reference"],
+                      f"{r['reference_ms']:.2f}", f"{r['ratio']:.2f}{unit}",
+                      f"{r['ratio_min']:.2f} - {r['ratio_max']:.2f}", goal))
+    return "\n".join([
+        f"fused: batch norm + residual add + ReLU + dropout (p = {s['p']:g}) in one pass, "
+        f"{_shape_text(s['shape'])} {s['dtype']}, {s['threads']} threads, "
+        f"{s['repeats']} repeats, each paired with what it replaces",
+        _table(head, lines),
+        "ratio: median over the repeats of fused / plain (x), or separate / fused "
+        "(x faster), each pair timed one after the other; range: least and greatest ratio.",
+        f"fused took {result['elapsed_s']:.1f} s",
+    ])
+
+
 def describe_machine():
     info = dropnorm.build_info()
     try:
@@ -1284,12 +1440,13 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH",
                         help="also write the rows (and the totals of each suite) and the "
                         "machine description as JSON")
-    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync", "half", "torch"),
+    parser.add_argument("--suite", choices=("resnet50", "mlp", "sync", "half", "torch", "fused"),
                         help="run a suite instead of the default table")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"resnet50: the batch (default {RESNET50_BATCH}; 1: inference only)")
     parser.add_argument("--layout", choices=("nchw", "nhwc", "both"), default=None,
-                        help="resnet50, half: the layouts (default both: nchw, then nhwc)")
+                        help="resnet50, half, fused: the layouts (default both: nchw, then "
+                        "nhwc; fused: nchw)")
     parser.add_argument("--ranks", default=None,
                         help="sync: the process counts, comma-separated (default 2,4)")
     parser.add_argument("--under-load", action="store_true",
@@ -1311,8 +1468,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.suite != "resnet50" and args.batch is not None:
         parser.error("--batch goes with --suite resnet50")
-    if args.suite not in ("resnet50", "half") and args.layout is not None:
-        parser.error("--layout goes with --suite resnet50 or half")
+    if args.suite not in ("resnet50", "half", "fused") and args.layout is not None:
+        parser.error("--layout goes with --suite resnet50, half or fused")
     if args.suite == "sync" and args.dtype not in (None, "float32"):
         parser.error("--suite sync measures float32 only")
     if args.suite == "half" and args.dtype is not None:
@@ -1375,6 +1532,12 @@ def main(argv=None):
                               progress=args.progress)
             print(format_half(result), flush=True)
             suites["half"] = result
+        elif args.suite == "fused":
+            result = run_fused(shape=MAIN_SHAPE, layouts=_layout_list(args.layout or "nchw"),
+                               dtype=dtype,
+                               repeats=repeats, progress=args.progress)
+            print(format_fused(result), flush=True)
+            suites["fused"] = result
         elif args.suite == "torch":
             result = run_torch(dtype=dtype, repeats=repeats, progress=args.progress)
             print(format_torch(result), flush=True)

@@ -112,6 +112,17 @@ def run_half(
     progress: _ProgressMode = "auto",
 ) -> _Result: ...
 def format_half(result: _Result) -> str: ...
+FUSED_P: float
+FUSED_GOALS: dict[str, tuple[str, float | None]]
+
+def run_fused(
+    shape: _Shape = ...,
+    layouts: Sequence[str] = ("NCHW",),
+    dtype: DTypeLike = ...,
+    repeats: int = 11,
+    progress: _ProgressMode = "auto",
+) -> _Result: ...
+def format_fused(result: _Result) -> str: ...
 def mpiexec_command() -> list[str] | None: ...
 
 MPI_LAUNCH_FAILURES: tuple[str, ...]

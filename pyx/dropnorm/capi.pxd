@@ -49,7 +49,8 @@ cdef enum:
     DN_ERR_BATCH_TOO_SMALL "__pyx_dn_capi_ERR_BATCH_TOO_SMALL" = 6
     # a small workspace could not be allocated
     DN_ERR_OUT_OF_MEMORY "__pyx_dn_capi_ERR_OUT_OF_MEMORY" = 7
-    DN_ERR_BAD_MODE "__pyx_dn_capi_ERR_BAD_MODE" = 8  # mode is not a dn_dropout_mode value
+    # mode (activation) is not a dn_dropout_mode (dn_activation) value
+    DN_ERR_BAD_MODE "__pyx_dn_capi_ERR_BAD_MODE" = 8
 
 cdef const char *dn_status_str(int status) noexcept nogil
 cdef const char *dn_version() noexcept nogil
@@ -207,6 +208,71 @@ cdef int dn_batchnorm_backward_apply_bf16(
     const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
     int64_t count, const double *local_sums, uint16_t *dx, float *dgamma,
     float *dbeta) noexcept nogil
+
+# ---- Fused blocks: batch norm, residual add, ReLU, dropout in one pass --------
+# dn_activation
+cdef enum:
+    DN_ACTIVATION_NONE "__pyx_dn_capi_ACTIVATION_NONE" = 0  # y = t
+    DN_ACTIVATION_RELU "__pyx_dn_capi_ACTIVATION_RELU" = 1  # y = max(t, 0), +0 where t <= 0
+
+cdef int dn_batchnorm_forward_train_fused_f32(
+    int64_t n, int64_t c, int64_t s, int layout, const float *x, const float *residual,
+    const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+    float *running_var, int activation, double p, uint64_t seed, uint64_t stream, float *y,
+    float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil
+cdef int dn_batchnorm_forward_train_fused_f64(
+    int64_t n, int64_t c, int64_t s, int layout, const double *x, const double *residual,
+    const double *gamma, const double *beta, double eps, double momentum, double *running_mean,
+    double *running_var, int activation, double p, uint64_t seed, uint64_t stream, double *y,
+    double *save_mean, double *save_invstd, uint8_t *mask) noexcept nogil
+cdef int dn_batchnorm_forward_train_fused_f16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+    const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+    float *running_var, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *y,
+    float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil
+cdef int dn_batchnorm_forward_train_fused_bf16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+    const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+    float *running_var, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *y,
+    float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil
+
+cdef int dn_batchnorm_forward_infer_fused_f32(
+    int64_t n, int64_t c, int64_t s, int layout, const float *x, const float *residual,
+    const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+    double eps, int activation, float *y) noexcept nogil
+cdef int dn_batchnorm_forward_infer_fused_f64(
+    int64_t n, int64_t c, int64_t s, int layout, const double *x, const double *residual,
+    const double *running_mean, const double *running_var, const double *gamma, const double *beta,
+    double eps, int activation, double *y) noexcept nogil
+cdef int dn_batchnorm_forward_infer_fused_f16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+    const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+    double eps, int activation, uint16_t *y) noexcept nogil
+cdef int dn_batchnorm_forward_infer_fused_bf16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+    const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+    double eps, int activation, uint16_t *y) noexcept nogil
+
+cdef int dn_batchnorm_backward_fused_f32(
+    int64_t n, int64_t c, int64_t s, int layout, const float *dy, const float *x, const float *y,
+    const uint8_t *mask, const float *save_mean, const float *save_invstd, const float *gamma,
+    int activation, double p, uint64_t seed, uint64_t stream, float *dx, float *dgamma,
+    float *dbeta, float *d_residual) noexcept nogil
+cdef int dn_batchnorm_backward_fused_f64(
+    int64_t n, int64_t c, int64_t s, int layout, const double *dy, const double *x, const double *y,
+    const uint8_t *mask, const double *save_mean, const double *save_invstd, const double *gamma,
+    int activation, double p, uint64_t seed, uint64_t stream, double *dx, double *dgamma,
+    double *dbeta, double *d_residual) noexcept nogil
+cdef int dn_batchnorm_backward_fused_f16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *dy, const uint16_t *x,
+    const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+    const float *gamma, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *dx,
+    float *dgamma, float *dbeta, uint16_t *d_residual) noexcept nogil
+cdef int dn_batchnorm_backward_fused_bf16(
+    int64_t n, int64_t c, int64_t s, int layout, const uint16_t *dy, const uint16_t *x,
+    const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+    const float *gamma, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *dx,
+    float *dgamma, float *dbeta, uint16_t *d_residual) noexcept nogil
 
 # ---- Dropout ------------------------------------------------------------------
 # dn_dropout_mode
@@ -394,6 +460,48 @@ cdef inline int batchnorm_backward_apply(
             n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
             dgamma, dbeta)
 
+cdef inline int batchnorm_forward_train_fused(
+        int64_t n, int64_t c, int64_t s, int layout, const dn_real *x, const dn_real *residual,
+        const dn_real *gamma, const dn_real *beta, double eps, double momentum,
+        dn_real *running_mean, dn_real *running_var, int activation, double p, uint64_t seed,
+        uint64_t stream, dn_real *y, dn_real *save_mean, dn_real *save_invstd,
+        uint8_t *mask) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_forward_train_fused_f32(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+    else:
+        return dn_batchnorm_forward_train_fused_f64(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+
+cdef inline int batchnorm_forward_infer_fused(
+        int64_t n, int64_t c, int64_t s, int layout, const dn_real *x, const dn_real *residual,
+        const dn_real *running_mean, const dn_real *running_var, const dn_real *gamma,
+        const dn_real *beta, double eps, int activation, dn_real *y) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_forward_infer_fused_f32(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+    else:
+        return dn_batchnorm_forward_infer_fused_f64(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+
+cdef inline int batchnorm_backward_fused(
+        int64_t n, int64_t c, int64_t s, int layout, const dn_real *dy, const dn_real *x,
+        const dn_real *y, const uint8_t *mask, const dn_real *save_mean, const dn_real *save_invstd,
+        const dn_real *gamma, int activation, double p, uint64_t seed, uint64_t stream, dn_real *dx,
+        dn_real *dgamma, dn_real *dbeta, dn_real *d_residual) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_backward_fused_f32(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+    else:
+        return dn_batchnorm_backward_fused_f64(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+
 cdef inline int dropout_forward(
         int64_t n, int64_t c, int64_t s, int layout, int channelwise, const dn_real *x, double p,
         uint64_t seed, uint64_t stream, int mode, int training, dn_real *y,
@@ -536,6 +644,50 @@ cdef inline int batchnorm_backward_apply_half(
         return dn_batchnorm_backward_apply_f16(
             n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
             dgamma, dbeta)
+
+cdef inline int batchnorm_forward_train_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x,
+        const uint16_t *residual, const float *gamma, const float *beta, double eps,
+        double momentum, float *running_mean, float *running_var, int activation, double p,
+        uint64_t seed, uint64_t stream, uint16_t *y, float *save_mean, float *save_invstd,
+        uint8_t *mask) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_train_fused_bf16(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+    else:
+        return dn_batchnorm_forward_train_fused_f16(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+
+cdef inline int batchnorm_forward_infer_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x,
+        const uint16_t *residual, const float *running_mean, const float *running_var,
+        const float *gamma, const float *beta, double eps, int activation,
+        uint16_t *y) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_infer_fused_bf16(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+    else:
+        return dn_batchnorm_forward_infer_fused_f16(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+
+cdef inline int batchnorm_backward_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, int layout, const uint16_t *dy,
+        const uint16_t *x, const uint16_t *y, const uint8_t *mask, const float *save_mean,
+        const float *save_invstd, const float *gamma, int activation, double p, uint64_t seed,
+        uint64_t stream, uint16_t *dx, float *dgamma, float *dbeta,
+        uint16_t *d_residual) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_fused_bf16(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+    else:
+        return dn_batchnorm_backward_fused_f16(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
 
 cdef inline int dropout_forward_half(
         bint bf16, int64_t n, int64_t c, int64_t s, int layout, int channelwise, const uint16_t *x,

@@ -37,6 +37,9 @@ assert (
 assert (DN_LAYOUT_NCS, DN_LAYOUT_NSC) == (
     lib.DN_LAYOUT_NCS, lib.DN_LAYOUT_NSC
 ), "capi.pxd's dn_layout values are not dropnorm.h's"
+assert (DN_ACTIVATION_NONE, DN_ACTIVATION_RELU) == (
+    lib.DN_ACTIVATION_NONE, lib.DN_ACTIVATION_RELU
+), "capi.pxd's dn_activation values are not dropnorm.h's"
 assert (DN_DROPOUT_INVERTED, DN_DROPOUT_CLASSIC) == (
     lib.DN_DROPOUT_INVERTED, lib.DN_DROPOUT_CLASSIC
 ), "capi.pxd's dn_dropout_mode values are not dropnorm.h's"
@@ -316,6 +319,115 @@ cdef int dn_batchnorm_backward_apply_bf16(
     return lib.dn_batchnorm_backward_apply_bf16(
         n, c, s, <lib.dn_layout>layout, dy, x, save_mean, save_invstd, gamma, sums, count,
         local_sums, dx, dgamma, dbeta)
+
+# ---- Fused blocks: batch norm, residual add, ReLU, dropout in one pass --------
+cdef int dn_batchnorm_forward_train_fused_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *x, const float *residual,
+        const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+        float *running_var, int activation, double p, uint64_t seed, uint64_t stream, float *y,
+        float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil:
+    return lib.dn_batchnorm_forward_train_fused_f32(
+        n, c, s, <lib.dn_layout>layout, x, residual, gamma, beta, eps, momentum, running_mean,
+        running_var, <lib.dn_activation>activation, p, seed, stream, y, save_mean, save_invstd,
+        mask)
+
+cdef int dn_batchnorm_forward_train_fused_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *x, const double *residual,
+        const double *gamma, const double *beta, double eps, double momentum, double *running_mean,
+        double *running_var, int activation, double p, uint64_t seed, uint64_t stream, double *y,
+        double *save_mean, double *save_invstd, uint8_t *mask) noexcept nogil:
+    return lib.dn_batchnorm_forward_train_fused_f64(
+        n, c, s, <lib.dn_layout>layout, x, residual, gamma, beta, eps, momentum, running_mean,
+        running_var, <lib.dn_activation>activation, p, seed, stream, y, save_mean, save_invstd,
+        mask)
+
+cdef int dn_batchnorm_forward_train_fused_f16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+        const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+        float *running_var, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *y,
+        float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil:
+    return lib.dn_batchnorm_forward_train_fused_f16(
+        n, c, s, <lib.dn_layout>layout, x, residual, gamma, beta, eps, momentum, running_mean,
+        running_var, <lib.dn_activation>activation, p, seed, stream, y, save_mean, save_invstd,
+        mask)
+
+cdef int dn_batchnorm_forward_train_fused_bf16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+        const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+        float *running_var, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *y,
+        float *save_mean, float *save_invstd, uint8_t *mask) noexcept nogil:
+    return lib.dn_batchnorm_forward_train_fused_bf16(
+        n, c, s, <lib.dn_layout>layout, x, residual, gamma, beta, eps, momentum, running_mean,
+        running_var, <lib.dn_activation>activation, p, seed, stream, y, save_mean, save_invstd,
+        mask)
+
+cdef int dn_batchnorm_forward_infer_fused_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *x, const float *residual,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, int activation, float *y) noexcept nogil:
+    return lib.dn_batchnorm_forward_infer_fused_f32(
+        n, c, s, <lib.dn_layout>layout, x, residual, running_mean, running_var, gamma, beta, eps,
+        <lib.dn_activation>activation, y)
+
+cdef int dn_batchnorm_forward_infer_fused_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *x, const double *residual,
+        const double *running_mean, const double *running_var, const double *gamma,
+        const double *beta, double eps, int activation, double *y) noexcept nogil:
+    return lib.dn_batchnorm_forward_infer_fused_f64(
+        n, c, s, <lib.dn_layout>layout, x, residual, running_mean, running_var, gamma, beta, eps,
+        <lib.dn_activation>activation, y)
+
+cdef int dn_batchnorm_forward_infer_fused_f16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, int activation, uint16_t *y) noexcept nogil:
+    return lib.dn_batchnorm_forward_infer_fused_f16(
+        n, c, s, <lib.dn_layout>layout, x, residual, running_mean, running_var, gamma, beta, eps,
+        <lib.dn_activation>activation, y)
+
+cdef int dn_batchnorm_forward_infer_fused_bf16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *x, const uint16_t *residual,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, int activation, uint16_t *y) noexcept nogil:
+    return lib.dn_batchnorm_forward_infer_fused_bf16(
+        n, c, s, <lib.dn_layout>layout, x, residual, running_mean, running_var, gamma, beta, eps,
+        <lib.dn_activation>activation, y)
+
+cdef int dn_batchnorm_backward_fused_f32(
+        int64_t n, int64_t c, int64_t s, int layout, const float *dy, const float *x,
+        const float *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, int activation, double p, uint64_t seed, uint64_t stream, float *dx,
+        float *dgamma, float *dbeta, float *d_residual) noexcept nogil:
+    return lib.dn_batchnorm_backward_fused_f32(
+        n, c, s, <lib.dn_layout>layout, dy, x, y, mask, save_mean, save_invstd, gamma,
+        <lib.dn_activation>activation, p, seed, stream, dx, dgamma, dbeta, d_residual)
+
+cdef int dn_batchnorm_backward_fused_f64(
+        int64_t n, int64_t c, int64_t s, int layout, const double *dy, const double *x,
+        const double *y, const uint8_t *mask, const double *save_mean, const double *save_invstd,
+        const double *gamma, int activation, double p, uint64_t seed, uint64_t stream, double *dx,
+        double *dgamma, double *dbeta, double *d_residual) noexcept nogil:
+    return lib.dn_batchnorm_backward_fused_f64(
+        n, c, s, <lib.dn_layout>layout, dy, x, y, mask, save_mean, save_invstd, gamma,
+        <lib.dn_activation>activation, p, seed, stream, dx, dgamma, dbeta, d_residual)
+
+cdef int dn_batchnorm_backward_fused_f16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *dy, const uint16_t *x,
+        const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *dx,
+        float *dgamma, float *dbeta, uint16_t *d_residual) noexcept nogil:
+    return lib.dn_batchnorm_backward_fused_f16(
+        n, c, s, <lib.dn_layout>layout, dy, x, y, mask, save_mean, save_invstd, gamma,
+        <lib.dn_activation>activation, p, seed, stream, dx, dgamma, dbeta, d_residual)
+
+cdef int dn_batchnorm_backward_fused_bf16(
+        int64_t n, int64_t c, int64_t s, int layout, const uint16_t *dy, const uint16_t *x,
+        const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, int activation, double p, uint64_t seed, uint64_t stream, uint16_t *dx,
+        float *dgamma, float *dbeta, uint16_t *d_residual) noexcept nogil:
+    return lib.dn_batchnorm_backward_fused_bf16(
+        n, c, s, <lib.dn_layout>layout, dy, x, y, mask, save_mean, save_invstd, gamma,
+        <lib.dn_activation>activation, p, seed, stream, dx, dgamma, dbeta, d_residual)
 
 # ---- Dropout ------------------------------------------------------------------
 cdef void dn_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out) noexcept nogil:

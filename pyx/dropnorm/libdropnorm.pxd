@@ -31,7 +31,7 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         DN_ERR_BAD_VALUE  # eps, momentum or p is out of range or NaN
         DN_ERR_BATCH_TOO_SMALL  # training statistics need m = n*s >= 2
         DN_ERR_OUT_OF_MEMORY  # a small workspace could not be allocated
-        DN_ERR_BAD_MODE  # mode is not a dn_dropout_mode value
+        DN_ERR_BAD_MODE  # mode (activation) is not a dn_dropout_mode (dn_activation) value
 
     const char *dn_status_str(dn_status status)
     const char *dn_version()
@@ -184,6 +184,72 @@ cdef extern from "dropnorm/dropnorm.h" nogil:
         int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
         const float *save_mean, const float *save_invstd, const float *gamma, const double *sums,
         int64_t count, const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta)
+
+    # ---- Fused blocks: batch norm, residual add, ReLU, dropout in one pass ----
+    ctypedef enum dn_activation:
+        DN_ACTIVATION_NONE  # y = t
+        DN_ACTIVATION_RELU  # y = max(t, 0), +0 where t <= 0
+
+    dn_status dn_batchnorm_forward_train_fused_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, const float *residual,
+        const float *gamma, const float *beta, double eps, double momentum, float *running_mean,
+        float *running_var, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        float *y, float *save_mean, float *save_invstd, uint8_t *mask)
+    dn_status dn_batchnorm_forward_train_fused_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, const double *residual,
+        const double *gamma, const double *beta, double eps, double momentum, double *running_mean,
+        double *running_var, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        double *y, double *save_mean, double *save_invstd, uint8_t *mask)
+    dn_status dn_batchnorm_forward_train_fused_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *gamma, const float *beta, double eps,
+        double momentum, float *running_mean, float *running_var, dn_activation activation,
+        double p, uint64_t seed, uint64_t stream, uint16_t *y, float *save_mean, float *save_invstd,
+        uint8_t *mask)
+    dn_status dn_batchnorm_forward_train_fused_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *gamma, const float *beta, double eps,
+        double momentum, float *running_mean, float *running_var, dn_activation activation,
+        double p, uint64_t seed, uint64_t stream, uint16_t *y, float *save_mean, float *save_invstd,
+        uint8_t *mask)
+
+    dn_status dn_batchnorm_forward_infer_fused_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *x, const float *residual,
+        const float *running_mean, const float *running_var, const float *gamma, const float *beta,
+        double eps, dn_activation activation, float *y)
+    dn_status dn_batchnorm_forward_infer_fused_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *x, const double *residual,
+        const double *running_mean, const double *running_var, const double *gamma,
+        const double *beta, double eps, dn_activation activation, double *y)
+    dn_status dn_batchnorm_forward_infer_fused_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *running_mean, const float *running_var,
+        const float *gamma, const float *beta, double eps, dn_activation activation, uint16_t *y)
+    dn_status dn_batchnorm_forward_infer_fused_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *running_mean, const float *running_var,
+        const float *gamma, const float *beta, double eps, dn_activation activation, uint16_t *y)
+
+    dn_status dn_batchnorm_backward_fused_f32(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const float *dy, const float *x,
+        const float *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        float *dx, float *dgamma, float *dbeta, float *d_residual)
+    dn_status dn_batchnorm_backward_fused_f64(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const double *dy, const double *x,
+        const double *y, const uint8_t *mask, const double *save_mean, const double *save_invstd,
+        const double *gamma, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        double *dx, double *dgamma, double *dbeta, double *d_residual)
+    dn_status dn_batchnorm_backward_fused_f16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        uint16_t *dx, float *dgamma, float *dbeta, uint16_t *d_residual)
+    dn_status dn_batchnorm_backward_fused_bf16(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy, const uint16_t *x,
+        const uint16_t *y, const uint8_t *mask, const float *save_mean, const float *save_invstd,
+        const float *gamma, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        uint16_t *dx, float *dgamma, float *dbeta, uint16_t *d_residual)
 
     # ---- Dropout --------------------------------------------------------------
     ctypedef enum dn_dropout_mode:
@@ -373,6 +439,49 @@ cdef inline dn_status dn_batchnorm_backward_apply(
             n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
             dgamma, dbeta)
 
+cdef inline dn_status dn_batchnorm_forward_train_fused(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *x,
+        const dn_real *residual, const dn_real *gamma, const dn_real *beta, double eps,
+        double momentum, dn_real *running_mean, dn_real *running_var, dn_activation activation,
+        double p, uint64_t seed, uint64_t stream, dn_real *y, dn_real *save_mean,
+        dn_real *save_invstd, uint8_t *mask) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_forward_train_fused_f32(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+    else:
+        return dn_batchnorm_forward_train_fused_f64(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+
+cdef inline dn_status dn_batchnorm_forward_infer_fused(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *x,
+        const dn_real *residual, const dn_real *running_mean, const dn_real *running_var,
+        const dn_real *gamma, const dn_real *beta, double eps, dn_activation activation,
+        dn_real *y) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_forward_infer_fused_f32(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+    else:
+        return dn_batchnorm_forward_infer_fused_f64(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+
+cdef inline dn_status dn_batchnorm_backward_fused(
+        int64_t n, int64_t c, int64_t s, dn_layout layout, const dn_real *dy, const dn_real *x,
+        const dn_real *y, const uint8_t *mask, const dn_real *save_mean, const dn_real *save_invstd,
+        const dn_real *gamma, dn_activation activation, double p, uint64_t seed, uint64_t stream,
+        dn_real *dx, dn_real *dgamma, dn_real *dbeta, dn_real *d_residual) noexcept nogil:
+    if dn_real is float:
+        return dn_batchnorm_backward_fused_f32(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+    else:
+        return dn_batchnorm_backward_fused_f64(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+
 cdef inline dn_status dn_dropout_forward(
         int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise, const dn_real *x,
         double p, uint64_t seed, uint64_t stream, dn_dropout_mode mode, int training, dn_real *y,
@@ -517,6 +626,50 @@ cdef inline dn_status dn_batchnorm_backward_apply_half(
         return dn_batchnorm_backward_apply_f16(
             n, c, s, layout, dy, x, save_mean, save_invstd, gamma, sums, count, local_sums, dx,
             dgamma, dbeta)
+
+cdef inline dn_status dn_batchnorm_forward_train_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *gamma, const float *beta, double eps,
+        double momentum, float *running_mean, float *running_var, dn_activation activation,
+        double p, uint64_t seed, uint64_t stream, uint16_t *y, float *save_mean, float *save_invstd,
+        uint8_t *mask) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_train_fused_bf16(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+    else:
+        return dn_batchnorm_forward_train_fused_f16(
+            n, c, s, layout, x, residual, gamma, beta, eps, momentum, running_mean, running_var,
+            activation, p, seed, stream, y, save_mean, save_invstd, mask)
+
+cdef inline dn_status dn_batchnorm_forward_infer_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *x,
+        const uint16_t *residual, const float *running_mean, const float *running_var,
+        const float *gamma, const float *beta, double eps, dn_activation activation,
+        uint16_t *y) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_forward_infer_fused_bf16(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+    else:
+        return dn_batchnorm_forward_infer_fused_f16(
+            n, c, s, layout, x, residual, running_mean, running_var, gamma, beta, eps, activation,
+            y)
+
+cdef inline dn_status dn_batchnorm_backward_fused_half(
+        bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, const uint16_t *dy,
+        const uint16_t *x, const uint16_t *y, const uint8_t *mask, const float *save_mean,
+        const float *save_invstd, const float *gamma, dn_activation activation, double p,
+        uint64_t seed, uint64_t stream, uint16_t *dx, float *dgamma, float *dbeta,
+        uint16_t *d_residual) noexcept nogil:
+    if bf16:
+        return dn_batchnorm_backward_fused_bf16(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
+    else:
+        return dn_batchnorm_backward_fused_f16(
+            n, c, s, layout, dy, x, y, mask, save_mean, save_invstd, gamma, activation, p, seed,
+            stream, dx, dgamma, dbeta, d_residual)
 
 cdef inline dn_status dn_dropout_forward_half(
         bint bf16, int64_t n, int64_t c, int64_t s, dn_layout layout, int channelwise,

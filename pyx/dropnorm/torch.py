@@ -69,6 +69,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
@@ -285,6 +288,52 @@ def _k_infer_backward(dy: Tensor, x: Tensor, running_mean: Tensor, running_var: 
     if out is None:
         _fill(dx, result, cl)
     return dx, dweight, dbias
+
+
+# The fused batch norm + ReLU (BatchNormReLU1d/2d/3d): the kernels of the
+# fused block, the gradient mask kept packed from the training forward.
+
+def _k_train_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  mean_a: Optional[np.ndarray], var_a: Optional[np.ndarray], momentum: float,
+                  eps: float) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """_k_train with the ReLU in the same pass: also the packed mask of
+    where the gradient passes."""
+    cl = _channels_last(x)
+    y = torch.empty_like(x)
+    out = _out(y, cl)
+    result, save_mean, save_invstd, mask = dropnorm.batch_norm_train(
+        _array(x, cl), _vector(weight), _vector(bias), mean_a, var_a, momentum=momentum,
+        eps=eps, axis=-1 if cl else 1, out=out, activation="relu", return_mask=True)
+    if out is None:
+        _fill(y, result, cl)
+    return y, save_mean, save_invstd, mask
+
+
+def _k_backward_relu(dy: Tensor, x: Tensor, save_mean: np.ndarray, save_invstd: np.ndarray,
+                     weight: Optional[Tensor],
+                     mask: np.ndarray) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    cl = _channels_last(x)
+    dx = torch.empty_like(x)
+    out = _out(dx, cl)
+    result, dweight, dbias = dropnorm.batch_norm_backward(
+        _array(dy, cl), _array(x, cl), save_mean, save_invstd, _vector(weight),
+        axis=-1 if cl else 1, out=out, activation="relu", mask=mask)
+    if out is None:
+        _fill(dx, result, cl)
+    return dx, dweight, dbias
+
+
+def _k_infer_relu(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                  weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    cl = _channels_last(x)
+    y = torch.empty_like(x)
+    out = _out(y, cl)
+    result = dropnorm.batch_norm_infer(
+        _array(x, cl), _vector(running_mean), _vector(running_var), _vector(weight),
+        _vector(bias), eps=eps, axis=-1 if cl else 1, out=out, activation="relu")
+    if out is None:
+        _fill(y, result, cl)
+    return y
 
 
 # SyncBatchNorm's communicators, by the key their operators take (an
@@ -681,6 +730,55 @@ class _InferFunction(torch.autograd.Function):
                 _tensor(dbias) if ctx.grad_bias else None, None, None)
 
 
+class _TrainReluFunction(torch.autograd.Function):
+    """batch_norm_train with the fused ReLU, on the eager route; the
+    backward masks dy with the forward's packed mask."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running, momentum, eps):
+        running_mean, running_var, tracked = running
+        y, save_mean, save_invstd, mask = _k_train_relu(
+            x, weight, bias, *_stat_views(running_mean, running_var),
+            _momentum(momentum, tracked), eps)
+        ctx.save_for_backward(x, weight)
+        ctx.stats = (save_mean, save_invstd, mask)
+        ctx.grad_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        save_mean, save_invstd, mask = ctx.stats
+        dx, dweight, dbias = _k_backward_relu(dy, x, save_mean, save_invstd, weight, mask)
+        return (dx, _tensor(dweight) if weight is not None else None,
+                _tensor(dbias) if ctx.grad_bias else None, None, None, None)
+
+
+class _InferReluFunction(torch.autograd.Function):
+    """batch_norm_infer with the fused ReLU, on the eager route; the
+    backward masks dy where the output is not positive (+0 there)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running, eps):
+        running_mean, running_var = running
+        y = _k_infer_relu(x, running_mean, running_var, weight, bias, eps)
+        ctx.save_for_backward(x, weight, running_mean, running_var, y)
+        ctx.eps = eps
+        ctx.grad_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, running_mean, running_var, y = ctx.saved_tensors
+        g = torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype))
+        dx, dweight, dbias = _k_infer_backward(g, x, running_mean, running_var, weight,
+                                               ctx.eps)
+        return (dx, _tensor(dweight) if weight is not None else None,
+                _tensor(dbias) if ctx.grad_bias else None, None, None)
+
+
 class _SyncFunction(torch.autograd.Function):
     """sync_batch_norm_train on the eager route."""
 
@@ -744,6 +842,39 @@ def _train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     if tracked is not None:
         tracked.add_(1)
     return y
+
+
+def _train_relu(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                tracked: Optional[Tensor], momentum: Optional[float], eps: float) -> Tensor:
+    """_train followed by a ReLU: one fused pass on the eager route; traced
+    (torch.compile, export), the batch_norm_train operator then torch.relu."""
+    if not _eager(x):
+        return torch.relu(_train(x, weight, bias, running_mean, running_var, tracked, momentum,
+                                 eps))
+    try:
+        y = _TrainReluFunction.apply(x, weight, bias, (running_mean, running_var, tracked),
+                                     momentum, eps)
+    except Exception:
+        _check_bn_operands(x, ("weight", weight), ("bias", bias),
+                           ("running_mean", running_mean), ("running_var", running_var))
+        raise
+    if tracked is not None:
+        tracked.add_(1)
+    return y
+
+
+def _infer_relu(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    """_infer followed by a ReLU (fused on the eager route, as _train_relu)."""
+    if not _eager(x):
+        return torch.relu(_infer(x, running_mean, running_var, weight, bias, eps))
+    try:
+        return _InferReluFunction.apply(x, weight, bias, (running_mean, running_var), eps)
+    except Exception:
+        _check_bn_operands(x, ("running_mean", running_mean),
+                           ("running_var", running_var), ("weight", weight), ("bias", bias))
+        raise
 
 
 def _infer(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Optional[Tensor],
@@ -902,15 +1033,18 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 # ---- modules -------------------------------------------------------------------------------
 
-def _batch_norm_forward(m: Any, x: Tensor) -> Tensor:
-    """torch.nn's _BatchNorm.forward, on dropnorm's kernels."""
+def _batch_norm_forward(m: Any, x: Tensor, relu: bool = False) -> Tensor:
+    """torch.nn's _BatchNorm.forward, on dropnorm's kernels (relu: followed
+    by a ReLU, fused)."""
     _check_tensor("input", x)
     update = m.training and m.track_running_stats
     if m.training or (m.running_mean is None and m.running_var is None):
-        return _train(x, m.weight, m.bias, m.running_mean if update else None,
-                      m.running_var if update else None,
-                      m.num_batches_tracked if update else None, m.momentum, m.eps)
-    return _infer(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
+        return (_train_relu if relu else _train)(
+            x, m.weight, m.bias, m.running_mean if update else None,
+            m.running_var if update else None, m.num_batches_tracked if update else None,
+            m.momentum, m.eps)
+    return (_infer_relu if relu else _infer)(x, m.running_mean, m.running_var, m.weight,
+                                             m.bias, m.eps)
 
 
 _BATCHNORM_ARGS = """
@@ -1001,6 +1135,40 @@ class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
         _check_dtype(dtype)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
                          dtype, bias=bias)
+
+
+class _DropnormBatchNormReLU:
+    """What BatchNormReLU1d/2d/3d add: the ReLU fused into the forward."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        """relu(batch_norm(input)) in one pass (see the class docstring)."""
+        self._check_input_dim(input)  # type: ignore[attr-defined]
+        return _batch_norm_forward(self, input, relu=True)
+
+
+_RELU_DOC = """{name} followed by torch.nn.ReLU, fused: relu(bn(x)) in one pass.
+
+    Subclass of dropnorm.torch.{name} (so of torch.nn.{name}: the same
+    constructor, parameters, buffers and state_dict keys) whose forward
+    applies the ReLU in the batch norm's own pass, bit for bit
+    dropnorm.torch.{name} followed by the ReLU; the backward masks the
+    gradient with a packed mask kept from the forward (1 bit per element).
+    convert(model, fuse_relu=True) puts it where a batch norm is followed by
+    a ReLU in an nn.Sequential. Under torch.compile or export it runs the
+    batch-norm operator and then torch.relu (the same values).
+"""
+
+
+class BatchNormReLU1d(_DropnormBatchNormReLU, BatchNorm1d):
+    __doc__ = _RELU_DOC.format(name="BatchNorm1d") + _BATCHNORM_ARGS.format(name="BatchNorm1d")
+
+
+class BatchNormReLU2d(_DropnormBatchNormReLU, BatchNorm2d):
+    __doc__ = _RELU_DOC.format(name="BatchNorm2d") + _BATCHNORM_ARGS.format(name="BatchNorm2d")
+
+
+class BatchNormReLU3d(_DropnormBatchNormReLU, BatchNorm3d):
+    __doc__ = _RELU_DOC.format(name="BatchNorm3d") + _BATCHNORM_ARGS.format(name="BatchNorm3d")
 
 
 def _as_comm(comm: Any) -> Any:
@@ -1336,14 +1504,44 @@ def _replacement(module: nn.Module, comm: Any, sync: bool, dropouts: bool) -> nn
     return new  # type: ignore[no-any-return]
 
 
-def _convert(module: nn.Module, comm: Any, sync: bool, dropouts: bool) -> nn.Module:
+_FUSED_RELU: dict[type, type] = {BatchNorm1d: BatchNormReLU1d, BatchNorm2d: BatchNormReLU2d,
+                                 BatchNorm3d: BatchNormReLU3d}
+
+
+def _fuse_relu(seq: nn.Sequential) -> None:
+    """In an nn.Sequential, each dropnorm batch norm directly followed by an
+    nn.ReLU becomes a BatchNormReLU (taking over its parameters and buffers)
+    and the ReLU an nn.Identity: the same keys, the same values."""
+    names = [name for name, _ in seq.named_children()]
+    for a, b in zip(names, names[1:]):
+        bn: Any = getattr(seq, a)
+        if type(bn) in _FUSED_RELU and type(getattr(seq, b)) is nn.ReLU:
+            new: Any = _FUSED_RELU[type(bn)](bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                             bn.track_running_stats,
+                                             bias=bn.bias is not None or not bn.affine)
+            with torch.no_grad():
+                new.weight, new.bias = bn.weight, bn.bias
+            new.running_mean = bn.running_mean
+            new.running_var = bn.running_var
+            new.num_batches_tracked = bn.num_batches_tracked
+            new.train(bn.training)
+            if hasattr(bn, "qconfig"):
+                new.qconfig = bn.qconfig
+            seq.add_module(a, new)
+            seq.add_module(b, nn.Identity())
+
+
+def _convert(module: nn.Module, comm: Any, sync: bool, dropouts: bool,
+             fuse_relu: bool = False) -> nn.Module:
     out = _replacement(module, comm, sync, dropouts)
     for name, child in module.named_children():
-        out.add_module(name, _convert(child, comm, sync, dropouts))
+        out.add_module(name, _convert(child, comm, sync, dropouts, fuse_relu))
+    if fuse_relu and isinstance(out, nn.Sequential):
+        _fuse_relu(out)
     return out
 
 
-def convert(module: nn.Module, comm: Any = None) -> nn.Module:
+def convert(module: nn.Module, comm: Any = None, fuse_relu: bool = False) -> nn.Module:
     """Swap the torch.nn batch-norm and dropout modules of a model for
     dropnorm's, as torch.nn.SyncBatchNorm.convert_sync_batchnorm swaps
     batch norms for SyncBatchNorm.
@@ -1362,10 +1560,17 @@ def convert(module: nn.Module, comm: Any = None) -> nn.Module:
     (anything with Allgather and Get_size): with it every batch norm
     becomes a SyncBatchNorm over comm (data-parallel training over MPI);
     without it only torch.nn.SyncBatchNorm modules do, over MPI.COMM_WORLD.
+    fuse_relu: also recognise, in every nn.Sequential, a batch norm directly
+    followed by an nn.ReLU (BatchNorm1d/2d/3d, not SyncBatchNorm): the pair
+    becomes a BatchNormReLU1d/2d/3d, which runs both in one pass, and an
+    nn.Identity (the state_dict keys stay torch.nn's; the values are the
+    same bits as without it on the eager route).
     Returns module, changed in place, or the new module if module itself is
     one of those replaced.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(fuse_relu, bool):
+        raise TypeError(f"fuse_relu: expected a bool, got {type(fuse_relu).__name__}")
     comm = _as_comm(comm)
-    return _convert(module, comm, comm is not None, True)
+    return _convert(module, comm, comm is not None, True, fuse_relu)

@@ -9,6 +9,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
@@ -39,7 +42,7 @@ def dropout(
     channelwise: bool = False,
     offset: int = 0,
 ) -> Tensor: ...
-def convert(module: nn.Module, comm: Any = None) -> nn.Module: ...
+def convert(module: nn.Module, comm: Any = None, fuse_relu: bool = False) -> nn.Module: ...
 
 class _DropnormBatchNorm:
     def forward(self, input: Tensor) -> Tensor: ...
@@ -85,6 +88,13 @@ class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
         *,
         bias: bool = True,
     ) -> None: ...
+
+class _DropnormBatchNormReLU:
+    def forward(self, input: Tensor) -> Tensor: ...
+
+class BatchNormReLU1d(_DropnormBatchNormReLU, BatchNorm1d): ...
+class BatchNormReLU2d(_DropnormBatchNormReLU, BatchNorm2d): ...
+class BatchNormReLU3d(_DropnormBatchNormReLU, BatchNorm3d): ...
 
 class SyncBatchNorm(nn.SyncBatchNorm):
     comm: Any

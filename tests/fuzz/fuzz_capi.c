@@ -4,7 +4,10 @@
  * sanitizer report; every status is a dn_status; a call that fails writes
  * nothing (outputs are filled with a sentinel and checked). One op byte in
  * four (bits 5 and 6 set) calls the _f16 (even op) or _bf16 (odd op)
- * variant of a tensor function instead (half_call).
+ * variant of a tensor function instead (half_call). Ops 18 and 19 are the
+ * fused blocks (f32, f64; f16, bf16 in half_call), training picking the
+ * function: 0 the training forward, 1 inference, 2 the backward; the
+ * activation is decoded as a mode (0, 1 or any int), p is b.
  *
  * Built two ways (CMakeLists.txt):
  *   - with clang -fsanitize=fuzzer (DN_LIBFUZZER): a libFuzzer target, run
@@ -133,7 +136,7 @@ typedef struct call {
 static dn_status half_call(unsigned op, const call *k, buffer *in1, buffer *in2, buffer *v1,
                            buffer *v2, buffer *v3, buffer *mask_in, buffer *out, buffer *o1,
                            buffer *o2, buffer *o3, buffer *o4, buffer *mask_out, buffer *parts,
-                           buffer *sums)
+                           buffer *sums, buffer *out2)
 {
     const int bf = op % 2;
     const int64_t n = k->n, c = k->c, s = k->s;
@@ -195,6 +198,22 @@ static dn_status half_call(unsigned op, const call *k, buffer *in1, buffer *in2,
         return (bf ? dn_dropout_backward_offset_bf16 : dn_dropout_backward_offset_f16)(
             n, c, s, k->layout, k->channelwise, HARG(0, in1), k->a, k->seed, k->stream, k->offset,
             k->mode, HARG(2, mask_in), HARG(1, out));
+    case 9: /* the fused blocks; the extra tensors only for small extents */
+        if (k->training == 0)
+            return (bf ? dn_batchnorm_forward_train_fused_bf16
+                       : dn_batchnorm_forward_train_fused_f16)(
+                n, c, s, k->layout, HARG(0, in1), HSARG(8, in2), HARG(2, v1), HARG(3, v2), k->a,
+                0.1, HARG(4, o1), HARG(5, o2), (dn_activation)k->mode, k->b, k->seed, k->stream,
+                HARG(1, out), HARG(6, o3), HARG(7, o4), HSARG(9, mask_out));
+        if (k->training == 1)
+            return (bf ? dn_batchnorm_forward_infer_fused_bf16
+                       : dn_batchnorm_forward_infer_fused_f16)(
+                n, c, s, k->layout, HARG(0, in1), HSARG(8, in2), HARG(2, v1), HARG(3, v2),
+                HARG(4, v3), HARG(5, v3), k->a, (dn_activation)k->mode, HARG(1, out));
+        return (bf ? dn_batchnorm_backward_fused_bf16 : dn_batchnorm_backward_fused_f16)(
+            n, c, s, k->layout, HARG(0, in1), HARG(1, in2), HSARG(8, in1), HSARG(9, mask_in),
+            HARG(2, v1), HARG(3, v2), HARG(4, v3), (dn_activation)k->mode, k->b, k->seed,
+            k->stream, HARG(5, out), HARG(6, o1), HARG(7, o2), HSARG(10, out2));
     default:
         return dn_half_kernel_variant() != NULL ? DN_OK : DN_ERR_BAD_VALUE;
     }
@@ -241,6 +260,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* per-channel partials in double: read (shards of 3*c), written (3*c) */
     buffer parts = make(4 * 3 * chans * sizeof(double), &r, 1);
     buffer sums = make(3 * chans * sizeof(double), &r, 0);
+    /* the fused backward's d_residual */
+    buffer out2 = make(total * esize, &r, 0);
     dn_status st = DN_OK;
 #define ARG(k, buf) ((nulls >> (k)) & 1u || (!small && (k) <= 1) ? NULL : (void *)(buf).bytes)
 /* the shard functions accept NULL tensors for n == 0: every array is NULL
@@ -250,7 +271,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const call k = {n, c, s, count, layout, channelwise, training, small, mode, a, b,
                         seed, stream, offset, nulls};
         st = half_call(op, &k, &in1, &in2, &v1, &v2, &v3, &mask_in, &out, &o1, &o2, &o3, &o4,
-                       &mask_out, &parts, &sums);
+                       &mask_out, &parts, &sums, &out2);
     } else switch (op) {
     case 0: case 1:
         st = op ? dn_batchnorm_forward_train_f64(n, c, s, layout, ARG(0, in1), ARG(2, v1),
@@ -362,6 +383,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         st = dn_dropout_mask_offset(small ? n * c * s : n, a, seed, stream, offset,
                                     ARG(0, mask_out));
         break;
+    case 18: case 19: /* the fused blocks; the extra tensors only for small extents */
+        if (training == 0)
+            st = op % 2 ? dn_batchnorm_forward_train_fused_f64(
+                              n, c, s, layout, ARG(0, in1), SARG(8, in2), ARG(2, v1), ARG(3, v2),
+                              a, 0.1, ARG(4, o1), ARG(5, o2), (dn_activation)mode, b, seed,
+                              stream, ARG(1, out), ARG(6, o3), ARG(7, o4), SARG(9, mask_out))
+                        : dn_batchnorm_forward_train_fused_f32(
+                              n, c, s, layout, ARG(0, in1), SARG(8, in2), ARG(2, v1), ARG(3, v2),
+                              a, 0.1, ARG(4, o1), ARG(5, o2), (dn_activation)mode, b, seed,
+                              stream, ARG(1, out), ARG(6, o3), ARG(7, o4), SARG(9, mask_out));
+        else if (training == 1)
+            st = op % 2 ? dn_batchnorm_forward_infer_fused_f64(
+                              n, c, s, layout, ARG(0, in1), SARG(8, in2), ARG(2, v1), ARG(3, v2),
+                              ARG(4, v3), ARG(5, v3), a, (dn_activation)mode, ARG(1, out))
+                        : dn_batchnorm_forward_infer_fused_f32(
+                              n, c, s, layout, ARG(0, in1), SARG(8, in2), ARG(2, v1), ARG(3, v2),
+                              ARG(4, v3), ARG(5, v3), a, (dn_activation)mode, ARG(1, out));
+        else
+            st = op % 2 ? dn_batchnorm_backward_fused_f64(
+                              n, c, s, layout, ARG(0, in1), ARG(1, in2), SARG(8, in1),
+                              SARG(9, mask_in), ARG(2, v1), ARG(3, v2), ARG(4, v3),
+                              (dn_activation)mode, b, seed, stream, ARG(5, out), ARG(6, o1),
+                              ARG(7, o2), SARG(10, out2))
+                        : dn_batchnorm_backward_fused_f32(
+                              n, c, s, layout, ARG(0, in1), ARG(1, in2), SARG(8, in1),
+                              SARG(9, mask_in), ARG(2, v1), ARG(3, v2), ARG(4, v3),
+                              (dn_activation)mode, b, seed, stream, ARG(5, out), ARG(6, o1),
+                              ARG(7, o2), SARG(10, out2));
+        break;
     case 15: {
         uint32_t ctr[4] = {(uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)stream, 7u};
         const uint32_t key[2] = {(uint32_t)(stream >> 32), (uint32_t)n};
@@ -388,7 +438,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_status(st);
     if (st != DN_OK) {
         check(untouched(&out) && untouched(&o1) && untouched(&o2) && untouched(&o3)
-                  && untouched(&o4) && untouched(&mask_out) && untouched(&sums),
+                  && untouched(&o4) && untouched(&mask_out) && untouched(&sums)
+                  && untouched(&out2),
               "a failed call writes nothing");
     } else if ((op == 8 || op == 9 || (op == 14 && !half)) && !((nulls >> (op == 14 ? 0 : 2)) & 1u)
                && small) {
@@ -410,6 +461,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(o4.bytes);
     free(parts.bytes);
     free(sums.bytes);
+    free(out2.bytes);
     return 0;
 }
 

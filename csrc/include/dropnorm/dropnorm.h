@@ -103,7 +103,7 @@ typedef enum dn_status {
     DN_ERR_BAD_VALUE = 5,        /* eps, momentum or p is out of range or NaN */
     DN_ERR_BATCH_TOO_SMALL = 6,  /* training statistics need m = n*s >= 2 */
     DN_ERR_OUT_OF_MEMORY = 7,    /* a small workspace could not be allocated */
-    DN_ERR_BAD_MODE = 8          /* mode is not a dn_dropout_mode value */
+    DN_ERR_BAD_MODE = 8          /* mode (activation) is not a dn_dropout_mode (dn_activation) value */
 } dn_status;
 
 /*! dn_status_str() :
@@ -479,6 +479,164 @@ DN_API dn_status dn_batchnorm_backward_apply_bf16(
     const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
     const float *DN_RESTRICT gamma, const double *sums, int64_t count,
     const double *local_sums, uint16_t *dx, float *dgamma, float *dbeta);
+
+/* ------------------------------------------------------------------------ */
+/* Fused blocks: batch norm, residual add, ReLU, dropout in one pass.
+ *
+ * In a residual network batch norm is followed by the shortcut's add and a
+ * ReLU, and in a classifier head by a ReLU and dropout. The fused functions
+ * compute, in the elementwise pass of the batch norm itself,
+ *   y = dropout(act(bn(x) + residual))
+ * bit for bit as the separate steps give it:
+ *   y0 = bn(x), the plain function's output (rounded to the element type);
+ *   t  = y0 + residual, added in the compute type and rounded once to the
+ *        element type (as NumPy adds float16, and ml_dtypes bfloat16: in
+ *        float32); no add when residual is NULL;
+ *   u  = relu(t): +0 where t <= 0 (so -0 gives +0), t elsewhere (NaN stays
+ *        NaN), with DN_ACTIVATION_RELU; u = t with DN_ACTIVATION_NONE;
+ *   y  = dn_dropout_forward_*() of u in inverted mode with (p, seed,
+ *        stream): decision i for the element at flat index i of the
+ *        tensor in memory (either layout), kept values u*scale rounded
+ *        once, scale = 1/(1-p) rounded to the compute type, dropped ones +0.
+ * The gradient mask (optional, 1 bit per element, packed as dropout's
+ * masks: (n*c*s + 7)/8 bytes, LSB first) has bit i = 1 iff the gradient
+ * passes element i: t > 0 (with the ReLU) and kept.
+ *
+ * The backward gives the plain backward of the gradient at bn's output,
+ *   g = gate ? dy*scale rounded to the element type (dy itself when the
+ *       scale is 1) : +0,
+ * as dn_dropout_backward_*() and then the ReLU's backward (dy where t > 0,
+ * +0 elsewhere) give it: d_residual = g, and dx, dgamma, dbeta are
+ * dn_batchnorm_backward_*() of g. The gate comes from the mask when one is
+ * given; else with the ReLU from the fused output, y > 0 (kept and t > 0:
+ * a kept positive value stays positive, as scale >= 1); else from the
+ * dropout decisions regenerated from (seed, stream); else g = dy.
+ *
+ * Common arguments:
+ *   residual     n*c*s values of x's layout and type, or NULL
+ *   activation   DN_ACTIVATION_NONE or DN_ACTIVATION_RELU
+ *   p            drop probability in [0, 1] (0: no dropout; 1: all zeros);
+ *                NaN or outside is an error. seed and stream: the mask's,
+ *                as in dn_dropout_forward_*()
+ */
+
+typedef enum dn_activation {
+    DN_ACTIVATION_NONE = 0, /* y = t */
+    DN_ACTIVATION_RELU = 1  /* y = max(t, 0), +0 where t <= 0 */
+} dn_activation;
+
+/*! dn_batchnorm_forward_train_fused_f32() / _f64() / _f16() / _bf16() :
+ * dn_batchnorm_forward_train_*() followed by the fused steps above in the
+ * same elementwise pass. save_mean, save_invstd and the running statistics
+ * are those of dn_batchnorm_forward_train_*() on x.
+ *   y            output, n*c*s values; may be x or residual itself
+ *   mask         output, may be NULL: the gradient mask, (n*c*s + 7)/8 bytes
+ * @return DN_OK; DN_ERR_BAD_MODE for an unknown activation;
+ *         DN_ERR_BAD_VALUE for a bad eps, momentum or p; otherwise as
+ *         dn_batchnorm_forward_train_*(). Nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_forward_train_fused_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *x, const float *residual, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    float *y, float *save_mean, float *save_invstd, uint8_t *mask);
+DN_API dn_status dn_batchnorm_forward_train_fused_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *x, const double *residual, const double *DN_RESTRICT gamma,
+    const double *DN_RESTRICT beta, double eps, double momentum,
+    double *running_mean, double *running_var, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    double *y, double *save_mean, double *save_invstd, uint8_t *mask);
+DN_API dn_status dn_batchnorm_forward_train_fused_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const uint16_t *residual, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    uint16_t *y, float *save_mean, float *save_invstd, uint8_t *mask);
+DN_API dn_status dn_batchnorm_forward_train_fused_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const uint16_t *residual, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, double momentum,
+    float *running_mean, float *running_var, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    uint16_t *y, float *save_mean, float *save_invstd, uint8_t *mask);
+
+/*! dn_batchnorm_forward_infer_fused_f32() / _f64() / _f16() / _bf16() :
+ * dn_batchnorm_forward_infer_*() followed by the residual add and the
+ * activation (dropout is the identity in inference).
+ *   y            output, n*c*s values; may be x or residual itself
+ * @return DN_OK; DN_ERR_BAD_MODE for an unknown activation; otherwise as
+ *         dn_batchnorm_forward_infer_*(). Nothing is written unless DN_OK. */
+DN_API dn_status dn_batchnorm_forward_infer_fused_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *x, const float *residual, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, dn_activation activation, float *y);
+DN_API dn_status dn_batchnorm_forward_infer_fused_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *x, const double *residual, const double *DN_RESTRICT running_mean,
+    const double *DN_RESTRICT running_var, const double *DN_RESTRICT gamma,
+    const double *DN_RESTRICT beta, double eps, dn_activation activation, double *y);
+DN_API dn_status dn_batchnorm_forward_infer_fused_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const uint16_t *residual, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, dn_activation activation, uint16_t *y);
+DN_API dn_status dn_batchnorm_forward_infer_fused_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *x, const uint16_t *residual, const float *DN_RESTRICT running_mean,
+    const float *DN_RESTRICT running_var, const float *DN_RESTRICT gamma,
+    const float *DN_RESTRICT beta, double eps, dn_activation activation, uint16_t *y);
+
+/*! dn_batchnorm_backward_fused_f32() / _f64() / _f16() / _bf16() :
+ * Backward of dn_batchnorm_forward_train_fused_*(): dx, dgamma, dbeta of g
+ * (above) through the batch statistics, as dn_batchnorm_backward_*() gives
+ * them for dy = g, and d_residual = g.
+ *   dy           upstream gradient at the fused output y
+ *   x            the forward input
+ *   y            the fused output; needed with DN_ACTIVATION_RELU unless
+ *                mask is given (may be NULL otherwise)
+ *   mask         the forward's gradient mask, or NULL
+ *   activation, p, seed, stream  the forward's
+ *   save_mean, save_invstd, gamma  as in dn_batchnorm_backward_*()
+ *   dx           output, n*c*s values; may be dy itself (not x)
+ *   dgamma, dbeta  outputs, c values each; each may be NULL
+ *   d_residual   output, n*c*s values, or NULL; may be dy itself when dx
+ *                is not
+ * @return DN_OK; DN_ERR_NULL_POINTER also for the ReLU without y or mask;
+ *         DN_ERR_BAD_MODE for an unknown activation; DN_ERR_BAD_VALUE for
+ *         a bad p; otherwise as dn_batchnorm_backward_*(). Nothing is
+ *         written unless DN_OK. */
+DN_API dn_status dn_batchnorm_backward_fused_f32(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const float *dy, const float *x, const float *y, const uint8_t *DN_RESTRICT mask,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    float *dx, float *dgamma, float *dbeta, float *d_residual);
+DN_API dn_status dn_batchnorm_backward_fused_f64(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const double *dy, const double *x, const double *y, const uint8_t *DN_RESTRICT mask,
+    const double *DN_RESTRICT save_mean, const double *DN_RESTRICT save_invstd,
+    const double *DN_RESTRICT gamma, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    double *dx, double *dgamma, double *dbeta, double *d_residual);
+DN_API dn_status dn_batchnorm_backward_fused_f16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x, const uint16_t *y, const uint8_t *DN_RESTRICT mask,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    uint16_t *dx, float *dgamma, float *dbeta, uint16_t *d_residual);
+DN_API dn_status dn_batchnorm_backward_fused_bf16(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const uint16_t *dy, const uint16_t *x, const uint16_t *y, const uint8_t *DN_RESTRICT mask,
+    const float *DN_RESTRICT save_mean, const float *DN_RESTRICT save_invstd,
+    const float *DN_RESTRICT gamma, dn_activation activation,
+    double p, uint64_t seed, uint64_t stream,
+    uint16_t *dx, float *dgamma, float *dbeta, uint16_t *d_residual);
 
 /* ------------------------------------------------------------------------ */
 /* Dropout (Hinton et al. 2012; Srivastava et al. 2014).
