@@ -122,6 +122,7 @@ static void FN(dn_drop_flat_task)(const void *ctx, int64_t blk, int worker)
     }
     for (; base < i1; base += DN_WIN) {
         const int len = (int)dn_min64(DN_WIN, i1 - base);
+        dn_prefetch_ahead(x + base, len * (int64_t)sizeof(S));
         dn_window_keep(j->src, base, len, keep, mask_out ? mask_out + base / 8 : NULL);
         FN(dn_sel)(x + base, y + base, keep, len, j->scale, j->mul);
     }
