@@ -168,12 +168,14 @@ static void FN(train_channels)(const void *ctx, int64_t c0, int64_t c1)
     o->kern->finish_train(o->p, &o->finish, c0, c1);
 }
 
-dn_status FN(dn_batchnorm_forward_train)(
+/* The training forward, plain (fused NULL) or with the fused block's
+ * terms in its elementwise pass. */
+static dn_status FN(train)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
     const S *x, const T *DN_RESTRICT gamma,
     const T *DN_RESTRICT beta, double eps, double momentum,
     T *running_mean, T *running_var,
-    S *y, T *save_mean, T *save_invstd)
+    S *y, T *save_mean, T *save_invstd, const dn_fused_terms *fused)
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
@@ -207,7 +209,7 @@ dn_status FN(dn_batchnorm_forward_train)(
         };
         const dn_elementwise op = {
             .kind = DN_ELEMENTWISE_TRAIN, .in = x,
-            .train = {mean_hi, mean_lo, scale, shift},
+            .train = {mean_hi, mean_lo, scale, shift}, .fused = fused,
         };
         const FN(pass) ps = {
             .reduce = FN(train_reduce), .finish = FN(train_channels), .ctx = &o,
@@ -220,13 +222,26 @@ dn_status FN(dn_batchnorm_forward_train)(
     return DN_OK;
 }
 
+dn_status FN(dn_batchnorm_forward_train)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const S *x, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, double momentum,
+    T *running_mean, T *running_var,
+    S *y, T *save_mean, T *save_invstd)
+{
+    return FN(train)(n, c, s, layout, x, gamma, beta, eps, momentum, running_mean, running_var,
+                     y, save_mean, save_invstd, NULL);
+}
+
 /* ---- Inference forward. ------------------------------------------------- */
 
-dn_status FN(dn_batchnorm_forward_infer)(
+/* The inference forward, plain (fused NULL) or with the fused block's
+ * terms in its elementwise pass. */
+static dn_status FN(infer)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
     const S *x, const T *DN_RESTRICT running_mean,
     const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
-    const T *DN_RESTRICT beta, double eps, S *y)
+    const T *DN_RESTRICT beta, double eps, S *y, const dn_fused_terms *fused)
 {
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
@@ -249,13 +264,22 @@ dn_status FN(dn_batchnorm_forward_infer)(
     }
     {
         const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = x,
-                                   .affine = {scale, shift}};
+                                   .affine = {scale, shift}, .fused = fused};
         T *const wide_terms[4] = {scale, shift, NULL, NULL};
         FN(widen_terms)(&p, wide_terms);
         FN(elementwise_all)(&p, dn_kernels()->BN_TABLE, &op, y);
     }
     free(scale);
     return DN_OK;
+}
+
+dn_status FN(dn_batchnorm_forward_infer)(
+    int64_t n, int64_t c, int64_t s, dn_layout layout,
+    const S *x, const T *DN_RESTRICT running_mean,
+    const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
+    const T *DN_RESTRICT beta, double eps, S *y)
+{
+    return FN(infer)(n, c, s, layout, x, running_mean, running_var, gamma, beta, eps, y, NULL);
 }
 
 /* ---- Backward. -----------------------------------------------------------
@@ -463,51 +487,12 @@ dn_status FN(dn_batchnorm_forward_train_fused)(
     double p, uint64_t seed, uint64_t stream,
     S *y, T *save_mean, T *save_invstd, uint8_t *mask)
 {
-    dn_plan pl;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &pl);
-    int64_t G;
-    size_t scratch_bytes;
-    double *work;
-    T *terms;
-    char *scratch;
-    if (st != DN_OK) return st;
-    if (x == NULL || y == NULL) return DN_ERR_NULL_POINTER;
+    dn_fused_terms f;
     if (FN(bad_activation)(activation)) return DN_ERR_BAD_MODE;
-    if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0) || !(p >= 0.0 && p <= 1.0))
-        return DN_ERR_BAD_VALUE;
-    if (pl.m < 2) return DN_ERR_BATCH_TOO_SMALL;
-    dn_plan_short_rows(&pl, DN_SHORT_ROW);
-    G = pl.groups;
-    work = FN(moments_workspace)(&pl, 4, &terms, &scratch, &scratch_bytes, &st);
-    if (work == NULL) return st;
-    {
-        T *const mean_hi = terms, *const mean_lo = terms + pl.wide;
-        T *const scale = terms + 2 * pl.wide, *const shift = terms + 3 * pl.wide;
-        double *const gmean = work, *const gm2 = work + G * c, *const weights = work + 2 * G * c;
-        const dn_fused_terms f = FN(fused_terms)(residual, activation, p, seed, stream, mask);
-        const FN(train_ctx) o = {
-            .p = &pl, .kern = dn_kernels()->BN_TABLE, .x = x,
-            .finish = {
-                .gmean = gmean, .gm2 = gm2, .weights = weights,
-                .gamma = gamma, .beta = beta, .eps = eps, .momentum = momentum,
-                .running_mean = running_mean, .running_var = running_var,
-                .save_mean = save_mean, .save_invstd = save_invstd,
-                .mean_hi = mean_hi, .mean_lo = mean_lo, .scale = scale, .shift = shift,
-            },
-        };
-        const dn_elementwise op = {
-            .kind = DN_ELEMENTWISE_TRAIN, .in = x,
-            .train = {mean_hi, mean_lo, scale, shift}, .fused = &f,
-        };
-        const FN(pass) ps = {
-            .reduce = FN(train_reduce), .finish = FN(train_channels), .ctx = &o,
-            .scratch = scratch, .scratch_bytes = scratch_bytes,
-            .op = &op, .wide_terms = {mean_hi, mean_lo, scale, shift}, .out = y,
-        };
-        FN(run_pass)(&pl, o.kern, &ps);
-    }
-    free(work);
-    return DN_OK;
+    if (!(p >= 0.0 && p <= 1.0)) return DN_ERR_BAD_VALUE;
+    f = FN(fused_terms)(residual, activation, p, seed, stream, mask);
+    return FN(train)(n, c, s, layout, x, gamma, beta, eps, momentum, running_mean, running_var,
+                     y, save_mean, save_invstd, &f);
 }
 
 dn_status FN(dn_batchnorm_forward_infer_fused)(
@@ -516,37 +501,10 @@ dn_status FN(dn_batchnorm_forward_infer_fused)(
     const T *DN_RESTRICT running_var, const T *DN_RESTRICT gamma,
     const T *DN_RESTRICT beta, double eps, dn_activation activation, S *y)
 {
-    dn_plan pl;
-    dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &pl);
-    T *scale, *shift;
-    if (st != DN_OK) return st;
-    if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
-        return DN_ERR_NULL_POINTER;
+    dn_fused_terms f;
     if (FN(bad_activation)(activation)) return DN_ERR_BAD_MODE;
-    if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    {
-        dn_bytes need = {0, 0};
-        dn_bytes_add(&need, pl.wide, 2 * sizeof(T));
-        scale = (T *)dn_workspace(&need, &st);
-        if (scale == NULL) return st;
-    }
-    shift = scale + pl.wide;
-    /* the terms exactly as dn_batchnorm_forward_infer_*() folds them */
-    for (int64_t ch = 0; ch < c; ch++) {
-        const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
-        scale[ch] = (T)a;
-        shift[ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
-    }
-    {
-        const dn_fused_terms f = FN(fused_terms)(residual, activation, 0.0, 0, 0, NULL);
-        const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = x,
-                                   .affine = {scale, shift}, .fused = &f};
-        T *const wide_terms[4] = {scale, shift, NULL, NULL};
-        FN(widen_terms)(&pl, wide_terms);
-        FN(elementwise_all)(&pl, dn_kernels()->BN_TABLE, &op, y);
-    }
-    free(scale);
-    return DN_OK;
+    f = FN(fused_terms)(residual, activation, 0.0, 0, 0, NULL);
+    return FN(infer)(n, c, s, layout, x, running_mean, running_var, gamma, beta, eps, y, &f);
 }
 
 dn_status FN(dn_batchnorm_backward_fused)(
