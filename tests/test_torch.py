@@ -5,7 +5,10 @@ Skipped without PyTorch (``pip install "dropnorm[torch]"``; CI installs
 torch==2.13.0), except the check that ``import dropnorm`` never imports
 torch. Forward, backward and running statistics are compared with torch.nn
 in both memory formats: float64 to 1e-12; float32 against torch.nn in
-float64, to the accuracy PyTorch's own float32 reaches there. Also:
+float64, to the accuracy PyTorch's own float32 reaches there; float16 and
+bfloat16 (with float32 parameters, and with parameters in the input's
+dtype) against torch.nn in float64, to PyTorch's own half-precision error
+plus a rounding, their dropout masks the float32 ones. Also:
 torch.autograd.gradcheck in float64, state dicts in both directions,
 convert() on nested models, torch.compile(fullgraph=True) against eager,
 the masks against dropnorm.dropout's, SyncBatchNorm over MPI.COMM_SELF
@@ -236,6 +239,221 @@ def test_functional_batch_norm_equals_torch():
         dt.batch_norm(x, None, None)
     with pytest.raises(ValueError, match="^momentum: "):
         dt.batch_norm(x, rm, rv, training=True, momentum=2.0)
+
+
+# ---- float16 and bfloat16 ---------------------------------------------------------------------
+
+HALF = [torch.float16, torch.bfloat16] if torch else []
+# explicit mantissa bits: a rounding of the half type is 2**-MANT of the largest value
+MANT = {torch.float16: 10, torch.bfloat16: 7} if torch else {}
+
+
+@needs_torch
+@pytest.mark.parametrize("name, shape", MODULES)
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("params", ["float32", "half"])
+def test_batchnorm_half_is_as_accurate_as_torch_nn(name, shape, dtype, params):
+    """A half input with float32 weight, bias and running statistics (mixed
+    precision), or with all of them in its own dtype (torch.nn allows both
+    on the CPU): outputs, gradients and running statistics of the same dtypes
+    as torch.nn's, and against torch.nn in float64 on the same data, within
+    PyTorch's own half-precision error plus a rounding of the half type."""
+    c = shape[1]
+    pdt = torch.float32 if params == "float32" else dtype
+    xs = _batches(shape, 3, dtype, loc=3.0)
+    dys = _batches(shape, 3, dtype, seed=1, loc=0.0, scale=1.0)
+    for fmt in _formats(shape):
+        ref64 = getattr(nn, name)(c, dtype=torch.float64)
+        theirs_m = getattr(nn, name)(c, dtype=pdt)
+        ours_m = getattr(dt, name)(c, dtype=pdt)
+        exact = _run(ref64, [x.double() for x in xs], [d.double() for d in dys], fmt)
+        theirs, got = _run(theirs_m, xs, dys, fmt), _run(ours_m, xs, dys, fmt)
+        for step, (e, t, g) in enumerate(zip(exact, theirs, got)):
+            for key in ("y", "dx", "dw", "db", "running_mean", "running_var"):
+                assert g[key].dtype == t[key].dtype, (key, g[key].dtype, t[key].dtype)
+                if g[key].dtype == torch.float32:
+                    # float32 parameters' gradients and running statistics:
+                    # as test_batchnorm_float32_is_as_accurate_as_torch_nn
+                    bound = 2 * rel(t[key], e[key]) + 8 * 2.0**-24
+                else:  # PyTorch's error plus a rounding of the half type
+                    bound = rel(t[key], e[key]) + 2.0 ** -MANT[dtype]
+                assert rel(g[key], e[key]) <= bound, (fmt, step, key, rel(g[key], e[key]),
+                                                      rel(t[key], e[key]))
+            if len(shape) != 3:
+                assert g["y_cl"] == t["y_cl"] and g["y_format"] == t["y_format"]
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_tensors_reach_the_kernels_without_copies(dtype):
+    """A half tensor's own memory is the kernel's input and output (bfloat16
+    through ml_dtypes.bfloat16), in both memory formats, and the results are
+    dropnorm's functions' on the same arrays, bit for bit."""
+    pytest.importorskip("ml_dtypes")
+    x = _batches((4, 6, 5, 3), 1, dtype)[0]
+    for fmt in ("contiguous", "channels_last"):
+        xf = _lay(x, fmt)
+        cl = dt._channels_last(xf)
+        view = dt._array(xf, cl)
+        base = xf.permute(0, 2, 3, 1) if cl else xf
+        assert view.ctypes.data == base.data_ptr() and view.itemsize == 2
+        assert view.dtype == (np.float16 if dtype == torch.float16 else dt._NUMPY_DTYPE[dtype])
+        w = torch.linspace(0.5, 2, 6)
+        b = torch.linspace(-1, 1, 6)
+        y = dt.batch_norm(xf, None, None, w, b, training=True)
+        assert y.dtype == dtype and dt._channels_last(y) == cl
+        want, _, _ = dropnorm.batch_norm_train(view, w.numpy(), b.numpy(), axis=-1 if cl else 1)
+        assert np.array_equal(dt._array(y, cl).view(np.uint16), want.view(np.uint16))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_both_routes_give_the_same_bits(monkeypatch, dtype):
+    shape = (4, 6, 5, 3)
+    xs = _batches(shape, 2, dtype)
+    dys = _batches(shape, 2, dtype, seed=1, loc=0.0, scale=1.0)
+    for fmt in _formats(shape):
+        for pdt in (torch.float32, dtype):
+            def make(pdt=pdt):
+                return nn.Sequential(dt.BatchNorm2d(6, dtype=pdt, momentum=None),
+                                     dt.Dropout(0.3, seed=5), dt.Dropout2d(0.2, seed=6))
+
+            eager, ops = _both_routes(monkeypatch, make, lambda m, fmt=fmt: _run(m, xs, dys, fmt))
+            for e, o in zip(eager, ops):
+                for key in e:
+                    if isinstance(e[key], torch.Tensor):
+                        assert e[key].dtype == o[key].dtype
+                        assert torch.equal(e[key], o[key]), (fmt, pdt, key)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_dropout_masks_are_the_float32_masks(dtype):
+    """With a seed, a half tensor's mask is the float32 one of the same
+    (seed, stream), and kept values are the float32 product rounded once;
+    the backward regenerates it."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 5, generator=gen).to(dtype)
+    for cls in (dt.Dropout, dt.Dropout1d):
+        half, single = cls(0.3, seed=11), cls(0.3, seed=11)
+        for k in range(2):
+            xg = x.clone().requires_grad_()
+            y, y32 = half(xg), single(x.float())
+            assert y.dtype == dtype
+            assert torch.equal((y != 0), (y32 != 0))  # x has no zeros
+            assert torch.equal(y, y32.to(dtype))
+            dy = torch.randn(x.shape, generator=gen).to(dtype)
+            y.backward(dy)
+            assert torch.equal(xg.grad, dt.dropout(dy.float(), 0.3, seed=11, stream=k,
+                                                   channelwise=cls is dt.Dropout1d).to(dtype))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_state_dicts_load_in_both_directions(dtype):
+    """A module in a half dtype has torch.nn's state dict (keys and dtypes),
+    each way; a mixed-precision one (float32) loads torch.nn's float32 one
+    and runs on half input."""
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(5, dtype=dtype)
+    ref(torch.randn(4, 5, 3, 3).to(dtype))
+    ours = dt.BatchNorm2d(5, dtype=dtype)
+    state = ref.state_dict()
+    ours.load_state_dict(state)
+    for key, value in ours.state_dict().items():
+        assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
+    ours(torch.randn(4, 5, 3, 3).to(dtype))
+    back = nn.BatchNorm2d(5, dtype=dtype)
+    back.load_state_dict(ours.state_dict())
+    for key, value in back.state_dict().items():
+        assert torch.equal(value, ours.state_dict()[key]), key
+    mixed = dt.BatchNorm2d(5)
+    mixed.load_state_dict(nn.BatchNorm2d(5).state_dict())
+    assert mixed(torch.randn(4, 5, 3, 3).to(dtype)).dtype == dtype
+    assert mixed.running_mean.dtype == torch.float32
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("params", ["float32", "half"])
+def test_half_operators_opcheck(dtype, params):
+    """The operators' fake implementations give the real ones' dtypes and
+    strides for half inputs (float32 saved statistics and gradients of
+    weight and bias; running statistics back in their own dtype)."""
+    pdt = torch.float32 if params == "float32" else dtype
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 4, 2, generator=gen).to(dtype)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(3, generator=gen).to(pdt) + 0.5, torch.randn(3, generator=gen).to(pdt)
+    rm, rv = torch.randn(3, generator=gen).to(pdt), (torch.rand(3, generator=gen) + 0.5).to(pdt)
+    for t in (x, xc):
+        torch.library.opcheck(torch.ops.dropnorm.batch_norm_train.default,
+                              (t, w, b, rm, rv, None, 0.1, 1e-5))
+        y, mean, invstd, new_mean, new_var = torch.ops.dropnorm.batch_norm_train(
+            t, w, b, rm, rv, None, 0.1, 1e-5)
+        assert y.dtype == dtype and mean.dtype == invstd.dtype == torch.float32
+        assert new_mean.dtype == new_var.dtype == pdt
+        torch.library.opcheck(torch.ops.dropnorm.batch_norm_backward.default,
+                              (t, t, mean, invstd, w))
+        torch.library.opcheck(torch.ops.dropnorm.batch_norm_infer.default,
+                              (t, rm, rv, w, b, 1e-5))
+        torch.library.opcheck(torch.ops.dropnorm.batch_norm_infer_backward.default,
+                              (t, t, rm, rv, w, 1e-5))
+        torch.library.opcheck(torch.ops.dropnorm.dropout.default,
+                              (t, 0.5, 7, torch.tensor(2), 0, False))
+
+
+class _HalfNet(_Module):
+    """BatchNorm and dropout on a half input, float32 parameters (mixed precision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = dt.BatchNorm2d(6)
+        self.drop = dt.Dropout2d(0.3, seed=4)
+        self.bn1 = dt.BatchNorm1d(6 * 9, momentum=None)
+        self.drop1 = dt.Dropout(0.5, seed=5)
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.bn(x)))
+        return self.drop1(self.bn1(h.flatten(1)))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", HALF)
+def test_torch_compile_fullgraph_half_matches_eager(dtype):
+    """A half model traces with fullgraph=True and gives eager's bits:
+    outputs, input gradients, parameter gradients and running statistics."""
+    torch.manual_seed(0)
+    eager = _HalfNet()
+    compiled_model = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    gen = torch.Generator().manual_seed(1)
+    for step in range(2):
+        x = _lay(torch.randn(8, 6, 3, 3, generator=gen).to(dtype), "channels_last")
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = eager(xa), compiled(xb)
+        assert ya.dtype == yb.dtype == dtype and torch.equal(ya, yb), step
+        ya.float().square().sum().backward()
+        yb.float().square().sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+        for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
+            assert torch.equal(a.grad, b.grad), (step, name)
+        for (name, a), b in zip(eager.named_buffers(), compiled_model.buffers()):
+            assert torch.equal(a, b), (step, name)
+
+
+@needs_torch
+def test_bfloat16_without_ml_dtypes(monkeypatch):
+    """Without ml_dtypes a bfloat16 tensor is refused, naming the argument
+    and the package."""
+    monkeypatch.setitem(dt._NUMPY_DTYPE, torch.bfloat16, None)
+    x = torch.ones(4, 3, dtype=torch.bfloat16)
+    for call in (lambda: dt.BatchNorm1d(3)(x), lambda: dt.Dropout(0.5)(x),
+                 lambda: dt.batch_norm(x, None, None, training=True),
+                 lambda: dt.dropout(x, 0.5)):
+        with pytest.raises(TypeError, match="^input: a bfloat16 tensor .* ml_dtypes"):
+            call()
 
 
 # ---- the two routes: eager autograd.Function and the custom operators -----------------------
@@ -815,9 +1033,9 @@ def test_errors_name_the_argument():
         with pytest.raises(TypeError, match=r"^input: dropnorm runs on the CPU, got a tensor "
                                             r"on meta"):
             module(meta)
-    with pytest.raises(TypeError, match=r"^input: dropnorm's kernels take float32 and float64 "
-                                        r"tensors, got torch.float16"):
-        dt.Dropout(0.5)(torch.ones(3, 4, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"^input: dropnorm's kernels take float32, float64, "
+                                        r"float16 and bfloat16 tensors, got torch.complex64"):
+        dt.Dropout(0.5)(torch.ones(3, 4, dtype=torch.complex64))
     with pytest.raises(TypeError, match="^input: .* got torch.int64"):
         dt.BatchNorm1d(3)(torch.ones(4, 3, dtype=torch.int64))
     with pytest.raises(TypeError, match="^weight: dtype float32 does not match"):
@@ -832,7 +1050,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="^device: dropnorm runs on the CPU"):
         dt.BatchNorm2d(3, device="cuda")
     with pytest.raises(TypeError, match="^dtype: dropnorm's kernels take"):
-        dt.BatchNorm2d(3, dtype=torch.bfloat16)
+        dt.BatchNorm2d(3, dtype=torch.int32)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         dt.BatchNorm1d(3)(torch.ones(1, 3))
     with pytest.raises(ValueError, match=r"expected 4D input"):

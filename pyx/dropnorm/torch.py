@@ -25,8 +25,18 @@ bias=False are torch.nn's, so a state dict loads in both directions.
 ``convert(model)`` swaps the torch.nn modules of a model for these,
 keeping their parameters, buffers and mode.
 
-Tensors. CPU tensors of float32 or float64 (the dtypes dropnorm's kernels
-have; a clear TypeError for the others and for tensors on another device).
+Tensors. CPU tensors of float32, float64, float16 or bfloat16 (the dtypes
+dropnorm's kernels have; a clear TypeError for the others and for tensors on
+another device). The half types follow PyTorch's mixed precision: a float16
+or bfloat16 input with float32 weight, bias and running statistics (the
+default dtype of a module), or, as torch.nn allows on the CPU too, with all
+of them in the input's own dtype (``dtype=torch.bfloat16``, ``.to()``,
+``.half()``): the kernels then compute with float32 copies of them, and the
+running statistics are rounded back to their dtype after each update.
+Saved statistics and the gradients of weight and bias are float32 (autograd
+rounds the latter to a half parameter's dtype). A bfloat16 tensor reaches the
+kernels as its storage viewed as ``ml_dtypes.bfloat16`` (no copy), so it
+needs the package ml_dtypes.
 Batch-norm and channel-dropout input is (N, C, *spatial). A contiguous
 tensor goes to the kernels as it is, and a channels_last (or
 channels_last_3d, or any (N, *spatial, C)-ordered dense) tensor as its
@@ -85,17 +95,23 @@ __all__ = [
 # ---- dtypes, devices and memory formats ----------------------------------------------------
 
 # The one dispatch point on the dtype: the torch dtypes whose tensors the
-# kernels take, each with the NumPy dtype of its zero-copy view. A dtype is
-# used when dropnorm's wrappers accept its NumPy dtype (_checks.FLOAT_DTYPES):
-# float32 and float64 today; float16 joins by itself once the wrappers take
-# np.float16, and bfloat16 (no NumPy dtype) once they say how its storage is
-# passed (a uint16 view, as the C core stores it).
-_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64,
-                torch.float16: np.float16}
-_KERNEL_DTYPES = tuple(t for t, n in _NUMPY_DTYPE.items()
-                       if np.dtype(n) in _checks.FLOAT_DTYPES)
-_DTYPE_NAMES = " and ".join(str(t).replace("torch.", "") for t in _KERNEL_DTYPES)
+# kernels take, each with the NumPy dtype of its zero-copy view: bfloat16
+# (no NumPy dtype of its own) as ml_dtypes.bfloat16, through an int16 view
+# of its storage (None without ml_dtypes: such a tensor is refused, naming
+# it); and the dtype of the per-channel arrays (parameters, running and
+# saved statistics) the kernels compute with: float32 for the half types.
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+                torch.float16: np.dtype(np.float16),
+                torch.bfloat16: _checks.bfloat16_dtype()}
+_KERNEL_DTYPES = tuple(_NUMPY_DTYPE)
+_HALF = (torch.float16, torch.bfloat16)
+_DTYPE_NAMES = "float32, float64, float16 and bfloat16"
 _U64 = (1 << 64) - 1
+
+
+def _param_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels keep per-channel values in for tensors of dtype."""
+    return torch.float32 if dtype in _HALF else dtype
 
 
 def _check_tensor(name: str, t: Optional[Tensor]) -> None:
@@ -113,6 +129,10 @@ def _check_tensor(name: str, t: Optional[Tensor]) -> None:
     if t.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"{name}: dropnorm's kernels take {_DTYPE_NAMES} tensors, got "
                         f"{t.dtype}")
+    if _NUMPY_DTYPE[t.dtype] is None:
+        raise TypeError(f"{name}: a bfloat16 tensor reaches dropnorm's kernels as "
+                        "ml_dtypes.bfloat16, which needs the package ml_dtypes: "
+                        "pip install ml_dtypes")
 
 
 def _check_device(device: Any) -> None:
@@ -144,6 +164,14 @@ def _channels_last(t: Tensor) -> bool:
     return t.dim() >= 3 and not t.is_contiguous() and t.permute(_last(t.dim())).is_contiguous()
 
 
+def _numpy(t: Tensor) -> np.ndarray:
+    """A detached tensor's memory as an ndarray (no copy): bfloat16 as
+    ml_dtypes.bfloat16, through an int16 view."""
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_NUMPY_DTYPE[torch.bfloat16])
+    return t.numpy()
+
+
 def _array(t: Tensor, channels_last: bool) -> np.ndarray:
     """t's data as a C-contiguous ndarray, (N, C, *spatial) or, channels_last,
     (N, *spatial, C): t's own memory when it is in that order, else a copy."""
@@ -152,7 +180,7 @@ def _array(t: Tensor, channels_last: bool) -> np.ndarray:
         t = t.permute(_last(t.dim()))
     if not t.is_contiguous():
         t = t.contiguous()
-    return t.numpy()
+    return _numpy(t)
 
 
 def _out(t: Tensor, channels_last: bool) -> Optional[np.ndarray]:
@@ -161,19 +189,27 @@ def _out(t: Tensor, channels_last: bool) -> Optional[np.ndarray]:
     order (the result is then copied into it by _fill)."""
     if channels_last:
         t = t.permute(_last(t.dim()))
-    return t.numpy() if t.is_contiguous() else None
+    return _numpy(t) if t.is_contiguous() else None
 
 
 def _fill(t: Tensor, result: np.ndarray, channels_last: bool) -> None:
     """Copy a kernel's result (in the layout of _array, or flat) into t."""
     shape = tuple(t.shape[i] for i in _last(t.dim())) if channels_last else tuple(t.shape)
-    r = torch.from_numpy(result.reshape(shape))
+    result = result.reshape(shape)
+    if t.dtype is torch.bfloat16:
+        r = torch.from_numpy(result.view(np.int16)).view(torch.bfloat16)
+    else:
+        r = torch.from_numpy(result)
     t.copy_(r.permute(_first(r.dim())) if channels_last else r)
 
 
 def _vector(t: Optional[Tensor]) -> Optional[np.ndarray]:
-    """A per-channel tensor as an ndarray (its own memory), or None."""
-    return None if t is None else t.detach().numpy()
+    """A per-channel tensor as an ndarray (its own memory), or None; a half
+    one (a module in the input's half dtype) as a float32 copy."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t.float().numpy() if t.dtype in _HALF else t.numpy()
 
 
 def _as_signed(value: int) -> int:
@@ -195,11 +231,18 @@ def _momentum(momentum: Optional[float], num_batches_tracked: Optional[Tensor]) 
 def _running(t: Optional[Tensor], x: Tensor) -> tuple[Tensor, Optional[np.ndarray]]:
     """A copy of a running statistic for the kernel to update (the operators
     are functional: the module copies the result back), and its ndarray; an
-    empty tensor and None without one."""
+    empty tensor and None without one. A half one is copied to float32
+    (_rounded_back rounds the update to its dtype)."""
     if t is None:
         return x.new_empty((0,)), None
-    copy = t.detach().clone(memory_format=torch.contiguous_format)
+    copy = t.detach().to(_param_dtype(t.dtype), memory_format=torch.contiguous_format,
+                         copy=True)
     return copy, copy.numpy()
+
+
+def _rounded_back(new: Tensor, t: Optional[Tensor]) -> Tensor:
+    """An updated running statistic in the dtype of the original t."""
+    return new if t is None or new.dtype == t.dtype else new.to(t.dtype)
 
 
 def _check_bn_operands(x: Tensor, *vectors: tuple[str, Optional[Tensor]]) -> None:
@@ -221,12 +264,22 @@ def _stat_views(running_mean: Optional[Tensor], running_var: Optional[Tensor]
                 ) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """The running statistics' own memory for the kernel to update in place
     (the eager route), each or None; their version counters move, as
-    PyTorch's in-place updates move them."""
+    PyTorch's in-place updates move them. Half ones (a module in the input's
+    half dtype) as float32 copies, which _stat_commit rounds back."""
     stats = [t for t in (running_mean, running_var) if t is not None]
     if stats:
         torch.autograd.graph.increment_version(stats)
-    return (None if running_mean is None else running_mean.detach().numpy(),
-            None if running_var is None else running_var.detach().numpy())
+    return (None if running_mean is None else _vector(running_mean),
+            None if running_var is None else _vector(running_var))
+
+
+def _stat_commit(running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                 mean_a: Optional[np.ndarray], var_a: Optional[np.ndarray]) -> None:
+    """After an update through _stat_views: half statistics get their
+    float32 copies back, rounded (the others were updated in place)."""
+    for t, a in ((running_mean, mean_a), (running_var, var_a)):
+        if t is not None and a is not None and t.dtype in _HALF:
+            t.detach().copy_(torch.from_numpy(a))
 
 
 def _k_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -279,7 +332,7 @@ def _k_infer_backward(dy: Tensor, x: Tensor, running_mean: Tensor, running_var: 
     cl = _channels_last(x)
     dx = torch.empty_like(x)
     if x.numel() == 0:
-        zeros = np.zeros(x.shape[1], _NUMPY_DTYPE[x.dtype])
+        zeros = np.zeros(x.shape[1], _NUMPY_DTYPE[_param_dtype(x.dtype)])
         return dx, zeros, zeros.copy()
     out = _out(dx, cl)
     result, dweight, dbias = dropnorm.batch_norm_infer_backward(
@@ -461,7 +514,8 @@ def _batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
     new_var, var_a = _running(running_var, x)
     y, save_mean, save_invstd = _k_train(x, weight, bias, mean_a, var_a,
                                          _momentum(momentum, num_batches_tracked), eps)
-    return y, torch.from_numpy(save_mean), torch.from_numpy(save_invstd), new_mean, new_var
+    return (y, torch.from_numpy(save_mean), torch.from_numpy(save_invstd),
+            _rounded_back(new_mean, running_mean), _rounded_back(new_var, running_var))
 
 
 @_batch_norm_train.register_fake
@@ -469,8 +523,8 @@ def _batch_norm_train_fake(x, weight, bias, running_mean, running_var, num_batch
                            momentum, eps):
     _check_bn_operands(x, ("weight", weight), ("bias", bias), ("running_mean", running_mean),
                        ("running_var", running_var))
-    c = x.shape[1]
-    return (torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)),
+    c, pdt = x.shape[1], _param_dtype(x.dtype)
+    return (torch.empty_like(x), x.new_empty((c,), dtype=pdt), x.new_empty((c,), dtype=pdt),
             x.new_empty((0,)) if running_mean is None else torch.empty_like(running_mean),
             x.new_empty((0,)) if running_var is None else torch.empty_like(running_var))
 
@@ -485,8 +539,8 @@ def _batch_norm_backward(dy: Tensor, x: Tensor, save_mean: Tensor, save_invstd: 
 
 @_batch_norm_backward.register_fake
 def _batch_norm_backward_fake(dy, x, save_mean, save_invstd, weight):
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,))
+    c, pdt = x.shape[1], _param_dtype(x.dtype)
+    return torch.empty_like(x), x.new_empty((c,), dtype=pdt), x.new_empty((c,), dtype=pdt)
 
 
 def _setup_train(ctx, inputs, output):
@@ -533,8 +587,8 @@ def _batch_norm_infer_backward(dy: Tensor, x: Tensor, running_mean: Tensor,
 
 @_batch_norm_infer_backward.register_fake
 def _batch_norm_infer_backward_fake(dy, x, running_mean, running_var, weight, eps):
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,))
+    c, pdt = x.shape[1], _param_dtype(x.dtype)
+    return torch.empty_like(x), x.new_empty((c,), dtype=pdt), x.new_empty((c,), dtype=pdt)
 
 
 def _setup_infer(ctx, inputs, output):
@@ -571,7 +625,8 @@ def _sync_batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[T
     y, save_mean, save_invstd, count = _k_sync_train(
         x, weight, bias, mean_a, var_a, _momentum(momentum, num_batches_tracked), eps,
         _COMMS[comm])
-    return (y, torch.from_numpy(save_mean), torch.from_numpy(save_invstd), new_mean, new_var,
+    return (y, torch.from_numpy(save_mean), torch.from_numpy(save_invstd),
+            _rounded_back(new_mean, running_mean), _rounded_back(new_var, running_var),
             torch.tensor(count, dtype=torch.int64))
 
 
@@ -692,9 +747,10 @@ class _TrainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running, momentum, eps):
         running_mean, running_var, tracked = running
-        y, save_mean, save_invstd = _k_train(x, weight, bias,
-                                             *_stat_views(running_mean, running_var),
+        views = _stat_views(running_mean, running_var)
+        y, save_mean, save_invstd = _k_train(x, weight, bias, *views,
                                              _momentum(momentum, tracked), eps)
+        _stat_commit(running_mean, running_var, *views)
         ctx.save_for_backward(x, weight)
         ctx.stats = (save_mean, save_invstd)
         ctx.grad_bias = bias is not None
@@ -785,9 +841,10 @@ class _SyncFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running, momentum, eps, comm):
         running_mean, running_var, tracked = running
+        views = _stat_views(running_mean, running_var)
         y, save_mean, save_invstd, count = _k_sync_train(
-            x, weight, bias, *_stat_views(running_mean, running_var),
-            _momentum(momentum, tracked), eps, comm)
+            x, weight, bias, *views, _momentum(momentum, tracked), eps, comm)
+        _stat_commit(running_mean, running_var, *views)
         ctx.save_for_backward(x, weight)
         ctx.stats = (save_mean, save_invstd, count, comm)
         ctx.grad_bias = bias is not None
@@ -977,7 +1034,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     """Batch normalization with dropnorm's kernels, as
     ``torch.nn.functional.batch_norm`` (the same arguments and results).
 
-    input: (N, C, *spatial), a CPU float32/float64 tensor, contiguous or
+    input: (N, C, *spatial), a CPU float32/float64/float16/bfloat16 tensor, contiguous or
     channels_last (other strides are copied). running_mean, running_var:
     (C,) tensors or None. weight, bias: (C,) tensors or None (1 and 0).
     training: True normalises with the batch's statistics and, when
@@ -1004,7 +1061,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     """Dropout with dropnorm's kernels, as ``torch.nn.functional.dropout``
     (and, with channelwise=True, ``dropout1d/2d/3d`` on batched input).
 
-    input: a CPU float32/float64 tensor of any shape (channelwise: (N, C,
+    input: a CPU float32/float64/float16/bfloat16 tensor of any shape (channelwise: (N, C,
     *spatial), one decision per (n, c)). p: the drop probability, in [0, 1].
     training: False (or p == 0) returns input itself, as PyTorch does.
     inplace: write the result into input and return input.
@@ -1061,7 +1118,9 @@ _BATCHNORM_ARGS = """
         False, eval mode uses the batch's statistics too.
       device: None or the CPU (another device is a ValueError).
       dtype: the parameters' and buffers' dtype: None (the default dtype),
-        torch.float32 or torch.float64; the input must have it.
+        torch.float32, torch.float64, torch.float16 or torch.bfloat16. The
+        input has it, or is float16/bfloat16 with float32 parameters (mixed
+        precision, as torch.nn on the CPU).
       bias: with affine, whether there is a bias (False: weight only).
 """
 
@@ -1083,7 +1142,7 @@ class BatchNorm1d(_DropnormBatchNorm, nn.BatchNorm1d):
     Subclass of torch.nn.BatchNorm1d that replaces forward: the same
     constructor, parameters (weight, bias), buffers (running_mean,
     running_var, num_batches_tracked), state_dict keys and behaviour in
-    train() and eval(). Input: a CPU float32/float64 tensor, contiguous or
+    train() and eval(). Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or
     with its channels last in memory ((N, L, C) permuted); other strides
     are copied.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm1d")
@@ -1103,7 +1162,7 @@ class BatchNorm2d(_DropnormBatchNorm, nn.BatchNorm2d):
     Subclass of torch.nn.BatchNorm2d that replaces forward: the same
     constructor, parameters (weight, bias), buffers (running_mean,
     running_var, num_batches_tracked), state_dict keys and behaviour in
-    train() and eval(). Input: a CPU float32/float64 tensor, contiguous or
+    train() and eval(). Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or
     torch.channels_last (its NHWC memory goes to the kernel as it is); other
     strides are copied. The output has the input's memory format.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm2d")
@@ -1123,7 +1182,7 @@ class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
     Subclass of torch.nn.BatchNorm3d that replaces forward: the same
     constructor, parameters (weight, bias), buffers (running_mean,
     running_var, num_batches_tracked), state_dict keys and behaviour in
-    train() and eval(). Input: a CPU float32/float64 tensor, contiguous or
+    train() and eval(). Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or
     torch.channels_last_3d (NDHWC memory, as it is); other strides are
     copied. The output has the input's memory format.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm3d")
@@ -1213,7 +1272,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         with Allgather and Get_size), or None for comm's.
       device: None or the CPU (another device is a ValueError).
       dtype: the parameters' and buffers' dtype: None (the default dtype),
-        torch.float32 or torch.float64.
+        torch.float32, torch.float64, torch.float16 or torch.bfloat16.
       bias: with affine, whether there is a bias (False: weight only).
       comm: the communicator, by dropnorm.SyncBatchNorm's name (give it
         or process_group, not both); with both None, mpi4py's
@@ -1340,7 +1399,7 @@ class Dropout(_DropnormDropout, nn.Dropout):
     with probability p, any shape.
 
     Subclass of torch.nn.Dropout that replaces forward (and adds seed).
-    Input: a CPU float32/float64 tensor; element i is the i-th in memory.
+    Input: a CPU float32/float64/float16/bfloat16 tensor; element i is the i-th in memory.
 """ + _DROPOUT_ARGS.format(name="Dropout", what="")
 
     def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
@@ -1372,7 +1431,7 @@ class Dropout1d(_DropnormDropout, nn.Dropout1d):
     (N, C, L), or of unbatched (C, L), are zeroed, one decision per (n, c).
 
     Subclass of torch.nn.Dropout1d that replaces forward (and adds seed).
-    Input: a CPU float32/float64 tensor, contiguous or with its channels
+    Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or with its channels
     last in memory; other strides are copied. Other ranks than 2 and 3 are a
     ValueError (PyTorch: RuntimeError).
 """ + _DROPOUT_ARGS.format(name="Dropout1d", what="'s channel")
@@ -1396,7 +1455,7 @@ class Dropout2d(_DropnormDropout, nn.Dropout2d):
     (N, C, H, W) are zeroed, one decision per (n, c).
 
     Subclass of torch.nn.Dropout2d that replaces forward (and adds seed).
-    Input: a CPU float32/float64 tensor, contiguous or channels_last (its
+    Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or channels_last (its
     NHWC memory, as it is); other strides are copied. As PyTorch 2.13, a
     3-D input is read as (N, C, L) with PyTorch's warning, and other ranks
     than 3 and 4 take a channel dropout over dimension 1 with its
@@ -1440,7 +1499,7 @@ class Dropout3d(_DropnormDropout, nn.Dropout3d):
     per (n, c).
 
     Subclass of torch.nn.Dropout3d that replaces forward (and adds seed).
-    Input: a CPU float32/float64 tensor, contiguous or channels_last_3d (its
+    Input: a CPU float32/float64/float16/bfloat16 tensor, contiguous or channels_last_3d (its
     NDHWC memory, as it is); other strides are copied. As PyTorch 2.13,
     other ranks than 4 and 5 take a channel dropout of input[None] over
     dimension 1 with its deprecation warning.
