@@ -65,6 +65,11 @@
  * boundaries: with half-page pieces, 512 float32 channels, the reductions
  * of a (16, 1024, 14, 14) batch ran at half speed). */
 #define DN_ROW_TILE_BYTES 4096
+/* ... but when the rows make few groups, blocks of at least DN_MIN_CBLOCK
+ * channels, small enough for DN_MIN_TASKS_PER_THREAD tasks per thread (a
+ * (256, 1024) batch is one group: one page of channels was one task). */
+#define DN_MIN_CBLOCK 64
+#define DN_MIN_TASKS_PER_THREAD 2
 /* ... and a chunk of rows (summed in T) is sized as for blocks of this many
  * channels, whatever the type (the bits of the sums do not depend on the
  * tile). */
@@ -312,8 +317,13 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
             /* long rows: a task is a page of channels of a group, so that
              * groups can be long (a chunk of DN_CHUNK_ROWS rows at least;
              * each group costs c partial sums in the workspace) */
+            const int64_t tasks = dn_ceil_div(DN_MIN_TASKS_PER_THREAD
+                                              * (int64_t)dn_threads_for(p->total), p->groups);
             p->groups = dn_min64(p->groups, dn_ceil_div(p->m, DN_CHUNK_ROWS));
             p->cblock = dn_min64(c, (int64_t)(DN_ROW_TILE_BYTES / elem_size));
+            if (dn_ceil_div(c, p->cblock) < tasks)
+                /* few rows, so few groups: smaller blocks keep every thread busy */
+                p->cblock = dn_max64(DN_MIN_CBLOCK, dn_ceil_div(dn_ceil_div(c, tasks), 16) * 16);
             p->chunk = dn_max64(1, dn_min64(DN_CHUNK_ROWS,
                                             DN_GROUP_ELEMS / dn_min64(c, DN_CHUNK_CHANNELS)));
         }
