@@ -275,8 +275,8 @@ static void FN(rows_deviations)(const S *x, int64_t stride, int64_t rows, int64_
 
 /* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)); dy's
  * rows at the same offsets as x's */
-static void FN(rows_grad_sums)(const S *dy, const S *x, int64_t stride, int64_t rows,
-                               int64_t len, T h, double *sums)
+static DN_ALWAYS_INLINE void FN(rows_grad_sums)(const S *dy, const S *x, int64_t stride,
+                                                int64_t rows, int64_t len, T h, double *sums)
 {
     const FN(lanes) hv = FN(lanes_splat)(h);
     FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0, s2 = s0;
