@@ -273,8 +273,13 @@ def test_batchnorm_half_is_as_accurate_as_torch_nn(name, shape, dtype, params):
                 assert g[key].dtype == t[key].dtype, (key, g[key].dtype, t[key].dtype)
                 if g[key].dtype == torch.float32:
                     # float32 parameters' gradients and running statistics:
-                    # as test_batchnorm_float32_is_as_accurate_as_torch_nn
-                    bound = 2 * rel(t[key], e[key]) + 8 * 2.0**-24
+                    # as test_batchnorm_float32_is_as_accurate_as_torch_nn, with
+                    # room for the half path's float32 lanes, which sum the
+                    # products of up to 1024 values before the double sum (the
+                    # product of a half dy and x - mean is rounded to float32
+                    # there); 8 roundings was tight enough that PyTorch's own
+                    # error, which moves with its thread count, decided it
+                    bound = 2 * rel(t[key], e[key]) + 32 * 2.0**-24
                 else:  # PyTorch's error plus a rounding of the half type
                     bound = rel(t[key], e[key]) + 2.0 ** -MANT[dtype]
                 assert rel(g[key], e[key]) <= bound, (fmt, step, key, rel(g[key], e[key]),
