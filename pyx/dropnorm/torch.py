@@ -1126,7 +1126,17 @@ _BATCHNORM_ARGS = """
 
 
 class _DropnormBatchNorm:
-    """What BatchNorm1d/2d/3d add to torch.nn's: dropnorm's forward."""
+    """What BatchNorm1d/2d/3d add to torch.nn's: the device and dtype checks
+    and dropnorm's forward."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True) -> None:
+        _check_device(device)
+        _check_dtype(dtype)
+        # torch.nn.BatchNorm1d/2d/3d's, next in the subclass's MRO
+        super().__init__(num_features, eps, momentum, affine,  # type: ignore[call-arg]
+                         track_running_stats, device, dtype, bias=bias)
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalise input (N, C, *spatial) with the batch's statistics
@@ -1147,14 +1157,6 @@ class BatchNorm1d(_DropnormBatchNorm, nn.BatchNorm1d):
     are copied.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm1d")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True) -> None:
-        _check_device(device)
-        _check_dtype(dtype)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-
 
 class BatchNorm2d(_DropnormBatchNorm, nn.BatchNorm2d):
     __doc__ = """torch.nn.BatchNorm2d on dropnorm's kernels: (N, C, H, W) input.
@@ -1167,14 +1169,6 @@ class BatchNorm2d(_DropnormBatchNorm, nn.BatchNorm2d):
     strides are copied. The output has the input's memory format.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm2d")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True) -> None:
-        _check_device(device)
-        _check_dtype(dtype)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-
 
 class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
     __doc__ = """torch.nn.BatchNorm3d on dropnorm's kernels: (N, C, D, H, W) input.
@@ -1186,14 +1180,6 @@ class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
     torch.channels_last_3d (NDHWC memory, as it is); other strides are
     copied. The output has the input's memory format.
 """ + _BATCHNORM_ARGS.format(name="BatchNorm3d")
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None, *, bias: bool = True) -> None:
-        _check_device(device)
-        _check_dtype(dtype)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
 
 
 class _DropnormBatchNormReLU:
@@ -1341,6 +1327,11 @@ class _DropnormDropout:
 
     _seed: Optional[int]
 
+    def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
+        # torch.nn.Dropout/1d/2d/3d's, next in the subclass's MRO
+        super().__init__(p, inplace)  # type: ignore[call-arg]
+        self._setup_seed(seed)
+
     @property
     def seed(self) -> Optional[int]:
         """The key of every mask, an integer in [0, 2**64), or None for
@@ -1402,10 +1393,6 @@ class Dropout(_DropnormDropout, nn.Dropout):
     Input: a CPU float32/float64/float16/bfloat16 tensor; element i is the i-th in memory.
 """ + _DROPOUT_ARGS.format(name="Dropout", what="")
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
-        super().__init__(p, inplace)
-        self._setup_seed(seed)
-
     def forward(self, input: Tensor, offset: int = 0) -> Tensor:
         """Dropout of input in training mode (offset: its first decision in a
         larger batch); input itself in eval mode or with p == 0."""
@@ -1436,10 +1423,6 @@ class Dropout1d(_DropnormDropout, nn.Dropout1d):
     ValueError (PyTorch: RuntimeError).
 """ + _DROPOUT_ARGS.format(name="Dropout1d", what="'s channel")
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
-        super().__init__(p, inplace)
-        self._setup_seed(seed)
-
     def forward(self, input: Tensor, offset: int = 0) -> Tensor:
         """Channel dropout of input, (N, C, L) or (C, L), in training mode
         (offset: its first (n, c) decision in a larger batch); input itself
@@ -1461,10 +1444,6 @@ class Dropout2d(_DropnormDropout, nn.Dropout2d):
     than 3 and 4 take a channel dropout over dimension 1 with its
     deprecation warning.
 """ + _DROPOUT_ARGS.format(name="Dropout2d", what="'s channel")
-
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
-        super().__init__(p, inplace)
-        self._setup_seed(seed)
 
     def forward(self, input: Tensor, offset: int = 0) -> Tensor:
         """Channel dropout of input, (N, C, H, W), in training mode (offset:
@@ -1504,10 +1483,6 @@ class Dropout3d(_DropnormDropout, nn.Dropout3d):
     other ranks than 4 and 5 take a channel dropout of input[None] over
     dimension 1 with its deprecation warning.
 """ + _DROPOUT_ARGS.format(name="Dropout3d", what="'s channel")
-
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: Optional[int] = None) -> None:
-        super().__init__(p, inplace)
-        self._setup_seed(seed)
 
     def forward(self, input: Tensor, offset: int = 0) -> Tensor:
         """Channel dropout of input, (N, C, D, H, W) or (C, D, H, W), in

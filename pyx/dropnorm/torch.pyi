@@ -45,49 +45,23 @@ def dropout(
 def convert(module: nn.Module, comm: Any = None, fuse_relu: bool = False) -> nn.Module: ...
 
 class _DropnormBatchNorm:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-05,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+    ) -> None: ...
     def forward(self, input: Tensor) -> Tensor: ...
 
-class BatchNorm1d(_DropnormBatchNorm, nn.BatchNorm1d):
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-05,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        bias: bool = True,
-    ) -> None: ...
-
-class BatchNorm2d(_DropnormBatchNorm, nn.BatchNorm2d):
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-05,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        bias: bool = True,
-    ) -> None: ...
-
-class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d):
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-05,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        bias: bool = True,
-    ) -> None: ...
+class BatchNorm1d(_DropnormBatchNorm, nn.BatchNorm1d): ...
+class BatchNorm2d(_DropnormBatchNorm, nn.BatchNorm2d): ...
+class BatchNorm3d(_DropnormBatchNorm, nn.BatchNorm3d): ...
 
 class _DropnormBatchNormReLU:
     def forward(self, input: Tensor) -> Tensor: ...
@@ -118,6 +92,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
 
 class _DropnormDropout:
     stream: Tensor
+    def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None) -> None: ...
     @property
     def seed(self) -> int | None: ...
     @seed.setter
@@ -125,17 +100,13 @@ class _DropnormDropout:
     def extra_repr(self) -> str: ...
 
 class Dropout(_DropnormDropout, nn.Dropout):
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None) -> None: ...
     def forward(self, input: Tensor, offset: int = 0) -> Tensor: ...
 
 class Dropout1d(_DropnormDropout, nn.Dropout1d):
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None) -> None: ...
     def forward(self, input: Tensor, offset: int = 0) -> Tensor: ...
 
 class Dropout2d(_DropnormDropout, nn.Dropout2d):
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None) -> None: ...
     def forward(self, input: Tensor, offset: int = 0) -> Tensor: ...
 
 class Dropout3d(_DropnormDropout, nn.Dropout3d):
-    def __init__(self, p: float = 0.5, inplace: bool = False, seed: int | None = None) -> None: ...
     def forward(self, input: Tensor, offset: int = 0) -> Tensor: ...
