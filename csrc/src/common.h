@@ -295,6 +295,7 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
     p->s = s;
     p->m = n * s;
     p->total = n * c * s;
+    p->threads = dn_threads_for(p->total);
     if (c == 1) p->nsc = 0;
     else if (s == 1) p->nsc = 1;
     else p->nsc = (layout == DN_LAYOUT_NSC);
@@ -326,8 +327,8 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
             /* long rows: a task is a page of channels of a group, so that
              * groups can be long (a chunk of DN_CHUNK_ROWS rows at least;
              * each group costs c partial sums in the workspace) */
-            const int64_t tasks = dn_ceil_div(DN_MIN_TASKS_PER_THREAD
-                                              * (int64_t)dn_threads_for(p->total), p->groups);
+            const int64_t tasks = dn_ceil_div(DN_MIN_TASKS_PER_THREAD * (int64_t)p->threads,
+                                              p->groups);
             p->groups = dn_min64(p->groups, dn_ceil_div(p->m, DN_CHUNK_ROWS));
             p->cblock = dn_min64(c, (int64_t)(DN_ROW_TILE_BYTES / elem_size));
             if (dn_ceil_div(c, p->cblock) < tasks)
@@ -341,7 +342,6 @@ static inline dn_status dn_make_plan(int64_t n, int64_t c, int64_t s,
         p->chunk = DN_CHUNK_ELEMS;
     }
     p->cblocks = dn_ceil_div(c, p->cblock);
-    p->threads = dn_threads_for(p->total);
     return DN_OK;
 }
 

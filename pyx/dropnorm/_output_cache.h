@@ -26,7 +26,6 @@
 
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #if defined(__linux__)
 #  include <sys/mman.h>
 #endif
