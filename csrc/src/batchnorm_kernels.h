@@ -835,6 +835,20 @@ static void FN(gate_values)(const dn_grad_gate *gt, int64_t i0, int64_t len, S *
         if ((const void *)g != (const void *)dy) memmove(g, dy, sizeof(S) * (size_t)len);
         return;
     }
+#if !defined(DN_HALF)
+    if (gt->kind == DN_GATE_Y && gt->rowbits_out == NULL) {
+        /* the select straight from y, no bytes between */
+        const S *DN_RESTRICT y = (const S *)gt->y + i0;
+        if (gt->mul) {
+            DN_IVDEP
+            for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 1, y[k] > (T)0);
+        } else {
+            DN_IVDEP
+            for (int64_t k = 0; k < len; k++) g[k] = FN(gated)(dy[k], scale, 0, y[k] > (T)0);
+        }
+        return;
+    }
+#endif
     for (int64_t k0 = 0; k0 < len; k0 += DN_GATE_CHUNK) {
         const int64_t n = dn_min64(DN_GATE_CHUNK, len - k0);
         FN(gate_keep)(gt, i0 + k0, n, keep);
