@@ -83,9 +83,32 @@ def _gradient(dy, t, act, p):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, axis", SHAPES)
 def test_fused_is_the_composition_bit_for_bit(dtype, shape, axis):
+    _check_composition(dtype, shape, axis, OPTIONS)
+
+
+# Channels last, the backward makes the gradient in L1 tiles (instead of
+# storing it) where the tensor is 16 MiB or more and a task's row at most
+# 2 KiB of the compute type (batchnorm_impl.h): row masks of y's gate when
+# c is a multiple of 8 (64; 512, one task's row), none otherwise (60); 520
+# channels are past the row limit and store it. float64 and float16 at 64.
+LARGE = [("float32", (64, 32, 32, 64)), ("float32", (70, 32, 32, 60)),
+         ("float32", (8, 32, 32, 512)), ("float32", (8, 32, 32, 520)),
+         ("float64", (64, 32, 32, 64)), ("float16", (128, 32, 32, 64))]
+LARGE_OPTIONS = [(False, "relu", 0.3), (True, "relu", 0.0), (False, None, 0.3)]
+
+
+@pytest.mark.parametrize("dtype, shape", LARGE)
+def test_fused_backward_tiles_channels_last(dtype, shape):
+    _check_composition(dtype, shape, -1, LARGE_OPTIONS)
+
+
+def _check_composition(dtype, shape, axis, options):
+    """Each (residual, activation, p) of options: the fused forward, mask,
+    backward (from the mask, and from y or (seed, stream)) and inference
+    against the composition of the plain functions, bit for bit."""
     dt = _dtype(dtype)
     x, r0, dy, w, b = _data(shape, axis, dt, seed=len(shape) * 7 + axis)
-    for res, act, p in OPTIONS:
+    for res, act, p in options:
         r = r0 if res else None
         want, mean, invstd, t = _composition(x, w, b, axis, r, act, p)
         rm, rv = np.zeros_like(w), np.ones_like(w)

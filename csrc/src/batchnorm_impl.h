@@ -322,14 +322,19 @@ static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 
 /* The backward workspace: group sums, `nterms` per-channel terms (at
  * *terms), per-thread scratch (at *scratch, *scratch_bytes each); NULL with
- * *st set if it cannot be had. */
-static double *FN(grad_workspace)(const dn_plan *p, int nterms, T **terms, char **scratch,
-                                  size_t *scratch_bytes, dn_status *st)
+ * *st set if it cannot be had. gated: room for nsc_grad_sums' gradient. */
+static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, T **terms,
+                                  char **scratch, size_t *scratch_bytes, dn_status *st)
 {
     double *work;
-    dn_bytes need = {0, 0};
-    /* per thread: NSC 4 wide rows of T */
-    *scratch_bytes = dn_cache_lines_for(&need, p->wide, 4 * sizeof(T));
+    dn_bytes need = {0, 0}, thread = {0, 0};
+    /* per thread: NSC 4 wide rows of T, and the gradient's wide rows of S */
+    dn_bytes_add(&thread, p->wide, 4 * sizeof(T));
+    if (gated && p->nsc) {
+        dn_bytes_add(&thread, dn_max64(DN_GRAD_TILE_ELEMS, p->wide), sizeof(S));
+        dn_bytes_add(&thread, 1, DN_ALIAS_BYTES);
+    }
+    *scratch_bytes = dn_cache_lines_of(&need, thread);
     dn_bytes_add(&need, p->c, 3 * sizeof(double) * (size_t)p->groups);
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
     dn_bytes_add(&need, p->threads, *scratch_bytes);
@@ -356,7 +361,7 @@ dn_status FN(dn_batchnorm_backward)(
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 4, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 4, 0, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         T *const dy_scale = terms, *const x_scale = terms + p.wide;
@@ -402,7 +407,7 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
     /* dx = scale*dy + shift, with shift 0 */
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 2, &scale, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 2, 0, &scale, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     shift = scale + p.wide;
     for (int64_t ch = 0; ch < c; ch++) {
@@ -550,27 +555,39 @@ dn_status FN(dn_batchnorm_backward_fused)(
         gate.gen = dn_kernels()->keep_window;
     }
     dn_plan_short_rows(&pl, DN_SHORT_GRAD_ROW);
-    /* the tiles schedule where the reduction reads contiguous pieces (the
-     * gradient made twice, never stored but as d_residual); else g stored */
-    gate.tiles = !pl.nsc && !pl.short_rows;
+    /* the tiles schedule where the reduction reads contiguous pieces, or
+     * channels last where the tensors are larger than the caches and a
+     * task's columns short (the gradient made twice, never stored but as
+     * d_residual); else g stored. Channels last, a tensor that the caches
+     * partly hold is faster stored (the elementwise pass then reads two
+     * tensors, not three), and so are rows of more than DN_GATED_ROW_BYTES
+     * per task (the accumulators and the gradient's buffer then crowd L1). */
+    gate.tiles = pl.nsc ? (double)pl.total * (double)sizeof(S) >= (double)DN_STREAM_MIN_BYTES
+                              && dn_min64(pl.wide, pl.cblock) * (int64_t)sizeof(T)
+                                     <= DN_GATED_ROW_BYTES
+                        : !pl.short_rows;
     gate.g = d_residual ? (void *)d_residual : gate.tiles ? NULL : (void *)dx;
     apply = gate;
-    if (gate.tiles && pl.row_parts == 0 && gate.kind != DN_GATE_BITS
-        && gate.kind != DN_GATE_ALL && gate.kind != DN_GATE_NONE) {
-        /* whole rows per reduction task: the reduction keeps the gate of
-         * y (or of Philox) as row masks for the elementwise pass */
+    if (gate.tiles && (pl.nsc ? pl.c % 8 == 0 : pl.row_parts == 0)
+        && gate.kind != DN_GATE_BITS && gate.kind != DN_GATE_ALL
+        && gate.kind != DN_GATE_NONE) {
+        /* each byte of the masks made by one reduction task (whole rows;
+         * channels last, blocks of channels at multiples of 8): the
+         * reduction keeps the gate of y (or of Philox) as row masks for
+         * the elementwise pass. Channels last they are one row, the
+         * tensor's flat mask. */
         dn_bytes need = {0, 0};
-        const int64_t rowbytes = (pl.s + 7) / 8;
-        dn_bytes_add(&need, pl.n * pl.c, (size_t)rowbytes);
+        const int64_t row = pl.nsc ? pl.total : pl.s, rowbytes = (row + 7) / 8;
+        dn_bytes_add(&need, pl.total / row, (size_t)rowbytes);
         rowbits = (uint8_t *)dn_workspace(&need, &st);
         if (rowbits == NULL) return st;
         gate.rowbits_out = rowbits;
-        gate.row = apply.row = pl.s;
+        gate.row = apply.row = row;
         gate.rowbytes = apply.rowbytes = rowbytes;
         apply.kind = DN_GATE_ROWBITS;
         apply.rowbits = rowbits;
     }
-    work = FN(grad_workspace)(&pl, 4, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&pl, 4, gate.tiles, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) {
         free(rowbits);
         return st;
@@ -731,7 +748,7 @@ dn_status FN(dn_batchnorm_backward_reduce)(
         return DN_OK;
     }
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 0, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 0, 0, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         const FN(grad_ctx) o = {

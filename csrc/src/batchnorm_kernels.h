@@ -66,6 +66,9 @@
 /* 64 bytes of independent lanes (two AVX2 registers, so that the adds'
  * latency overlaps), combined in a fixed order. */
 #define DN_LANES (64 / (int)sizeof(T))
+#if defined(__AVX2__) && !defined(DN_HALF)
+#  include <immintrin.h> /* the fused backward's gate (gate_values_avx2) */
+#endif
 
 /* ---- Lanes: DN_LANES partial sums of T. --------------------------------- */
 
@@ -822,17 +825,100 @@ static void FN(gate_pack)(const dn_grad_gate *gt, int64_t i, int64_t n,
     }
 }
 
+#if defined(__AVX2__) && !defined(DN_HALF)
+/* float32 with AVX2: the gate and its select 8 values at a time, from a
+ * compare of y (the mask byte from the same compare) or from a mask byte:
+ * the values of gate_keep, gate_pack and gate_select (an exact compare, an
+ * AND with all ones or zeros, the same product). n8: a multiple of 8. */
+static void FN(gate_y_avx2)(const float *DN_RESTRICT y, const float *dy, int64_t n8,
+                            float scale, int mul, float *g, uint8_t *DN_RESTRICT bits)
+{
+    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    for (int64_t k = 0; k < n8; k += 8) {
+        const __m256 m = _mm256_cmp_ps(_mm256_loadu_ps(y + k), zero, _CMP_GT_OQ);
+        __m256 v = _mm256_loadu_ps(dy + k);
+        if (mul) v = _mm256_mul_ps(v, sc);
+        _mm256_storeu_ps(g + k, _mm256_and_ps(m, v));
+        if (bits != NULL) bits[k / 8] = (uint8_t)_mm256_movemask_ps(m);
+    }
+}
+
+static void FN(gate_bits_avx2)(const uint8_t *DN_RESTRICT bits, const float *dy, int64_t n8,
+                               float scale, int mul, float *g)
+{
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t k = 0; k < n8; k += 8) {
+        const __m256i b = _mm256_and_si256(_mm256_set1_epi32(bits[k / 8]), lane);
+        const __m256 m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane));
+        __m256 v = _mm256_loadu_ps(dy + k);
+        if (mul) v = _mm256_mul_ps(v, sc);
+        _mm256_storeu_ps(g + k, _mm256_and_ps(m, v));
+    }
+}
+
+/* gate_values' leading values that the AVX2 loops can take (whole bytes
+ * of a mask, y's gate); returns how many it made, the rest left to the
+ * portable loops. */
+static int64_t FN(gate_values_avx2)(const dn_grad_gate *gt, int64_t i0, int64_t len, float *g)
+{
+    const float *dy = (const float *)gt->dy + i0;
+    const float scale = (float)gt->scale;
+    const int64_t n8 = len / 8 * 8;
+    switch (gt->kind) {
+    case DN_GATE_Y: {
+        uint8_t *bits = NULL;
+        if (gt->rowbits_out != NULL) {
+            /* as gate_pack: i0 in one row, at a multiple of 8 in it */
+            const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+            bits = gt->rowbits_out + r * gt->rowbytes + j / 8;
+        }
+        FN(gate_y_avx2)((const float *)gt->y + i0, dy, n8, scale, gt->mul, g, bits);
+        return n8;
+    }
+    case DN_GATE_BITS:
+        if (i0 % 8 != 0) return 0;
+        FN(gate_bits_avx2)(gt->bits + i0 / 8, dy, n8, scale, gt->mul, g);
+        return n8;
+    case DN_GATE_ROWBITS: {
+        /* the part within the first row, from a byte of it */
+        const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+        const int64_t n = dn_min64(len, gt->row - j) / 8 * 8;
+        if (j % 8 != 0) return 0;
+        FN(gate_bits_avx2)(gt->rowbits + r * gt->rowbytes + j / 8, dy, n, scale, gt->mul, g);
+        return n;
+    }
+    default:
+        return 0;
+    }
+}
+#endif
+
 static void FN(gate_values)(const dn_grad_gate *gt, int64_t i0, int64_t len, S *g)
 {
-    const S *dy = (const S *)gt->dy + i0;
+    const S *dy;
     const T scale = (T)gt->scale;
     uint8_t keep[DN_GATE_CHUNK];
+#if defined(__AVX2__) && !defined(DN_HALF)
+    if (sizeof(T) == sizeof(float)) {
+        const int64_t done = FN(gate_values_avx2)(gt, i0, len, (float *)g);
+        i0 += done;
+        len -= done;
+        g += done;
+    }
+#endif
+    dy = (const S *)gt->dy + i0;
     if (gt->kind == DN_GATE_NONE) {
         for (int64_t k = 0; k < len; k++) g[k] = (S)0;
         return;
     }
     if (gt->kind == DN_GATE_ALL && !gt->mul) {
-        if ((const void *)g != (const void *)dy) memmove(g, dy, sizeof(S) * (size_t)len);
+        /* a loop, not memmove: glibc's copies of a few KiB from memory
+         * (rep movsb) ran at a third of the loop's speed here */
+        if ((const void *)g != (const void *)dy) {
+            DN_IVDEP
+            for (int64_t k = 0; k < len; k++) g[k] = dy[k];
+        }
         return;
     }
 #if !defined(DN_HALF)
@@ -909,21 +995,72 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     }
 }
 
+/* a0[j] += g[j], a1[j] += d, a2[j] += g[j]*d for j < n, d = x[j] - h[j] */
+static DN_ALWAYS_INLINE void FN(wide_grad_row)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
+                                               T *DN_RESTRICT a2, const S *DN_RESTRICT gr,
+                                               const S *DN_RESTRICT xr, const T *DN_RESTRICT hw,
+                                               int64_t n)
+{
+#if defined(DN_HALF)
+    FN(half_grad)(a0, a1, a2, gr, xr, hw, 0, n);
+#else
+    for (int64_t j = 0; j < n; j++) {
+        const T d = xr[j] - hw[j];
+        a0[j] += gr[j];
+        a1[j] += d;
+        a2[j] += gr[j] * d;
+    }
+#endif
+}
+
+/* The place in buf (DN_ALIAS_BYTES more than it needs) with the low 12
+ * address bits of `like`: a store there and a load from the tensors at
+ * the next elements never look like the same address to the CPU (4K
+ * aliasing stalls the load until the store retires). */
+static inline S *FN(unaliased)(S *buf, const S *like)
+{
+    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_ALIAS_BYTES;
+    return (S *)(void *)((char *)buf + off);
+}
+
+/* The fused backward's gradient of rows [r, r + rows), channels [c0, c1),
+ * into g (row k at g + k*(c1 - c0)); the gate's row masks written with it. */
+static void FN(gate_rows)(const dn_grad_gate *gate, int64_t C, int64_t r, int64_t rows,
+                          int64_t c0, int64_t c1, S *g)
+{
+    if (c1 - c0 == C) {
+        FN(gate_values)(gate, r * C, rows * C, g);
+        return;
+    }
+    for (int64_t k = 0; k < rows; k++)
+        FN(gate_values)(gate, (r + k) * C + c0, c1 - c0, g + k * (c1 - c0));
+}
+
 /* Channels last: per channel, rows summed in T over wide rows (as
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
- * w in double. acc: scratch of 4*p->wide values. */
+ * w in double. A task's columns [c0, w1) are one tile (nsc_group_moments'),
+ * so each column sums its rows in order. acc: scratch of 4*p->wide values,
+ * then (with the gate) room for max(DN_GRAD_TILE_ELEMS, p->wide) values of
+ * S: the gradient of a few wide rows at a time, made from the gate in L1
+ * and summed from there instead of from memory. */
 static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
                               int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc,
                               const dn_grad_gate *gate)
 {
     const int64_t C = p->c, W = p->wide, per = W / C;
-    const int64_t tile = per > 1 ? W : p->cblock; /* as nsc_group_moments */
     T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
     T *DN_RESTRICT hw = acc + 3 * W;
-    int64_t g, c0, c1, w1, lo, hi;
+    /* tiles: the gradient made in gbuf; else written where gate->g is
+     * (gate_run), and dy is that */
+    S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
+    int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
     /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
     dn_reduce_task(p, t, &g, &c0, &c1);
     w1 = c1 == C ? W : c1;
+    cols = w1 - c0;
+    /* a wide row of the gradient in gbuf: per rows of the task's channels */
+    stride = gbuf ? per * (c1 - c0) : W;
+    step = gbuf ? dn_max64(1, DN_GRAD_TILE_ELEMS / stride) : DN_CHUNK_ROWS;
     w += 3 * C * g;
     dn_group_range(p, g, &lo, &hi);
     for (int64_t ch = c0; ch < c1; ch++) hw[ch] = h[ch];
@@ -931,44 +1068,32 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     for (int64_t i = 3 * c0; i < 3 * c1; i++) w[i] = 0.0;
     for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
         const int64_t r1 = dn_min64(r0 + p->chunk, hi);
-        const int64_t full = (r1 - r0) / per;
-        /* the gradient of the chunk's channels (whole rows when a wide
-         * row holds several: then the task has every channel) */
-        if (gate)
+        const int64_t full = (r1 - r0) / per, rest = r0 + full * per;
+        if (gate && !gbuf)
             for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
-        /* a tile of the row at a time: the accumulators stay in L1 */
-        for (int64_t j0 = c0; j0 < w1; j0 += tile) {
-            const int64_t j1 = dn_min64(j0 + tile, w1);
-            for (int64_t q = 0; q < full; q++) {
-#if defined(DN_HALF)
-                FN(half_grad)(a0, a1, a2, dy + (r0 + q * per) * C, x + (r0 + q * per) * C, hw,
-                              j0, j1);
-#else
-                const T *DN_RESTRICT gr = dy + (r0 + q * per) * C;
-                const T *DN_RESTRICT xr = x + (r0 + q * per) * C;
-                for (int64_t j = j0; j < j1; j++) {
-                    const T d = xr[j] - hw[j];
-                    a0[j] += gr[j];
-                    a1[j] += d;
-                    a2[j] += gr[j] * d;
-                }
-#endif
+        for (int64_t q0 = 0; q0 < full; q0 += step) {
+            const int64_t q1 = dn_min64(q0 + step, full);
+            const S *src = dy + (r0 + q0 * per) * C + c0;
+            if (gbuf) {
+                S *gb = FN(unaliased)(gbuf, src);
+                FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
+                src = gb;
             }
+            for (int64_t q = q0; q < q1; q++)
+                FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                  x + (r0 + q * per) * C + c0, hw + c0, cols);
         }
-        for (int64_t r = r0 + full * per; r < r1; r++) {
-#if defined(DN_HALF)
-            FN(half_grad)(a0, a1, a2, dy + r * C, x + r * C, hw, c0, c1);
-#else
-            const T *DN_RESTRICT gr = dy + r * C;
-            const T *DN_RESTRICT xr = x + r * C;
-            for (int64_t ch = c0; ch < c1; ch++) {
-                const T d = xr[ch] - hw[ch];
-                a0[ch] += gr[ch];
-                a1[ch] += d;
-                a2[ch] += gr[ch] * d;
+        /* the rows after the last wide one (per > 1: the task has every channel) */
+        if (rest < r1) {
+            const S *src = dy + rest * C;
+            if (gbuf) {
+                S *gb = FN(unaliased)(gbuf, src);
+                FN(gate_rows)(gate, C, rest, r1 - rest, 0, C, gb);
+                src = gb;
             }
-#endif
+            for (int64_t r = rest; r < r1; r++)
+                FN(wide_grad_row)(a0, a1, a2, src + (r - rest) * C, x + r * C, hw, C);
         }
         FN(fold_wide)(a0, C, per);
         FN(fold_wide)(a1, C, per);
@@ -991,14 +1116,15 @@ static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
         FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums, NULL);
 }
 
-/* The fused backward's sums: each piece's gradient written by gate_run,
- * then summed from there exactly as group_grad_sums sums dy. */
+/* The fused backward's sums: each piece's gradient made by the gate (in
+ * L1, or written by gate_run), then summed from there exactly as
+ * group_grad_sums sums dy. */
 static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
                                  const void *shift, int64_t t, double *sums, void *scratch)
 {
     if (p->nsc)
-        FN(nsc_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums,
-                          (T *)scratch, gate);
+        FN(nsc_grad_sums)(p, (const S *)(gate->tiles ? gate->dy : gate->g), (const S *)x,
+                          (const T *)shift, t, sums, (T *)scratch, gate);
     else
         FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
 }

@@ -67,7 +67,9 @@
 #define DN_ROW_TILE_BYTES 4096
 /* ... but when the rows make few groups, blocks of at least DN_MIN_CBLOCK
  * channels, small enough for DN_MIN_TASKS_PER_THREAD tasks per thread (a
- * (256, 1024) batch is one group: one page of channels was one task). */
+ * (256, 1024) batch is one group: one page of channels was one task).
+ * Blocks start at multiples of 8 channels (of 16 here), so that a fused
+ * backward's mask bytes each have one writer (batchnorm_impl.h). */
 #define DN_MIN_CBLOCK 64
 #define DN_MIN_TASKS_PER_THREAD 2
 /* ... and a chunk of rows (summed in T) is sized as for blocks of this many
@@ -105,6 +107,14 @@
 #endif
 /* Elements computed into an L1 buffer before they are streamed out. */
 #define DN_STREAM_TILE 1024
+/* Channels last, the fused backward: the gradient of about this many
+ * values (whole wide rows) is made in an L1 buffer and summed from there,
+ * where a task's row is at most DN_GATED_ROW_BYTES of T. */
+#define DN_GRAD_TILE_ELEMS 512
+#define DN_GATED_ROW_BYTES 2048
+/* the span of addresses whose low bits a load and an earlier store are
+ * compared by (4K aliasing) */
+#define DN_ALIAS_BYTES 4096
 
 static inline int64_t dn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t dn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -226,19 +236,24 @@ static inline void dn_bytes_add(dn_bytes *b, int64_t count, size_t unit)
         b->total += (size_t)count * unit;
 }
 
-/* count*unit bytes rounded up to whole cache lines (per-thread scratch, so
+/* one's bytes (or count*unit) rounded up to whole cache lines (per-thread scratch, so
  * that every thread's part keeps the alignment of the first); notes an
  * overflow in b. */
-static inline size_t dn_cache_lines_for(dn_bytes *b, int64_t count, size_t unit)
+static inline size_t dn_cache_lines_of(dn_bytes *b, dn_bytes one)
 {
-    dn_bytes one = {0, 0};
-    dn_bytes_add(&one, count, unit);
     dn_bytes_add(&one, 1, DN_CACHE_LINE - 1);
     if (one.overflow) {
         b->overflow = 1;
         return 0;
     }
     return one.total / DN_CACHE_LINE * DN_CACHE_LINE;
+}
+
+static inline size_t dn_cache_lines_for(dn_bytes *b, int64_t count, size_t unit)
+{
+    dn_bytes one = {0, 0};
+    dn_bytes_add(&one, count, unit);
+    return dn_cache_lines_of(b, one);
 }
 
 /* The workspace of b bytes, or NULL with *st set: DN_ERR_SIZE_OVERFLOW when

@@ -5,7 +5,7 @@
  * schedule: long and short channels-first rows, few images (rows split),
  * wide channels-last rows and row tiles, tensors whose size is not a
  * multiple of 8 or of a dropout window, and one large enough for
- * streaming stores. */
+ * streaming stores and for the channels-last backward's tiles. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -93,5 +93,7 @@ int main(void)
         check_fused_f16(shapes[i][0], shapes[i][1], shapes[i][2]);
         check_fused_bf16(shapes[i][0], shapes[i][1], shapes[i][2]);
     }
+    /* 16 MiB of float32: channels last, the backward's gradient in tiles */
+    check_fused_f32(64, 64, 1024);
     return check_report("test_fused");
 }
