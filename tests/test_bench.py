@@ -296,9 +296,12 @@ def test_torch_suite(monkeypatch, tmp_path, capsys):
     for r in rows:
         assert r["torch_ms"] > 0 and r["dropnorm_ms"] > 0 and r["loss_finite"]
         assert r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+        assert r["fused_ms"] > 0
+        assert r["fused_speedup_min"] <= r["fused_speedup"] <= r["fused_speedup_max"]
     (total,) = result["totals"]
     assert total["meets_goal"] == (rows[0]["speedup"] >= bench.TORCH_GOAL)
     assert "converted ms" in bench.format_torch(result)
+    assert "fused speedup" in bench.format_torch(result)
     json.loads(json.dumps(result))
     # the command line, on the same tiny models
     monkeypatch.setattr(bench, "TORCH_MLP", (1, 8, 4))

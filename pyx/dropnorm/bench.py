@@ -53,7 +53,8 @@ Suites (float32 unless --dtype; all threads; rows, then totals):
         fused backward against the plain backward (goal <= 1.35x)
     python -m dropnorm.bench --suite torch
         a PyTorch training step (forward, loss, backward, SGD step) before
-        and after dropnorm.torch.convert(): an MLP of 3 x (Linear 1024 ->
+        and after dropnorm.torch.convert(), and after convert(fuse_relu=True)
+        (batch norm and ReLU fused): an MLP of 3 x (Linear 1024 ->
         BatchNorm1d -> ReLU -> Dropout 0.5) at batch 256, and a small CNN
         with BatchNorm2d at batch 32 in both memory formats
 
@@ -1147,17 +1148,19 @@ def _torch_step(torch, model, x, target):
 
 def run_torch(mlp=None, cnn_input=None, cnn_widths=None, layouts=("NCHW", "NHWC"),
               dtype=np.float32, repeats=11, progress="auto"):
-    """The torch suite: a training step of each model in plain PyTorch and
-    after dropnorm.torch.convert() (a deep copy, so both start from the same
-    weights), timed alternately, with PyTorch on dropnorm's thread count.
+    """The torch suite: a training step of each model in plain PyTorch,
+    after dropnorm.torch.convert() and after convert(fuse_relu=True) (deep
+    copies, so all start from the same weights), timed in turn, with PyTorch
+    on dropnorm's thread count.
     mlp: (blocks, width, batch), TORCH_MLP by default; cnn_input: (batch,
     channels, height, width), TORCH_CNN_INPUT; cnn_widths: the CNN's
     convolutions' widths, TORCH_CNN_WIDTHS; the CNN runs in each of
     `layouts` ("NCHW"; "NHWC": torch.channels_last model and input).
 
     Returns {"suite", "settings", "rows", "totals", "elapsed_s"}: a row per
-    model x layout with the medians of both steps and the median of the
-    paired ratios (speedup = PyTorch's step / dropnorm's); the total says
+    model x layout with the medians of the steps and the medians of the
+    paired ratios (speedup = PyTorch's step / dropnorm's; fused_speedup
+    likewise for the fused conversion); the total says
     whether the MLP reaches TORCH_GOAL."""
     try:
         import torch
@@ -1196,17 +1199,20 @@ def run_torch(mlp=None, cnn_input=None, cnn_widths=None, layouts=("NCHW", "NHWC"
             plain = plain.to(memory_format=torch.channels_last)
             x = x.to(memory_format=torch.channels_last)
         converted = dntorch.convert(copy.deepcopy(plain))
-        steps = [_torch_step(torch, plain, x, target), _torch_step(torch, converted, x, target)]
+        fused = dntorch.convert(copy.deepcopy(plain), fuse_relu=True)
+        steps = [_torch_step(torch, m, x, target) for m in (plain, converted, fused)]
         for _ in range(3):  # warm up: allocations, thread pools
             for step in steps:
                 step()
-        times = [[], []]
+        times = [[], [], []]
         for r in range(repeats):
-            order = (0, 1) if r % 2 == 0 else (1, 0)  # neither always runs first
-            for i in order:
+            for k in range(3):  # each model first in turn
+                i = (r + k) % 3
                 times[i].append(_time(steps[i]))
-        ratios = [t / d for t, d in zip(*times)]
+        ratios = [t / d for t, d in zip(times[0], times[1])]
+        fused_ratios = [t / d for t, d in zip(times[0], times[2])]
         loss = float(steps[1]().detach())
+        fused_loss = float(steps[2]().detach())
         rows.append({
             "model": model_name,
             "layout": layout,
@@ -1218,7 +1224,11 @@ def run_torch(mlp=None, cnn_input=None, cnn_widths=None, layouts=("NCHW", "NHWC"
             "speedup": statistics.median(ratios),
             "speedup_min": min(ratios),
             "speedup_max": max(ratios),
-            "loss_finite": bool(np.isfinite(loss)),
+            "fused_ms": statistics.median(times[2]) * 1e3,
+            "fused_speedup": statistics.median(fused_ratios),
+            "fused_speedup_min": min(fused_ratios),
+            "fused_speedup_max": max(fused_ratios),
+            "loss_finite": bool(np.isfinite(loss) and np.isfinite(fused_loss)),
         })
     bar.close()
     mlp_row = rows[0]
@@ -1234,10 +1244,11 @@ def run_torch(mlp=None, cnn_input=None, cnn_widths=None, layouts=("NCHW", "NHWC"
 def format_torch(result):
     s, t = result["settings"], result["totals"][0]
     head = ("model", "layout", "input", "torch.nn ms", "converted ms", "speedup",
-            "speedup range")
+            "speedup range", "fused ms", "fused speedup")
     lines = [(r["model"], r["layout"], _shape_text(r["shape"]), f"{r['torch_ms']:.2f}",
               f"{r['dropnorm_ms']:.2f}", f"{r['speedup']:.2f}x",
-              f"{r['speedup_min']:.2f} - {r['speedup_max']:.2f}x")
+              f"{r['speedup_min']:.2f} - {r['speedup_max']:.2f}x", f"{r['fused_ms']:.2f}",
+              f"{r['fused_speedup']:.2f}x")
              for r in result["rows"]]
     blocks, width, batch = s["mlp"]
     return "\n".join([
@@ -1250,7 +1261,8 @@ def format_torch(result):
         f"BatchNorm2d -> ReLU), widths {', '.join(map(str, s['cnn_widths']))}, pool, Dropout 0.5, "
         f"Linear; NHWC: torch.channels_last model and input.",
         "ms: median step time; speedup: median of (torch.nn step / converted step) timed one "
-        "after the other, and the range of those ratios.",
+        "after the other, and the range of those ratios; fused: converted with "
+        "fuse_relu=True (each batch norm and its ReLU one BatchNormReLU module).",
         f"total: the converted MLP's step is {t['speedup']:.2f}x PyTorch's (goal "
         f">= {t['goal']:g}x: {'met' if t['meets_goal'] else 'not met'})",
         f"torch took {result['elapsed_s']:.1f} s",
