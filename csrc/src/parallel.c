@@ -21,8 +21,9 @@
  *     so on a busy machine they are the ones queued behind other work).
  *     So a call that waited on a straggler for more than DN_STRAGGLE_NS and
  *     a quarter of its time, soon after another such call, makes the next
- *     calls run alone for a while (the back-off below, doubled while
- *     stragglers keep coming, up to DN_BACKOFF_MAX_NS). The hint is
+ *     calls run on half the threads for a while (the back-off below,
+ *     doubled while stragglers keep coming, up to DN_BACKOFF_MAX_NS, and
+ *     the team halved again with each doubling, down to one). The hint is
  *     the one piece of process-wide mutable state: it decides speed only,
  *     never a result, which is the same for every thread count.
  * What each task computes depends only on its index, never on the thread
@@ -79,7 +80,8 @@
 
 /* A wait this long (ns) on another thread is a straggler... */
 #define DN_STRAGGLE_NS 1000000
-/* ...and makes the next calls run on one thread for this long at first, */
+/* ...and makes the next calls run on half the threads for this long at
+ * first (dn_backoff_threads), */
 #define DN_BACKOFF_MIN_NS 20000000
 /* doubling while stragglers keep coming, up to this. */
 #define DN_BACKOFF_MAX_NS 1000000000
@@ -109,7 +111,7 @@ typedef struct dn_team {
 
 /* ---- The back-off hint (process-wide; speed only). ---------------------- */
 #if defined(_OPENMP)
-static int64_t dn_alone_until_ns; /* calls before this run on one thread */
+static int64_t dn_alone_until_ns; /* calls before this run on fewer threads */
 static int64_t dn_backoff_ns;     /* the next back-off */
 static int64_t dn_straggler_ns;   /* when the last straggler came */
 
@@ -125,11 +127,25 @@ static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
 
 int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_alone_until_ns); }
 
+/* The team while backing off: half the threads at the first back-off, a
+ * quarter once it has doubled, and so on down to one. A load that keeps
+ * stragglers coming soon reaches one thread; an occasional stall of a
+ * virtual machine's CPU, which starts the back-off again from its least,
+ * halves a large team instead of leaving it one thread. */
+static int dn_backoff_threads(int threads)
+{
+    int64_t backoff = DN_LOAD_RELAXED(&dn_backoff_ns);
+    int shift = 1;
+    for (; backoff > DN_BACKOFF_MIN_NS && shift < 30; backoff /= 2) shift++;
+    return (threads >> shift) > 1 ? threads >> shift : 1;
+}
+
 /* A straggler counts when another came less than DN_BACKOFF_MAX_NS before
  * it (the first region of a process waits for its threads to be created);
- * then the next calls run alone for the back-off, which doubles with each
- * straggler that comes soon after the last back-off, and starts again from
- * DN_BACKOFF_MIN_NS otherwise. Races between calls only blur the hint. */
+ * then the next calls run on fewer threads for the back-off, which doubles
+ * with each straggler that comes soon after the last back-off, and starts
+ * again from DN_BACKOFF_MIN_NS otherwise. Races between calls only blur the
+ * hint. */
 static void dn_learn_straggler(int64_t now)
 {
     const int64_t last = DN_LOAD_RELAXED(&dn_straggler_ns);
@@ -259,6 +275,9 @@ void dn_parallel_phases(int threads, const dn_phase *phases, int nphases)
     dn_team team;
     int64_t most = 0;
     if (threads < 1) threads = 1;
+#if defined(_OPENMP)
+    if (threads > 1 && dn_parallel_backing_off()) threads = dn_backoff_threads(threads);
+#endif
     for (int ph = 0; ph < nphases; ph++) most = dn_max64(most, phases[ph].tasks);
     if (threads > most) threads = (int)dn_max64(1, most);
     team.phases = phases;
@@ -277,7 +296,7 @@ void dn_parallel_phases(int threads, const dn_phase *phases, int nphases)
     team.start_ns = 0;
     team.joined_ns = 0;
 #if defined(_OPENMP)
-    if (threads > 1 && !dn_parallel_backing_off()) {
+    if (threads > 1) {
         int64_t left_ns;
         team.start_ns = dn_now_ns();
         DN_OMP(parallel num_threads(threads))

@@ -2,7 +2,7 @@
  * once, a phase starts only after the previous one is done, worker indices
  * stay below the thread count, and a thread that stalls does not stall the
  * others: they finish its share, and repeated stalls make later calls run
- * alone for a while. */
+ * on fewer threads for a while. */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #  define _POSIX_C_SOURCE 200809L /* nanosleep */
 #endif
@@ -142,9 +142,13 @@ int main(void)
             CHECK(run_phases(2, tasks, 3, 1, &most));
             CHECK(run_phases(2, tasks, 3, 1, &most));
             CHECK(dn_parallel_backing_off());
-            /* ... and while backing off, one thread does everything */
+            /* ... and while backing off, half the team does everything:
+             * one thread of two, at most two of four (at most one once
+             * the back-off has doubled) */
             CHECK(run_phases(2, tasks, 3, -1, &most));
             CHECK(most == 0);
+            CHECK(run_phases(4, tasks, 3, -1, &most));
+            CHECK(most <= 1);
         }
     } else {
         CHECK(!parallel_seen);
