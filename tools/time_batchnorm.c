@@ -4,29 +4,9 @@
  * calls on the same buffers), for the README's comparison:
  *   cmake -S . -B build -DDROPNORM_PYTHON=OFF && cmake --build build --target time_batchnorm
  *   OMP_NUM_THREADS=2 build/time_batchnorm 16 64 56 56 nhwc */
-#if !defined(_POSIX_C_SOURCE)
-#  define _POSIX_C_SOURCE 200809L /* clock_gettime */
-#endif
-#include <dropnorm/dropnorm.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "timing.h"
 
 #define REPEATS 31
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {
@@ -34,14 +14,7 @@ int main(int argc, char **argv)
     dn_layout layout;
     float *x, *y, *dy, *dx, *gamma, *beta, *mean, *invstd, *dgamma, *dbeta, *rmean, *rvar;
     double t[3][REPEATS];
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s N C H W [nchw|nhwc]\n", argv[0]);
-        return 2;
-    }
-    n = atoll(argv[1]);
-    c = atoll(argv[2]);
-    s = atoll(argv[3]) * atoll(argv[4]);
-    layout = argc > 5 && strcmp(argv[5], "nhwc") == 0 ? DN_LAYOUT_NSC : DN_LAYOUT_NCS;
+    if (!shape_args(argc, argv, &n, &c, &s, &layout)) return 2;
     total = n * c * s;
     x = malloc(sizeof(float) * (size_t)total);
     y = malloc(sizeof(float) * (size_t)total);
@@ -58,11 +31,8 @@ int main(int argc, char **argv)
     if (!x || !y || !dy || !dx || !gamma || !beta || !mean || !invstd || !dgamma || !dbeta
         || !rmean || !rvar)
         return 1;
-    /* the values onednn_bn.c fills its buffers with */
-    for (int64_t i = 0; i < total; i++) {
-        x[i] = (float)((uint64_t)i * 2654435761u % 1000) / 500.f - 1.f;
-        dy[i] = x[(i * 7) % total];
-    }
+    fill_values(x, total);
+    for (int64_t i = 0; i < total; i++) dy[i] = x[(i * 7) % total];
     for (int64_t i = 0; i < c; i++) {
         gamma[i] = 1.f;
         beta[i] = 0.f;
@@ -81,9 +51,9 @@ int main(int argc, char **argv)
         t[1][r] = t2 - t1;
         t[2][r] = now() - t2;
     }
-    for (int k = 0; k < 3; k++) qsort(t[k], REPEATS, sizeof(double), by_value);
     printf("dropnorm %s %sx%sx%sx%s bn_train %.3f ms | bn_infer %.3f ms | bn_bwd %.3f ms\n",
            layout == DN_LAYOUT_NSC ? "nhwc" : "nchw", argv[1], argv[2], argv[3], argv[4],
-           t[0][REPEATS / 2] * 1e3, t[1][REPEATS / 2] * 1e3, t[2][REPEATS / 2] * 1e3);
+           median(t[0], REPEATS) * 1e3, median(t[1], REPEATS) * 1e3,
+           median(t[2], REPEATS) * 1e3);
     return 0;
 }

@@ -5,30 +5,10 @@
  * mask, paired in one process.
  *   cmake -S . -B build -DDROPNORM_PYTHON=OFF && cmake --build build --target time_fused_backward
  *   OMP_NUM_THREADS=2 build/time_fused_backward 64 64 56 56 nhwc */
-#if !defined(_POSIX_C_SOURCE)
-#  define _POSIX_C_SOURCE 200809L /* clock_gettime */
-#endif
-#include <dropnorm/dropnorm.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "timing.h"
 
 #define REPEATS 21
 #define P_DROP 0.1
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv)
 {
@@ -36,15 +16,8 @@ int main(int argc, char **argv)
     dn_layout layout;
     float *x, *r, *y, *dy, *dx, *gamma, *beta, *mean, *invstd, *dgamma, *dbeta;
     uint8_t *mask;
-    double t[3][REPEATS], plain;
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s N C H W [nchw|nhwc]\n", argv[0]);
-        return 2;
-    }
-    n = atoll(argv[1]);
-    c = atoll(argv[2]);
-    s = atoll(argv[3]) * atoll(argv[4]);
-    layout = argc > 5 && strcmp(argv[5], "nhwc") == 0 ? DN_LAYOUT_NSC : DN_LAYOUT_NCS;
+    double t[3][REPEATS], plain, y_gate, mask_gate;
+    if (!shape_args(argc, argv, &n, &c, &s, &layout)) return 2;
     total = n * c * s;
     x = malloc(sizeof(float) * (size_t)total);
     r = malloc(sizeof(float) * (size_t)total);
@@ -61,8 +34,8 @@ int main(int argc, char **argv)
     if (!x || !r || !y || !dy || !dx || !mask || !gamma || !beta || !mean || !invstd || !dgamma
         || !dbeta)
         return 1;
+    fill_values(x, total);
     for (int64_t i = 0; i < total; i++) {
-        x[i] = (float)((uint64_t)i * 2654435761u % 1000) / 500.f - 1.f;
         r[i] = x[(i * 3) % total];
         dy[i] = x[(i * 7) % total];
     }
@@ -88,12 +61,12 @@ int main(int argc, char **argv)
                                         DN_ACTIVATION_RELU, P_DROP, 1, 2, dx, dgamma, dbeta, NULL);
         t[2][k] = now() - t0;
     }
-    for (int k = 0; k < 3; k++) qsort(t[k], REPEATS, sizeof(double), by_value);
-    plain = t[0][REPEATS / 2];
+    plain = median(t[0], REPEATS);
+    y_gate = median(t[1], REPEATS);
+    mask_gate = median(t[2], REPEATS);
     printf("dropnorm %s %sx%sx%sx%s plain %.3f ms | gate from y %.3f ms (%.2fx) | "
            "kept mask %.3f ms (%.2fx)\n",
            layout == DN_LAYOUT_NSC ? "nhwc" : "nchw", argv[1], argv[2], argv[3], argv[4],
-           plain * 1e3, t[1][REPEATS / 2] * 1e3, t[1][REPEATS / 2] / plain,
-           t[2][REPEATS / 2] * 1e3, t[2][REPEATS / 2] / plain);
+           plain * 1e3, y_gate * 1e3, y_gate / plain, mask_gate * 1e3, mask_gate / plain);
     return 0;
 }
