@@ -562,7 +562,7 @@ dn_status FN(dn_batchnorm_backward_fused)(
      * partly hold is faster stored (the elementwise pass then reads two
      * tensors, not three), and so are rows of more than DN_GATED_ROW_BYTES
      * per task (the accumulators and the gradient's buffer then crowd L1). */
-    gate.tiles = pl.nsc ? (double)pl.total * (double)sizeof(S) >= (double)DN_STREAM_MIN_BYTES
+    gate.tiles = pl.nsc ? pl.total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES
                               && dn_min64(pl.wide, pl.cblock) * (int64_t)sizeof(T)
                                      <= DN_GATED_ROW_BYTES
                         : !pl.short_rows;

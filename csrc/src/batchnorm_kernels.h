@@ -67,7 +67,7 @@
  * latency overlaps), combined in a fixed order. */
 #define DN_LANES (64 / (int)sizeof(T))
 #if defined(__AVX2__) && !defined(DN_HALF)
-#  include <immintrin.h> /* the fused backward's gate (gate_values_avx2) */
+#  include <immintrin.h> /* the fused backward's gate (dn_gate_values_avx2) */
 #endif
 
 /* ---- Lanes: DN_LANES partial sums of T. --------------------------------- */
@@ -825,12 +825,13 @@ static void FN(gate_pack)(const dn_grad_gate *gt, int64_t i, int64_t n,
     }
 }
 
-#if defined(__AVX2__) && !defined(DN_HALF)
+#if defined(__AVX2__) && !defined(DN_HALF) && !defined(DN_GATE_AVX2_ONCE)
+#  define DN_GATE_AVX2_ONCE /* float32 only: one copy, whichever T comes first */
 /* float32 with AVX2: the gate and its select 8 values at a time, from a
  * compare of y (the mask byte from the same compare) or from a mask byte:
  * the values of gate_keep, gate_pack and gate_select (an exact compare, an
  * AND with all ones or zeros, the same product). n8: a multiple of 8. */
-static void FN(gate_y_avx2)(const float *DN_RESTRICT y, const float *dy, int64_t n8,
+static void dn_gate_y_avx2(const float *DN_RESTRICT y, const float *dy, int64_t n8,
                             float scale, int mul, float *g, uint8_t *DN_RESTRICT bits)
 {
     const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
@@ -843,7 +844,7 @@ static void FN(gate_y_avx2)(const float *DN_RESTRICT y, const float *dy, int64_t
     }
 }
 
-static void FN(gate_bits_avx2)(const uint8_t *DN_RESTRICT bits, const float *dy, int64_t n8,
+static void dn_gate_bits_avx2(const uint8_t *DN_RESTRICT bits, const float *dy, int64_t n8,
                                float scale, int mul, float *g)
 {
     const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -860,7 +861,7 @@ static void FN(gate_bits_avx2)(const uint8_t *DN_RESTRICT bits, const float *dy,
 /* gate_values' leading values that the AVX2 loops can take (whole bytes
  * of a mask, y's gate); returns how many it made, the rest left to the
  * portable loops. */
-static int64_t FN(gate_values_avx2)(const dn_grad_gate *gt, int64_t i0, int64_t len, float *g)
+static int64_t dn_gate_values_avx2(const dn_grad_gate *gt, int64_t i0, int64_t len, float *g)
 {
     const float *dy = (const float *)gt->dy + i0;
     const float scale = (float)gt->scale;
@@ -873,19 +874,19 @@ static int64_t FN(gate_values_avx2)(const dn_grad_gate *gt, int64_t i0, int64_t 
             const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
             bits = gt->rowbits_out + r * gt->rowbytes + j / 8;
         }
-        FN(gate_y_avx2)((const float *)gt->y + i0, dy, n8, scale, gt->mul, g, bits);
+        dn_gate_y_avx2((const float *)gt->y + i0, dy, n8, scale, gt->mul, g, bits);
         return n8;
     }
     case DN_GATE_BITS:
         if (i0 % 8 != 0) return 0;
-        FN(gate_bits_avx2)(gt->bits + i0 / 8, dy, n8, scale, gt->mul, g);
+        dn_gate_bits_avx2(gt->bits + i0 / 8, dy, n8, scale, gt->mul, g);
         return n8;
     case DN_GATE_ROWBITS: {
         /* the part within the first row, from a byte of it */
         const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
         const int64_t n = dn_min64(len, gt->row - j) / 8 * 8;
         if (j % 8 != 0) return 0;
-        FN(gate_bits_avx2)(gt->rowbits + r * gt->rowbytes + j / 8, dy, n, scale, gt->mul, g);
+        dn_gate_bits_avx2(gt->rowbits + r * gt->rowbytes + j / 8, dy, n, scale, gt->mul, g);
         return n;
     }
     default:
@@ -901,7 +902,7 @@ static void FN(gate_values)(const dn_grad_gate *gt, int64_t i0, int64_t len, S *
     uint8_t keep[DN_GATE_CHUNK];
 #if defined(__AVX2__) && !defined(DN_HALF)
     if (sizeof(T) == sizeof(float)) {
-        const int64_t done = FN(gate_values_avx2)(gt, i0, len, (float *)g);
+        const int64_t done = dn_gate_values_avx2(gt, i0, len, (float *)g);
         i0 += done;
         len -= done;
         g += done;

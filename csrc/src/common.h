@@ -101,7 +101,9 @@
 #define DN_MIN_ELEMS_PER_THREAD 32768
 
 /* Outputs of at least this many bytes are written with streaming
- * (non-temporal) stores: they would not stay in the caches anyway. */
+ * (non-temporal) stores: they would not stay in the caches anyway. Tensors
+ * this large also take the fused backward's channels-last tiles
+ * (batchnorm_impl.h). */
 #ifndef DN_STREAM_MIN_BYTES
 #  define DN_STREAM_MIN_BYTES ((int64_t)16 << 20)
 #endif
@@ -161,7 +163,7 @@ typedef struct dn_phase {
 
 void dn_parallel_phases(int threads, const dn_phase *phases, int nphases);
 void dn_parallel_tasks(int threads, int64_t tasks, dn_task_fn run, const void *ctx);
-/* 1 while recent calls met stragglers and new ones run on one thread. */
+/* 1 while recent calls met stragglers and new ones run on fewer threads. */
 int dn_parallel_backing_off(void);
 
 /* ---- Streaming stores (x86-64: SSE2, always there; elsewhere memcpy). ---- */
