@@ -228,6 +228,21 @@ _SCRIPT = textwrap.dedent("""
                                                activation=act)
                 for a in (y, m, s, mask, yi) + tuple(grads):
                     h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
+    # 16 MiB of float32 channels last: the backward's tiles, from y, the mask and Philox
+    for shape in ((64, 32, 32, 64), (8, 32, 32, 512)):
+        x = (0.5 + rng.standard_normal(shape)).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        w = (1 + 0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
+        for act in (None, "relu"):
+            y, m, s, mask = dropnorm.batch_norm_train(x, w, None, axis=-1, activation=act,
+                                                      dropout=0.25, seed=9, stream=4,
+                                                      return_mask=True)
+            gate = {"y": y} if act else {"seed": 9, "stream": 4}
+            for src in (gate, {"mask": mask}):
+                grads = dropnorm.batch_norm_backward(dy, x, m, s, w, axis=-1, activation=act,
+                                                     dropout=0.25, **src)
+                for a in (y, mask) + tuple(grads):
+                    h.update(np.ascontiguousarray(a).view(np.uint8).tobytes())
     print(dropnorm.get_max_threads(), h.hexdigest())
 """)
 
