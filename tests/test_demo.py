@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+import dropnorm  # noqa: E402
 from dropnorm import demo  # noqa: E402
 
 PER_EPOCH = ("train_loss", "train_acc", "train_eval_loss", "test_loss", "test_acc")
@@ -33,7 +34,7 @@ def test_short_run_prints_the_table_and_writes_the_figure(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert demo.main([*SHORT, "--seed", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for label, _ in demo.RUNS.values():
+    for label, *_ in demo.RUNS.values():
         assert label in text
     for heading in ("BATCH NORM", "test accuracy (inference mode), by epoch", "after epoch 1",
                     "gradient norm",
@@ -107,6 +108,56 @@ def test_short_run_numbers_are_finite():
         assert claim["claim"] and claim["evidence"]
     text = demo.format_table(results)
     assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE), text
+
+
+def test_fused_network_is_batch_norm_then_relu():
+    """The demo's BN+ReLU network (one BatchNorm1d(activation="relu") per
+    hidden layer) trains bit for bit as the same network with separate
+    BatchNorm1d and np.maximum layers: logits, gradients and weights after
+    three SGD steps, and the tracked ReLU input in inference mode."""
+    x_train, y_train, x_test, _ = demo.load_data(0, 160)
+    fused = demo.Net((32, 32, 32), True, 0, activation="relu")
+    plain = demo.Net((32, 32, 32), True, 0, activation="relu")
+    plain.norms = [dropnorm.BatchNorm1d(32) for _ in plain.norms]  # no activation: unfused
+
+    def unfused_forward(x, keep=None):
+        kept, acts = None, []
+        for i in range(len(plain.linears) - 1):
+            z = plain.norms[i].forward(plain.linears[i].forward(x))
+            kept = z if i == keep else kept
+            x = np.maximum(z, 0)
+            acts.append(x)
+        plain._acts = acts
+        logits = plain.linears[-1].forward(x)
+        return logits if keep is None else (logits, kept)
+
+    def unfused_backward(dlogits):
+        for norm in plain.norms:
+            norm.zero_grad()
+        g = plain.linears[-1].backward(dlogits)
+        for i in reversed(range(len(plain.linears) - 1)):
+            g = plain.norms[i].backward(g * (plain._acts[i] > 0))
+            g = plain.linears[i].backward(g)
+
+    for step in range(3):
+        idx = slice(32 * step, 32 * step + 32)
+        a, b = fused.forward(x_train[idx]), unfused_forward(x_train[idx])
+        np.testing.assert_array_equal(a, b)
+        _, da, _ = demo.softmax_cross_entropy(a, y_train[idx])
+        fused.backward(da)
+        unfused_backward(da)
+        for la, lb in zip(fused.linears, plain.linears):
+            np.testing.assert_array_equal(la.grad_weight, lb.grad_weight)
+        fused.sgd_step(0.2)
+        plain.sgd_step(0.2)
+    fused.train(False)
+    plain.train(False)
+    (la, za), (lb, zb) = fused.forward(x_test, keep=2), unfused_forward(x_test, keep=2)
+    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(za, zb)
+    fused.train(True)
+    with pytest.raises(RuntimeError, match="inference mode"):
+        fused.forward(x_test, keep=2)
 
 
 def test_same_seed_same_numbers():
@@ -232,8 +283,13 @@ def test_default_run_supports_its_claims(default):
     g_bn = np.mean(bn["grad_norm"], axis=0)
     assert g_plain[0] < 0.01 * g_plain[-2]  # vanishing towards the input
     assert g_bn[0] > 0.1 * g_bn[-2]  # not with batch norm
+    fused = results["runs"]["bn_relu"]  # the ReLU twin, batch norm and ReLU one layer
+    assert fused["activation"] == "relu"
+    assert fused["test_acc"][-1] > 0.85 and fused["train_loss"][-1] < 0.1 * plain["train_loss"][-1]
+    g_fused = np.mean(fused["grad_norm"], axis=0)
+    assert g_fused[0] > 0.1 * g_fused[-2]
     verdicts = {c["claim"]: c["holds"] for c in results["claims"]}
-    assert len(verdicts) == 8
+    assert len(verdicts) == 9
     assert [c["part"] for c in results["claims"]].count("dropout") == 4
     assert all(v is True for v in verdicts.values()), verdicts
     assert "[n/a]" not in demo.format_table(results) and "[ NO]" not in demo.format_table(results)
@@ -275,6 +331,6 @@ def test_default_claims_agree_with_the_table(default):
             assert number in table, (number, claim["evidence"])
     d = default["dropout"]
     gains = d["summary"]["gain_points"]
-    evidence = default["claims"][4]["evidence"]
+    evidence = next(c for c in default["claims"] if c["part"] == "dropout")["evidence"]
     assert f"by {min(gains):.1f} to {max(gains):.1f} points" in evidence
     assert f"{np.mean(d['summary']['none']['test_error']):.1%}" in evidence

@@ -4,11 +4,13 @@
 rows, figure panels and verdicts.
 
 Batch norm (Ioffe & Szegedy 2015): one deep fully-connected sigmoid network,
-trained plain and with batch norm before every sigmoid, side by side. The
-table and the figure show
+trained plain and with batch norm before every sigmoid, side by side, and
+its ReLU twin as it is built today, each hidden layer's batch norm and ReLU
+one fused ``BatchNorm1d(n, activation="relu")``. The table and the figure show
 
 - the training loss and the test accuracy per epoch: batch norm trains at a
-  learning rate where the plain network stalls;
+  learning rate where the plain network stalls, and so does the fused
+  batch norm + ReLU network;
 - the gradient norm of every layer: the plain sigmoid network's first layers
   get vanishing gradients, batch norm keeps them alive;
 - the 15/50/85th percentiles of one sigmoid input over training, with and
@@ -61,13 +63,14 @@ BATCH_SIZE = 32
 EPOCHS = 80
 HIDDEN = (128,) * 6  # six hidden sigmoid layers
 LEARNING_RATE = 0.2  # plain SGD stalls here (and at every rate tried in 0.05 .. 2)
-TRACKED_LAYER = 6  # the hidden layer whose sigmoid input is tracked (1-based) ...
+TRACKED_LAYER = 6  # the hidden layer whose activation input is tracked (1-based) ...
 TRACKED_UNIT = 0  # ... and the unit of it
 TARGET_ACCURACY = 0.85  # "epochs to reach" this test accuracy
 
-RUNS = {  # key: (label, batch norm)
-    "plain": ("plain", False),
-    "bn": ("batch norm", True),
+RUNS = {  # key: (label, batch norm, activation)
+    "plain": ("plain", False, "sigmoid"),
+    "bn": ("batch norm", True, "sigmoid"),
+    "bn_relu": ("BN+ReLU fused", True, "relu"),  # one BatchNorm1d(activation="relu") per layer
 }
 
 # dropout: a wide ReLU network without batch norm
@@ -89,6 +92,7 @@ PARTS = ("batchnorm", "dropout")
 STYLES = {  # every curve has its own colour and its own line style
     "plain": {"color": "tab:gray", "ls": "-"},
     "bn": {"color": "tab:blue", "ls": "--"},
+    "bn_relu": {"color": "tab:purple", "ls": "-."},
     "none": {"color": "tab:red", "ls": "-"},
     "dropout": {"color": "tab:green", "ls": "--"},
 }
@@ -163,19 +167,38 @@ class Linear:
 
 
 class Net:
-    """The batch-norm part's network: 64 -> hidden sigmoid layers -> 10
-    softmax. Each hidden layer is Linear -> [BatchNorm1d] -> sigmoid. With
-    batch norm the Linear has no bias (the batch norm's beta takes its place,
-    as in the paper)."""
+    """The batch-norm part's network: 64 -> hidden layers -> 10 softmax. Each
+    hidden layer is Linear -> [BatchNorm1d] -> sigmoid, or with
+    activation="relu" Linear -> [BatchNorm1d] -> ReLU (He-uniform weights),
+    where batch norm and ReLU are one fused ``BatchNorm1d(n,
+    activation="relu")``: one pass forward and one backward, bit for bit the
+    two layers. With batch norm the Linear has no bias (the batch norm's
+    beta takes its place, as in the paper)."""
 
-    def __init__(self, hidden, batch_norm, seed):
+    def __init__(self, hidden, batch_norm, seed, activation="sigmoid"):
+        if activation not in ("sigmoid", "relu"):
+            raise ValueError(f"activation: expected 'sigmoid' or 'relu', got {activation!r}")
         rng = np.random.default_rng([seed, 1])  # the same weights for every run
         sizes = (64, *hidden)
-        self.linears = [Linear(a, b, rng, bias=not batch_norm)
+        init = "glorot" if activation == "sigmoid" else "he"
+        self.linears = [Linear(a, b, rng, bias=not batch_norm, init=init)
                         for a, b in zip(sizes[:-1], sizes[1:])]
-        self.linears.append(Linear(sizes[-1], 10, rng))
-        self.norms = [dropnorm.BatchNorm1d(n, dtype=DTYPE) for n in hidden] if batch_norm else []
+        self.linears.append(Linear(sizes[-1], 10, rng, init=init))
+        self.relu = activation == "relu"
+        fused = "relu" if self.relu else None  # the ReLU inside the batch norm's pass
+        self.norms = ([dropnorm.BatchNorm1d(n, dtype=DTYPE, activation=fused) for n in hidden]
+                      if batch_norm else [])
         self._acts = []
+
+    def _relu_input(self, i, z):
+        """The fused layer i's ReLU input for its Linear's output z, which
+        the fused pass does not return: ``batch_norm_infer`` with the
+        layer's statistics (inference mode only)."""
+        norm = self.norms[i]
+        if norm.training:
+            raise RuntimeError("the fused layer's ReLU input is tracked in inference mode only")
+        return dropnorm.batch_norm_infer(z, norm.running_mean, norm.running_var, norm.weight,
+                                         norm.bias, eps=norm.eps)
 
     def train(self, mode=True):
         for layer in self.norms:
@@ -183,16 +206,21 @@ class Net:
 
     def forward(self, x, keep=None):
         """Logits for x; ``keep`` (a 0-based hidden layer) also returns the
-        sigmoid input of that layer."""
+        activation input (sigmoid or ReLU) of that layer."""
         self._acts = []
         kept = None
         for i in range(len(self.linears) - 1):
             z = self.linears[i].forward(x)
-            if self.norms:
-                z = self.norms[i].forward(z)
-            if i == keep:
-                kept = z
-            x = sigmoid(z)
+            if self.relu and self.norms:  # batch norm and ReLU in one pass
+                if i == keep:
+                    kept = self._relu_input(i, z)
+                x = self.norms[i].forward(z)
+            else:
+                if self.norms:
+                    z = self.norms[i].forward(z)
+                if i == keep:
+                    kept = z
+                x = np.maximum(z, 0) if self.relu else sigmoid(z)
             self._acts.append(x)
         logits = self.linears[-1].forward(x)
         return logits if keep is None else (logits, kept)
@@ -204,9 +232,12 @@ class Net:
         g = self.linears[-1].backward(dlogits)
         for i in reversed(range(len(self.linears) - 1)):
             a = self._acts[i]
-            g = g * a * (1 - a)
-            if self.norms:
-                g = self.norms[i].backward(g)
+            if self.relu and self.norms:
+                g = self.norms[i].backward(g)  # the fused layer masks by its output > 0
+            else:
+                g = g * (a > 0) if self.relu else g * a * (1 - a)
+                if self.norms:
+                    g = self.norms[i].backward(g)
             g = self.linears[i].backward(g)
 
     def sgd_step(self, lr):
@@ -229,7 +260,7 @@ class Net:
             z = lin.forward(x)
             norm.calibrate([z[s:s + batch_size] for s in starts])
             norm.eval()
-            x = sigmoid(norm.forward(z))
+            x = norm.forward(z) if self.relu else sigmoid(norm.forward(z))
 
 
 def dropout_seed(seed, layer):
@@ -362,14 +393,13 @@ def _evaluate(net, data, batch_size, keep):
 
 
 def train_one(key, data, epochs, seed, lr, hidden, batch_size, progress=None):
-    """Train one sigmoid network of RUNS[key]; returns its per-epoch
-    measurements."""
-    label, batch_norm = RUNS[key]
+    """Train one network of RUNS[key]; returns its per-epoch measurements."""
+    label, batch_norm, activation = RUNS[key]
     x_train, y_train = data[0], data[1]
-    net = Net(hidden, batch_norm, seed)
+    net = Net(hidden, batch_norm, seed, activation)
     order_rng = np.random.default_rng([seed, 2])  # the same batches for every run
     keep = min(TRACKED_LAYER, len(hidden)) - 1
-    out = {"label": label, "batch_norm": batch_norm,
+    out = {"label": label, "batch_norm": batch_norm, "activation": activation,
            "train_loss": [], "train_acc": [], "train_eval_loss": [], "test_loss": [],
            "test_acc": [], "grad_norm": [], "preact_percentiles": []}
     start = time.perf_counter()
@@ -673,7 +703,7 @@ def run(epochs=EPOCHS, seed=SEED, lr=LEARNING_RATE, hidden=HIDDEN, batch_size=BA
     ``test_loss`` (inference mode), ``grad_norm`` (epochs x layers: mean
     Frobenius norm of each Linear's weight gradient), ``preact_percentiles``
     (epochs + 1 rows, from initialisation: 15/50/85th percentiles of the
-    tracked sigmoid input over the test set), ``seconds``), ``dropout``
+    tracked activation input (sigmoid or ReLU) over the test set), ``seconds``), ``dropout``
     (``config``; ``nets``: "none"/"dropout" -> one dict per seed, see
     :func:`train_relu`; ``summary``: "none"/"dropout" -> per-seed means of the
     last evaluations, and ``gain_points``, the test error without minus with
@@ -763,12 +793,31 @@ def _last_text(cfg):
     return f"mean of the last {len(ev)} evaluations (epochs {ev[0]}-{ev[-1]})"
 
 
+def _fused_claim(results):
+    """The fused BN + ReLU network's verdict (present when it ran)."""
+    runs = results["runs"]
+    if "bn_relu" not in runs:
+        return []
+    cfg = results["config"]
+    r = runs["bn_relu"]
+    e_r = epochs_to(r["test_acc"])
+    return [{
+        "part": "batch norm",
+        "claim": f"with batch norm and ReLU fused into one layer, the ReLU network trains "
+                 f"at learning rate {cfg['lr']} too",
+        "evidence": (f"{r['label']}: {TARGET_ACCURACY:.0%} test accuracy at epoch "
+                     f"{e_r or 'never'}, {r['test_acc'][-1]:.1%} after epoch {cfg['epochs']}, "
+                     f"training loss {r['train_loss'][-1]:.3f}"),
+        "holds": bool(e_r is not None and r["test_acc"][-1] >= TARGET_ACCURACY),
+    }]
+
+
 def _batchnorm_claims(results):
     runs = results["runs"]
     cfg = results["config"]
     out = []
     if not ("plain" in runs and "bn" in runs):
-        return out
+        return _fused_claim(results)
     chance = math.log(10)
     p, b = runs["plain"], runs["bn"]
     e_p, e_b = epochs_to(p["test_acc"]), epochs_to(b["test_acc"])
@@ -820,7 +869,7 @@ def _batchnorm_claims(results):
                      f"with, {spread_p:.2f} without"),
         "holds": bool(drift_b < drift_p and spread_b > spread_p),
     })
-    return out
+    return out + _fused_claim(results)
 
 
 def _dropout_claims(d):
@@ -916,6 +965,17 @@ def claims(results):
 # output
 
 
+def _activation_text(runs):
+    """The activations of the runs in ``runs``, in words (sigmoid first)."""
+    names = {"sigmoid": "sigmoid", "relu": "ReLU"}
+    return " / ".join(names[a] for a in names if any(r["activation"] == a for r in runs.values()))
+
+
+def _units(runs):
+    """What the hidden units are, for the part's titles."""
+    return f" {_activation_text(runs)} units"
+
+
 def _format_batchnorm(results):
     runs = results["runs"]
     keys = list(runs)
@@ -923,7 +983,7 @@ def _format_batchnorm(results):
     epochs = cfg["epochs"]
     hidden = cfg["hidden"]
     lines = textwrap.wrap(
-        f"BATCH NORM: {len(hidden)} hidden sigmoid layers of {hidden[0]}, "
+        f"BATCH NORM: {len(hidden)} hidden layers of {hidden[0]}{_units(runs)}, "
         f"{cfg['n_train']} training digits, SGD lr {cfg['lr']}, batches of "
         f"{cfg['batch_size']}, {epochs} epochs, seed {cfg['seed']}", 100) + [""]
     lines += ["training loss (mean over the epoch's mini-batches, training mode) /",
@@ -953,8 +1013,8 @@ def _format_batchnorm(results):
         g = np.mean(runs[k]["grad_norm"], axis=0)
         lines.append(f"{runs[k]['label']:<14}" + "".join(f"{v:>9.1e}" for v in g))
 
-    lines += ["", f"sigmoid input of layer {cfg['tracked_layer']}, unit {cfg['tracked_unit']}, "
-              "over the test set: 15th / 50th / 85th percentile"]
+    lines += ["", f"{_activation_text(runs)} input of layer {cfg['tracked_layer']}, "
+              f"unit {cfg['tracked_unit']}, over the test set: 15th / 50th / 85th percentile"]
     at = sorted({0, 1, epochs // 2, epochs})
     lines.append(f"{'':<14}" + "".join(f"{'epoch ' + str(e):>19}" for e in at))
     for k in keys:
@@ -1053,7 +1113,7 @@ def _format_dropout(d):
 def format_table(results, width=100):
     """The terminal report: each part's tables (batch norm: loss and test
     accuracy by epoch, the state after the last epoch, gradient norms per
-    layer, the tracked sigmoid input's percentiles; dropout: test error by
+    layer, the tracked activation input's percentiles; dropout: test error by
     epoch, each seed's errors, model averaging, classic vs inverted), then
     the verdicts (evidence wrapped at ``width``)."""
     lines = []
@@ -1136,7 +1196,7 @@ def _plot_batchnorm(sub, results):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)
     sub.suptitle(
-        f"Batch norm: {len(cfg['hidden'])} hidden sigmoid layers of {cfg['hidden'][0]} "
+        f"Batch norm: {len(cfg['hidden'])} hidden layers of {cfg['hidden'][0]}{_units(runs)} "
         f"({cfg['n_train']} training / {cfg['n_test']} test digits), SGD lr {cfg['lr']}, "
         f"batch {cfg['batch_size']}, seed {cfg['seed']}", fontsize=13, fontweight="bold")
 

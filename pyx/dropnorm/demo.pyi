@@ -24,7 +24,7 @@ LEARNING_RATE: float
 TRACKED_LAYER: int
 TRACKED_UNIT: int
 TARGET_ACCURACY: float
-RUNS: dict[str, tuple[str, bool]]
+RUNS: dict[str, tuple[str, bool, str]]
 DROPOUT_EPOCHS: int
 DROPOUT_HIDDEN: tuple[int, ...]
 DROPOUT_LR: float
@@ -67,7 +67,10 @@ class Linear:
 class Net:
     linears: list[Linear]
     norms: list[BatchNorm1d]
-    def __init__(self, hidden: Sequence[int], batch_norm: bool, seed: int) -> None: ...
+    relu: bool
+    def __init__(
+        self, hidden: Sequence[int], batch_norm: bool, seed: int, activation: str = "sigmoid"
+    ) -> None: ...
     def train(self, mode: bool = True) -> None: ...
     def forward(self, x: _Array, keep: int | None = None) -> Any: ...
     def backward(self, dlogits: _Array) -> None: ...
@@ -157,7 +160,7 @@ def run(
     hidden: Iterable[int] = (128, 128, 128, 128, 128, 128),
     batch_size: int = 32,
     n_train: int = 160,
-    runs: Iterable[str] = ("plain", "bn"),
+    runs: Iterable[str] = ("plain", "bn", "bn_relu"),
     parts: Iterable[str] = ("batchnorm", "dropout"),
     dropout_epochs: int = 400,
     dropout_lr: float = 0.1,
