@@ -858,6 +858,83 @@ static void dn_gate_bits_avx2(const uint8_t *DN_RESTRICT bits, const float *dy, 
     }
 }
 
+/* backward_run_gated's loop, 8 values at a time, the gate from whole
+ * bytes of a mask (bits != NULL) or from y: the same operations in the same
+ * order (no contraction), so the same values. The terms are t[0..3][0]
+ * for every value (a channel's run), or t[0..3][q] for value q (wide:
+ * channels last). */
+static DN_ALWAYS_INLINE void dn_backward_gated_avx2(const uint8_t *DN_RESTRICT bits,
+                                                    const float *DN_RESTRICT y, const float *dy,
+                                                    float scale, int mul, const float *x,
+                                                    const float *const t[4], int wide,
+                                                    int64_t n8, float *dx)
+{
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    __m256 a = _mm256_set1_ps(t[0][0]), b = _mm256_set1_ps(t[1][0]);
+    __m256 h = _mm256_set1_ps(t[2][0]), k = _mm256_set1_ps(t[3][0]);
+    for (int64_t q = 0; q < n8; q += 8) {
+        __m256 m, g = _mm256_loadu_ps(dy + q);
+        if (bits != NULL) {
+            const __m256i v = _mm256_and_si256(_mm256_set1_epi32(bits[q / 8]), lane);
+            m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, lane));
+        } else {
+            m = _mm256_cmp_ps(_mm256_loadu_ps(y + q), zero, _CMP_GT_OQ);
+        }
+        if (wide) {
+            a = _mm256_loadu_ps(t[0] + q);
+            b = _mm256_loadu_ps(t[1] + q);
+            h = _mm256_loadu_ps(t[2] + q);
+            k = _mm256_loadu_ps(t[3] + q);
+        }
+        if (mul) g = _mm256_mul_ps(g, sc);
+        g = _mm256_and_ps(m, g);
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + q), h);
+        const __m256 u = _mm256_add_ps(_mm256_mul_ps(a, g), _mm256_mul_ps(b, d));
+        _mm256_storeu_ps(dx + q, _mm256_add_ps(u, k));
+    }
+}
+
+/* The leading values of a run, flat elements [i0, i0 + len) with the
+ * terms at `at` (channel at, or position at of a wide row when wide), that
+ * dn_backward_gated_avx2 can take: whole bytes of the mask, or y; returns
+ * how many it wrote to dx. */
+static int64_t dn_backward_run_gated_avx2(const dn_grad_gate *gt, int64_t i0, int64_t len,
+                                          const float *x, const dn_backward_terms *terms,
+                                          int64_t at, int wide, float *dx)
+{
+    const float *const t[4] = {(const float *)terms->dy_scale + at,
+                               (const float *)terms->x_scale + at,
+                               (const float *)terms->centre + at,
+                               (const float *)terms->offset + at};
+    const float *dy = (const float *)gt->dy + i0, *y = NULL;
+    const uint8_t *bits = NULL;
+    int64_t n8 = len / 8 * 8;
+    switch (gt->kind) {
+    case DN_GATE_Y:
+        y = (const float *)gt->y + i0;
+        break;
+    case DN_GATE_BITS:
+        if (i0 % 8 != 0) return 0;
+        bits = gt->bits + i0 / 8;
+        break;
+    case DN_GATE_ROWBITS: {
+        const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+        if (j % 8 != 0) return 0;
+        n8 = dn_min64(len, gt->row - j) / 8 * 8;
+        bits = gt->rowbits + r * gt->rowbytes + j / 8;
+        break;
+    }
+    default:
+        return 0;
+    }
+    if (wide)
+        dn_backward_gated_avx2(bits, y, dy, (float)gt->scale, gt->mul, x, t, 1, n8, dx);
+    else
+        dn_backward_gated_avx2(bits, y, dy, (float)gt->scale, gt->mul, x, t, 0, n8, dx);
+    return n8;
+}
+
 /* gate_values' leading values that the AVX2 loops can take (whole bytes
  * of a mask, y's gate); returns how many it made, the rest left to the
  * portable loops. */
@@ -1304,12 +1381,20 @@ static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *
 {
     uint32_t keep[DN_STREAM_TILE];
     uint32_t pass[DN_STREAM_TILE];
-    if (f->residual) {
-        const S *DN_RESTRICT r = (const S *)f->residual + i0;
+    const S *DN_RESTRICT r = f->residual ? (const S *)f->residual + i0 : NULL;
+    /* one loop over the tile per step that needs one: the add and the
+     * ReLU share theirs where no gradient mask is kept */
+    if (r != NULL && f->relu && !f->mask) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) {
+            const S v = DN_ST(DN_LD(y0[k]) + DN_LD(r[k]));
+            y0[k] = DN_LD(v) <= (T)0 ? (S)0 : v;
+        }
+    } else if (r != NULL) {
         DN_IVDEP
         for (int64_t k = 0; k < len; k++) y0[k] = DN_ST(DN_LD(y0[k]) + DN_LD(r[k]));
     }
-    if (f->relu) {
+    if (f->relu && f->mask) {
         DN_IVDEP
         for (int64_t k = 0; k < len; k++) {
             const T v = DN_LD(y0[k]);
@@ -1317,6 +1402,9 @@ static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *
             pass[k] = v > (T)0;
             y0[k] = v <= (T)0 ? (S)0 : y0[k];
         }
+    } else if (f->relu && r == NULL) {
+        DN_IVDEP
+        for (int64_t k = 0; k < len; k++) y0[k] = DN_LD(y0[k]) <= (T)0 ? (S)0 : y0[k];
     } else if (f->mask) {
         for (int64_t k = 0; k < len; k++) pass[k] = 1;
     }
@@ -1376,21 +1464,45 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
 {
     S *y = (S *)out;
 #if !defined(DN_HALF)
-    if (op->gate && op->gate->g == NULL && !p->nsc) {
-        /* the backward's tiles without d_residual: the gate of a tile as
-         * bytes, and g made in registers in dx's loop */
+#  if defined(__AVX2__)
+    const int gated_wide = sizeof(T) == sizeof(float); /* dn_backward_run_gated_avx2 */
+#  else
+    const int gated_wide = 0;
+#  endif
+    if (op->gate && op->gate->g == NULL && (!p->nsc || gated_wide)) {
+        /* the backward's tiles without d_residual: g made in registers in
+         * dx's loop, from the mask's bytes or y (AVX2), else from the gate
+         * of the tile as bytes (channels first) or in L1 (channels last) */
         uint8_t keep[DN_STREAM_TILE];
-        S buf[DN_STREAM_TILE];
+        S buf[DN_STREAM_TILE], gb[DN_STREAM_TILE];
         const dn_grad_gate *gt = op->gate;
         const S *dy = (const S *)gt->dy, *x = (const S *)op->x;
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
             const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
             dn_runs runs;
             int64_t i, len, at;
-            FN(gate_keep)(gt, t0, t1 - t0, keep);
-            for (dn_runs_start(p, t0, &runs); dn_runs_next(p, &runs, t1, &i, &len, &at);)
-                FN(backward_run_gated)(dy + i, keep + (i - t0), (T)gt->scale, gt->mul, x + i,
-                                       &op->backward, at, len, stream ? buf + (i - t0) : y + i);
+            int keep_made = 0; /* the tile's keep bytes, made when a run needs them */
+            for (dn_runs_start(p, t0, &runs); dn_runs_next(p, &runs, t1, &i, &len, &at);) {
+                S *const dst = stream ? buf + (i - t0) : y + i;
+                int64_t done = 0;
+#  if defined(__AVX2__)
+                if (sizeof(T) == sizeof(float))
+                    done = dn_backward_run_gated_avx2(gt, i, len, (const float *)x + i,
+                                                      &op->backward, at, p->nsc, (float *)dst);
+#  endif
+                if (done == len) continue;
+                if (p->nsc) {
+                    FN(gate_values)(gt, i + done, len - done, gb);
+                    FN(backward_wide)(gb, x + i + done, &op->backward, at + done, len - done,
+                                      dst + done);
+                    continue;
+                }
+                if (!keep_made) FN(gate_keep)(gt, t0, t1 - t0, keep);
+                keep_made = 1;
+                FN(backward_run_gated)(dy + i + done, keep + (i + done - t0), (T)gt->scale,
+                                       gt->mul, x + i + done, &op->backward, at, len - done,
+                                       dst + done);
+            }
             if (stream) dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
         }
         return;
