@@ -935,6 +935,77 @@ static int64_t dn_backward_run_gated_avx2(const dn_grad_gate *gt, int64_t i0, in
     return n8;
 }
 
+/* wide_grad_row with the gradient made in registers: from whole bytes of
+ * a mask (bits != NULL) or from y (and packed into `packed` when not
+ * NULL), n8 values. Inlined with constant arguments: one loop each. */
+static DN_ALWAYS_INLINE void dn_grad_row_avx2(const uint8_t *DN_RESTRICT bits,
+                                              const float *DN_RESTRICT y,
+                                              uint8_t *DN_RESTRICT packed, const float *dy,
+                                              float scale, int mul, const float *DN_RESTRICT x,
+                                              const float *DN_RESTRICT h, float *DN_RESTRICT a0,
+                                              float *DN_RESTRICT a1, float *DN_RESTRICT a2,
+                                              int64_t n8)
+{
+    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    for (int64_t q = 0; q < n8; q += 8) {
+        __m256 m, g = _mm256_loadu_ps(dy + q);
+        if (bits != NULL) {
+            const __m256i v = _mm256_and_si256(_mm256_set1_epi32(bits[q / 8]), lane);
+            m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, lane));
+        } else {
+            m = _mm256_cmp_ps(_mm256_loadu_ps(y + q), zero, _CMP_GT_OQ);
+            if (packed != NULL) packed[q / 8] = (uint8_t)_mm256_movemask_ps(m);
+        }
+        if (mul) g = _mm256_mul_ps(g, sc);
+        g = _mm256_and_ps(m, g);
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + q), _mm256_loadu_ps(h + q));
+        _mm256_storeu_ps(a0 + q, _mm256_add_ps(_mm256_loadu_ps(a0 + q), g));
+        _mm256_storeu_ps(a1 + q, _mm256_add_ps(_mm256_loadu_ps(a1 + q), d));
+        _mm256_storeu_ps(a2 + q, _mm256_add_ps(_mm256_loadu_ps(a2 + q), _mm256_mul_ps(g, d)));
+    }
+}
+
+/* A wide row's gradient sums (wide_grad_row) with its gradient made in
+ * registers from the gate, flat elements [i0, i0 + n): the leading values
+ * that whole bytes of a mask, or y, give; y's gate also packed into the
+ * row masks as gate_pack does. Returns how many it summed. */
+static int64_t dn_grad_row_gated_avx2(const dn_grad_gate *gt, int64_t i0, int64_t n,
+                                      const float *DN_RESTRICT x, const float *DN_RESTRICT h,
+                                      float *DN_RESTRICT a0, float *DN_RESTRICT a1,
+                                      float *DN_RESTRICT a2)
+{
+    const float *dy = (const float *)gt->dy + i0;
+    const float scale = (float)gt->scale;
+    const int64_t n8 = n / 8 * 8;
+    switch (gt->kind) {
+    case DN_GATE_Y: {
+        const float *y = (const float *)gt->y + i0;
+        if (gt->rowbits_out != NULL) {
+            const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+            if (j % 8 != 0 || j + n > gt->row) return 0;
+            uint8_t *packed = gt->rowbits_out + r * gt->rowbytes + j / 8;
+            if (gt->mul) dn_grad_row_avx2(NULL, y, packed, dy, scale, 1, x, h, a0, a1, a2, n8);
+            else dn_grad_row_avx2(NULL, y, packed, dy, scale, 0, x, h, a0, a1, a2, n8);
+        } else if (gt->mul) {
+            dn_grad_row_avx2(NULL, y, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
+        } else {
+            dn_grad_row_avx2(NULL, y, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
+        }
+        return n8;
+    }
+    case DN_GATE_BITS: {
+        const uint8_t *bits = gt->bits + i0 / 8;
+        if (i0 % 8 != 0) return 0;
+        if (gt->mul) dn_grad_row_avx2(bits, NULL, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
+        else dn_grad_row_avx2(bits, NULL, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
+        return n8;
+    }
+    default:
+        return 0;
+    }
+}
+
 /* gate_values' leading values that the AVX2 loops can take (whole bytes
  * of a mask, y's gate); returns how many it made, the rest left to the
  * portable loops. */
@@ -1114,6 +1185,25 @@ static void FN(gate_rows)(const dn_grad_gate *gate, int64_t C, int64_t r, int64_
         FN(gate_values)(gate, (r + k) * C + c0, c1 - c0, g + k * (c1 - c0));
 }
 
+/* dn_grad_row_gated_avx2 where it exists (float32, AVX2): how many of
+ * the n values it summed; 0 elsewhere. */
+#if defined(__AVX2__) && !defined(DN_HALF)
+#  define DN_GRAD_ROWS_AVX2 (sizeof(T) == sizeof(float))
+#else
+#  define DN_GRAD_ROWS_AVX2 0
+#endif
+static inline int64_t FN(grad_row_gated)(const dn_grad_gate *gt, int64_t i0, int64_t n,
+                                         const S *x, const T *h, T *a0, T *a1, T *a2)
+{
+#if defined(__AVX2__) && !defined(DN_HALF)
+    if (sizeof(T) == sizeof(float))
+        return dn_grad_row_gated_avx2(gt, i0, n, (const float *)x, (const float *)h,
+                                      (float *)a0, (float *)a1, (float *)a2);
+#endif
+    (void)gt, (void)i0, (void)n, (void)x, (void)h, (void)a0, (void)a1, (void)a2;
+    return 0;
+}
+
 /* Channels last: per channel, rows summed in T over wide rows (as
  * nsc_group_moments) in blocks of p->chunk rows, each block then added to
  * w in double. A task's columns [c0, w1) are one tile (nsc_group_moments'),
@@ -1131,6 +1221,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     /* tiles: the gradient made in gbuf; else written where gate->g is
      * (gate_run), and dy is that */
     S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
+    const int grad_rows_avx2 = DN_GRAD_ROWS_AVX2;
     int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
     /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
     dn_reduce_task(p, t, &g, &c0, &c1);
@@ -1150,7 +1241,19 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         if (gate && !gbuf)
             for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
-        for (int64_t q0 = 0; q0 < full; q0 += step) {
+        for (int64_t q0 = 0; q0 < full && gbuf && grad_rows_avx2; q0++) {
+            /* row by row, the gradient in registers where it can be */
+            const int64_t i = (r0 + q0 * per) * C + c0;
+            const int64_t done = FN(grad_row_gated)(gate, i, cols, x + i, hw + c0, a0 + c0,
+                                                    a1 + c0, a2 + c0);
+            if (done < cols) {
+                S *gb = FN(unaliased)(gbuf, dy + i + done);
+                FN(gate_values)(gate, i + done, cols - done, gb);
+                FN(wide_grad_row)(a0 + c0 + done, a1 + c0 + done, a2 + c0 + done, gb,
+                                  x + i + done, hw + c0 + done, cols - done);
+            }
+        }
+        for (int64_t q0 = 0; q0 < full && !(gbuf && grad_rows_avx2); q0 += step) {
             const int64_t q1 = dn_min64(q0 + step, full);
             const S *src = dy + (r0 + q0 * per) * C + c0;
             if (gbuf) {
