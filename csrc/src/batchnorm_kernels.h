@@ -830,32 +830,44 @@ static void FN(gate_pack)(const dn_grad_gate *gt, int64_t i, int64_t n,
 /* float32 with AVX2: the gate and its select 8 values at a time, from a
  * compare of y (the mask byte from the same compare) or from a mask byte:
  * the values of gate_keep, gate_pack and gate_select (an exact compare, an
- * AND with all ones or zeros, the same product). n8: a multiple of 8. */
+ * AND with all ones or zeros, the same product). n8: a multiple of 8.
+ *
+ * dn_gated8_avx2: the gradient of the 8 values from q, dy (times the scale
+ * with mul) where the gate passes, +0 elsewhere. The gate is the mask byte
+ * bits[q / 8] when bits != NULL, else y > 0 (its byte then packed into
+ * packed[q / 8] when packed != NULL). */
+static DN_ALWAYS_INLINE __m256 dn_gated8_avx2(const uint8_t *DN_RESTRICT bits,
+                                              const float *DN_RESTRICT y,
+                                              uint8_t *DN_RESTRICT packed, const float *dy,
+                                              __m256 scale, int mul, int64_t q)
+{
+    __m256 m, g = _mm256_loadu_ps(dy + q);
+    if (bits != NULL) {
+        const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        const __m256i v = _mm256_and_si256(_mm256_set1_epi32(bits[q / 8]), lane);
+        m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, lane));
+    } else {
+        m = _mm256_cmp_ps(_mm256_loadu_ps(y + q), _mm256_setzero_ps(), _CMP_GT_OQ);
+        if (packed != NULL) packed[q / 8] = (uint8_t)_mm256_movemask_ps(m);
+    }
+    if (mul) g = _mm256_mul_ps(g, scale);
+    return _mm256_and_ps(m, g);
+}
+
 static void dn_gate_y_avx2(const float *DN_RESTRICT y, const float *dy, int64_t n8,
                             float scale, int mul, float *g, uint8_t *DN_RESTRICT bits)
 {
-    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
-    for (int64_t k = 0; k < n8; k += 8) {
-        const __m256 m = _mm256_cmp_ps(_mm256_loadu_ps(y + k), zero, _CMP_GT_OQ);
-        __m256 v = _mm256_loadu_ps(dy + k);
-        if (mul) v = _mm256_mul_ps(v, sc);
-        _mm256_storeu_ps(g + k, _mm256_and_ps(m, v));
-        if (bits != NULL) bits[k / 8] = (uint8_t)_mm256_movemask_ps(m);
-    }
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t k = 0; k < n8; k += 8)
+        _mm256_storeu_ps(g + k, dn_gated8_avx2(NULL, y, bits, dy, sc, mul, k));
 }
 
 static void dn_gate_bits_avx2(const uint8_t *DN_RESTRICT bits, const float *dy, int64_t n8,
                                float scale, int mul, float *g)
 {
-    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256 sc = _mm256_set1_ps(scale);
-    for (int64_t k = 0; k < n8; k += 8) {
-        const __m256i b = _mm256_and_si256(_mm256_set1_epi32(bits[k / 8]), lane);
-        const __m256 m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane));
-        __m256 v = _mm256_loadu_ps(dy + k);
-        if (mul) v = _mm256_mul_ps(v, sc);
-        _mm256_storeu_ps(g + k, _mm256_and_ps(m, v));
-    }
+    for (int64_t k = 0; k < n8; k += 8)
+        _mm256_storeu_ps(g + k, dn_gated8_avx2(bits, NULL, NULL, dy, sc, mul, k));
 }
 
 /* backward_run_gated's loop, 8 values at a time, the gate from whole
@@ -869,26 +881,17 @@ static DN_ALWAYS_INLINE void dn_backward_gated_avx2(const uint8_t *DN_RESTRICT b
                                                     const float *const t[4], int wide,
                                                     int64_t n8, float *dx)
 {
-    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    const __m256 sc = _mm256_set1_ps(scale);
     __m256 a = _mm256_set1_ps(t[0][0]), b = _mm256_set1_ps(t[1][0]);
     __m256 h = _mm256_set1_ps(t[2][0]), k = _mm256_set1_ps(t[3][0]);
     for (int64_t q = 0; q < n8; q += 8) {
-        __m256 m, g = _mm256_loadu_ps(dy + q);
-        if (bits != NULL) {
-            const __m256i v = _mm256_and_si256(_mm256_set1_epi32(bits[q / 8]), lane);
-            m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, lane));
-        } else {
-            m = _mm256_cmp_ps(_mm256_loadu_ps(y + q), zero, _CMP_GT_OQ);
-        }
+        const __m256 g = dn_gated8_avx2(bits, y, NULL, dy, sc, mul, q);
         if (wide) {
             a = _mm256_loadu_ps(t[0] + q);
             b = _mm256_loadu_ps(t[1] + q);
             h = _mm256_loadu_ps(t[2] + q);
             k = _mm256_loadu_ps(t[3] + q);
         }
-        if (mul) g = _mm256_mul_ps(g, sc);
-        g = _mm256_and_ps(m, g);
         const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + q), h);
         const __m256 u = _mm256_add_ps(_mm256_mul_ps(a, g), _mm256_mul_ps(b, d));
         _mm256_storeu_ps(dx + q, _mm256_add_ps(u, k));
@@ -946,19 +949,9 @@ static DN_ALWAYS_INLINE void dn_grad_row_avx2(const uint8_t *DN_RESTRICT bits,
                                               float *DN_RESTRICT a1, float *DN_RESTRICT a2,
                                               int64_t n8)
 {
-    const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256 zero = _mm256_setzero_ps(), sc = _mm256_set1_ps(scale);
+    const __m256 sc = _mm256_set1_ps(scale);
     for (int64_t q = 0; q < n8; q += 8) {
-        __m256 m, g = _mm256_loadu_ps(dy + q);
-        if (bits != NULL) {
-            const __m256i v = _mm256_and_si256(_mm256_set1_epi32(bits[q / 8]), lane);
-            m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, lane));
-        } else {
-            m = _mm256_cmp_ps(_mm256_loadu_ps(y + q), zero, _CMP_GT_OQ);
-            if (packed != NULL) packed[q / 8] = (uint8_t)_mm256_movemask_ps(m);
-        }
-        if (mul) g = _mm256_mul_ps(g, sc);
-        g = _mm256_and_ps(m, g);
+        const __m256 g = dn_gated8_avx2(bits, y, packed, dy, sc, mul, q);
         const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + q), _mm256_loadu_ps(h + q));
         _mm256_storeu_ps(a0 + q, _mm256_add_ps(_mm256_loadu_ps(a0 + q), g));
         _mm256_storeu_ps(a1 + q, _mm256_add_ps(_mm256_loadu_ps(a1 + q), d));
