@@ -531,6 +531,10 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
     /* columns reduced at a time: a wide row, or a task's page of channels */
     const int64_t tile = per > 1 ? W : p->cblock;
     T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
+#if !defined(DN_HALF)
+    const int pairs = tile >= DN_PAIR_MIN_COLS
+                      && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES;
+#endif
     int64_t g, c0, c1, w1, lo, hi;
     double cnt = 0.0;
     /* channels [c0, c1): the wide row's columns [c0, w1) (a block of a
@@ -610,6 +614,19 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
 #endif
                 }
             }
+#if !defined(DN_HALF)
+            /* long rows in the caches: two rows per load and store of the
+             * sums, the same additions in the same order (as nsc_grad_sums) */
+            if (pairs)
+                for (; q + 1 < full; q += 2) {
+                    const T *DN_RESTRICT ra = x + (r0 + q * per) * C, *DN_RESTRICT rb = ra + W;
+                    for (int64_t j = j0; j < j1; j++) {
+                        const T da = ra[j] - centre[j], db = rb[j] - centre[j];
+                        sum[j] = (sum[j] + da) + db;
+                        dev[j] = (dev[j] + da * da) + db * db;
+                    }
+                }
+#endif
             for (; q < full; q++) {
 #if defined(DN_HALF)
                 FN(half_dev)(sum, dev, x + (r0 + q * per) * C, centre, j0, j1);
@@ -1155,6 +1172,28 @@ static DN_ALWAYS_INLINE void FN(wide_grad_row)(T *DN_RESTRICT a0, T *DN_RESTRICT
 #endif
 }
 
+/* wide_grad_row on two rows, g0/x0 then g1/x1, each accumulator loaded
+ * and stored once for both: the same additions in the same order. */
+static DN_ALWAYS_INLINE void FN(wide_grad_rows2)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
+                                                 T *DN_RESTRICT a2, const S *DN_RESTRICT g0,
+                                                 const S *DN_RESTRICT g1,
+                                                 const S *DN_RESTRICT x0,
+                                                 const S *DN_RESTRICT x1,
+                                                 const T *DN_RESTRICT hw, int64_t n)
+{
+#if defined(DN_HALF)
+    FN(wide_grad_row)(a0, a1, a2, g0, x0, hw, n);
+    FN(wide_grad_row)(a0, a1, a2, g1, x1, hw, n);
+#else
+    for (int64_t j = 0; j < n; j++) {
+        const T d0 = x0[j] - hw[j], d1 = x1[j] - hw[j];
+        a0[j] = (a0[j] + g0[j]) + g1[j];
+        a1[j] = (a1[j] + d0) + d1;
+        a2[j] = (a2[j] + g0[j] * d0) + g1[j] * d1;
+    }
+#endif
+}
+
 /* The place in buf (DN_ALIAS_BYTES more than it needs) with the low 12
  * address bits of `like`: a store there and a load from the tensors at
  * the next elements never look like the same address to the CPU (4K
@@ -1215,11 +1254,15 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
      * (gate_run), and dy is that */
     S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
     const int grad_rows_avx2 = DN_GRAD_ROWS_AVX2;
+    int pairs;
     int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
     /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
     dn_reduce_task(p, t, &g, &c0, &c1);
     w1 = c1 == C ? W : c1;
     cols = w1 - c0;
+    /* long rows in the caches: two rows per load and store of the sums;
+     * streamed from memory, or in shorter rows, two at once measured slower */
+    pairs = cols >= DN_PAIR_MIN_COLS && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES;
     /* a wide row of the gradient in gbuf: per rows of the task's channels */
     stride = gbuf ? per * (c1 - c0) : W;
     step = gbuf ? dn_max64(1, DN_GRAD_TILE_ELEMS / stride) : DN_CHUNK_ROWS;
@@ -1254,7 +1297,14 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
                 FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
                 src = gb;
             }
-            for (int64_t q = q0; q < q1; q++)
+            int64_t q = q0;
+            if (pairs)
+                for (; q + 1 < q1; q += 2)
+                    FN(wide_grad_rows2)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                        src + (q + 1 - q0) * stride,
+                                        x + (r0 + q * per) * C + c0,
+                                        x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
+            for (; q < q1; q++)
                 FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
                                   x + (r0 + q * per) * C + c0, hw + c0, cols);
         }

@@ -95,6 +95,11 @@
 #define DN_FINISH_CHANNELS 256
 /* Bytes of a cache line: per-thread scratch is a whole number of them. */
 #define DN_CACHE_LINE 64
+/* Channels-last gradient sums over task rows of at least this many
+ * positions, in tensors the caches hold, take two rows at a time. */
+#ifndef DN_PAIR_MIN_COLS
+#  define DN_PAIR_MIN_COLS 1024
+#endif
 /* Elements of one elementwise block handed to a thread. */
 #define DN_APPLY_BLOCK 16384
 /* Below this many elements per thread, extra threads cost more than they save. */
