@@ -38,6 +38,9 @@ SHAPES = [
 # than 4096 values, would be split. Channels last with at least 256 channels, a task is
 # a block of 512 channels of a group of rows. Shapes on both sides, with a
 # last channel block shorter than the others, several groups, one channel.
+# Channels last in the caches, rows of 1024 channels or more take two rows at
+# a time in the sums, and of 2048 or more in the backward's elementwise pass
+# (an odd count of rows, and elementwise blocks that start inside a row).
 SCHEDULE_SHAPES = [
     (40, 255),
     (600, 256),
@@ -54,6 +57,8 @@ SCHEDULE_SHAPES = [
     (3, 40, 1000),
     (2, 13, 4095),
     (2, 13, 4096),
+    (27, 2050),
+    (5, 2049, 1, 3),
 ]
 
 

@@ -1440,6 +1440,24 @@ static void FN(backward_wide)(const S *dy, const S *x, const dn_backward_terms *
         dx[i] = DN_ST(a[i] * DN_LD(dy[i]) + b[i] * (DN_LD(x[i]) - h[i]) + k[i]);
 }
 
+#if !defined(DN_HALF)
+/* backward_wide on two wide rows (row 1 at +W of row 0 in dy, x and dx),
+ * each term loaded once for both: the same expression, the same values. */
+static void FN(backward_wide2)(const S *dy, const S *x, const dn_backward_terms *t, int64_t W,
+                               S *dx)
+{
+    const T *DN_RESTRICT a = (const T *)t->dy_scale, *DN_RESTRICT b = (const T *)t->x_scale;
+    const T *DN_RESTRICT h = (const T *)t->centre, *DN_RESTRICT k = (const T *)t->offset;
+    const S *DN_RESTRICT dy1 = dy + W, *DN_RESTRICT x1 = x + W;
+    S *DN_RESTRICT dx1 = dx + W;
+    DN_IVDEP
+    for (int64_t i = 0; i < W; i++) {
+        dx[i] = a[i] * dy[i] + b[i] * (x[i] - h[i]) + k[i];
+        dx1[i] = a[i] * dy1[i] + b[i] * (x1[i] - h[i]) + k[i];
+    }
+}
+#endif
+
 static void FN(backward_run)(const S *dy, const S *x, const dn_backward_terms *t, int64_t ch,
                              int64_t len, S *dx)
 {
@@ -1602,6 +1620,34 @@ static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *
     }
 }
 
+/* elementwise_range over [i0, i1) into out + i0; the channels-last
+ * backward over wide rows of DN_PAIR_MIN_TERMS or more in the caches takes
+ * its whole rows two at a time (backward_wide2). */
+static void FN(elementwise_rows)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
+                                 int64_t i1, S *out)
+{
+#if !defined(DN_HALF)
+    const int64_t W = p->wide;
+    if (p->nsc && op->kind == DN_ELEMENTWISE_BACKWARD && W >= DN_PAIR_MIN_TERMS
+        && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES) {
+        const int64_t r0 = (i0 + W - 1) / W, r1 = i1 / W;
+        const S *in = (const S *)op->in - op->in_from, *x = (const S *)op->x;
+        int64_t r = r0;
+        if (r0 >= r1) {
+            FN(elementwise_range)(p, op, i0, i1, out + i0);
+            return;
+        }
+        if (i0 < r0 * W) FN(elementwise_range)(p, op, i0, r0 * W, out + i0);
+        for (; r + 1 < r1; r += 2)
+            FN(backward_wide2)(in + r * W, x + r * W, &op->backward, W, out + r * W);
+        if (r < r1) FN(elementwise_range)(p, op, r * W, (r + 1) * W, out + r * W);
+        if (r1 * W < i1) FN(elementwise_range)(p, op, r1 * W, i1, out + r1 * W);
+        return;
+    }
+#endif
+    FN(elementwise_range)(p, op, i0, i1, out + i0);
+}
+
 /* The table's elementwise entry: directly into out, or (stream) through a
  * small buffer with streaming stores, which skip reading the destination
  * lines first (for outputs larger than the caches). */
@@ -1696,7 +1742,7 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
             dn_stream_store(y + t0, buf, (size_t)(t1 - t0) * sizeof(S));
         }
     } else {
-        FN(elementwise_range)(p, op, i0, i1, y + i0);
+        FN(elementwise_rows)(p, op, i0, i1, y);
     }
 }
 

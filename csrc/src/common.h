@@ -100,6 +100,13 @@
 #ifndef DN_PAIR_MIN_COLS
 #  define DN_PAIR_MIN_COLS 1024
 #endif
+/* The channels-last backward's elementwise pass over wide rows of at
+ * least this many positions, in tensors the caches hold, takes two rows
+ * per load of the four per-position terms (which then no longer sit in L1
+ * beside the rows; at 1024 positions they do, and two rows were slower). */
+#ifndef DN_PAIR_MIN_TERMS
+#  define DN_PAIR_MIN_TERMS 2048
+#endif
 /* Elements of one elementwise block handed to a thread. */
 #define DN_APPLY_BLOCK 16384
 /* Below this many elements per thread, extra threads cost more than they save. */
