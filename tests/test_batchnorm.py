@@ -39,8 +39,9 @@ SHAPES = [
 # a block of 512 channels of a group of rows. Shapes on both sides, with a
 # last channel block shorter than the others, several groups, one channel.
 # Channels last in the caches, rows of 1024 channels or more take two rows at
-# a time in the sums, and of 2048 or more in the backward's elementwise pass
-# (an odd count of rows, and elementwise blocks that start inside a row).
+# a time in the sums, of 2048 or more in the backward's elementwise pass and
+# of 4096 or more in training's (an odd count of rows, and elementwise
+# blocks that start inside a row).
 SCHEDULE_SHAPES = [
     (40, 255),
     (600, 256),
@@ -59,6 +60,7 @@ SCHEDULE_SHAPES = [
     (2, 13, 4096),
     (27, 2050),
     (5, 2049, 1, 3),
+    (9, 4097),
 ]
 
 

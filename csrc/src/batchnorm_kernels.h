@@ -1377,6 +1377,23 @@ static void FN(train_wide)(const S *x, const T *DN_RESTRICT mh, const T *DN_REST
     for (; i < len; i++) y[i] = DN_ST(((DN_LD(x[i]) - mh[i]) - ml[i]) * scale[i] + shift[i]);
 }
 
+#if !defined(DN_HALF)
+/* train_wide on two wide rows (row 1 at +W of row 0 in x and y), each
+ * term loaded once for both: the same expression, the same values. */
+static void FN(train_wide2)(const S *x, const dn_train_terms *t, int64_t W, S *y)
+{
+    const T *DN_RESTRICT mh = (const T *)t->mean_hi, *DN_RESTRICT ml = (const T *)t->mean_lo;
+    const T *DN_RESTRICT scale = (const T *)t->scale, *DN_RESTRICT shift = (const T *)t->shift;
+    const S *DN_RESTRICT x1 = x + W;
+    S *DN_RESTRICT y1 = y + W;
+    DN_IVDEP
+    for (int64_t i = 0; i < W; i++) {
+        y[i] = ((x[i] - mh[i]) - ml[i]) * scale[i] + shift[i];
+        y1[i] = ((x1[i] - mh[i]) - ml[i]) * scale[i] + shift[i];
+    }
+}
+#endif
+
 static void FN(train_run)(const S *x, T mh, T ml, T scale, T shift, int64_t len, S *y)
 {
     int64_t i = 0;
@@ -1620,16 +1637,19 @@ static void FN(fused_tile)(const dn_fused_terms *f, int64_t i0, int64_t len, S *
     }
 }
 
-/* elementwise_range over [i0, i1) into out + i0; the channels-last
- * backward over wide rows of DN_PAIR_MIN_TERMS or more in the caches takes
- * its whole rows two at a time (backward_wide2). */
+/* elementwise_range over [i0, i1) into out + i0; in the caches, the
+ * channels-last backward over wide rows of DN_PAIR_MIN_TERMS or more, and
+ * training over rows of DN_PAIR_MIN_TRAIN_TERMS or more, take their whole
+ * rows two at a time (backward_wide2, train_wide2). */
 static void FN(elementwise_rows)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
                                  int64_t i1, S *out)
 {
 #if !defined(DN_HALF)
     const int64_t W = p->wide;
-    if (p->nsc && op->kind == DN_ELEMENTWISE_BACKWARD && W >= DN_PAIR_MIN_TERMS
-        && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES) {
+    const int64_t min_terms = op->kind == DN_ELEMENTWISE_BACKWARD ? DN_PAIR_MIN_TERMS
+                              : op->kind == DN_ELEMENTWISE_TRAIN    ? DN_PAIR_MIN_TRAIN_TERMS
+                                                                    : INT64_MAX;
+    if (p->nsc && W >= min_terms && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES) {
         const int64_t r0 = (i0 + W - 1) / W, r1 = i1 / W;
         const S *in = (const S *)op->in - op->in_from, *x = (const S *)op->x;
         int64_t r = r0;
@@ -1638,8 +1658,12 @@ static void FN(elementwise_rows)(const dn_plan *p, const dn_elementwise *op, int
             return;
         }
         if (i0 < r0 * W) FN(elementwise_range)(p, op, i0, r0 * W, out + i0);
-        for (; r + 1 < r1; r += 2)
-            FN(backward_wide2)(in + r * W, x + r * W, &op->backward, W, out + r * W);
+        for (; r + 1 < r1; r += 2) {
+            if (op->kind == DN_ELEMENTWISE_TRAIN)
+                FN(train_wide2)(in + r * W, &op->train, W, out + r * W);
+            else
+                FN(backward_wide2)(in + r * W, x + r * W, &op->backward, W, out + r * W);
+        }
         if (r < r1) FN(elementwise_range)(p, op, r * W, (r + 1) * W, out + r * W);
         if (r1 * W < i1) FN(elementwise_range)(p, op, r1 * W, i1, out + r1 * W);
         return;

@@ -107,6 +107,11 @@
 #ifndef DN_PAIR_MIN_TERMS
 #  define DN_PAIR_MIN_TERMS 2048
 #endif
+/* The same for the training pass, which streams one tensor fewer through
+ * L1: two rows measured no faster at 2048 positions, 15% faster at 4096. */
+#ifndef DN_PAIR_MIN_TRAIN_TERMS
+#  define DN_PAIR_MIN_TRAIN_TERMS 4096
+#endif
 /* Elements of one elementwise block handed to a thread. */
 #define DN_APPLY_BLOCK 16384
 /* Below this many elements per thread, extra threads cost more than they save. */
