@@ -887,6 +887,50 @@ static void dn_gate_bits_avx2(const uint8_t *DN_RESTRICT bits, const float *dy, 
         _mm256_storeu_ps(g + k, dn_gated8_avx2(bits, NULL, NULL, dy, sc, mul, k));
 }
 
+/* Where the AVX2 loops read the gate of flat elements [i0, i0 + len):
+ * from y (its bytes packed into the row masks when the gate keeps them, as
+ * gate_pack does), or from whole bytes of a mask; returns how many leading
+ * values they can take (a multiple of 8, within one row of row masks),
+ * 0 when none: the gate is not a mask or y, or i0 is inside a byte. */
+typedef struct dn_gate_source {
+    const float *y;
+    const uint8_t *bits;
+    uint8_t *packed;
+} dn_gate_source;
+
+static int64_t dn_gate_source_avx2(const dn_grad_gate *gt, int64_t i0, int64_t len,
+                                   dn_gate_source *src)
+{
+    src->y = NULL;
+    src->bits = NULL;
+    src->packed = NULL;
+    switch (gt->kind) {
+    case DN_GATE_Y:
+        src->y = (const float *)gt->y + i0;
+        if (gt->rowbits_out != NULL) {
+            const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+            if (j % 8 != 0) return 0;
+            len = dn_min64(len, gt->row - j);
+            src->packed = gt->rowbits_out + r * gt->rowbytes + j / 8;
+        }
+        break;
+    case DN_GATE_BITS:
+        if (i0 % 8 != 0) return 0;
+        src->bits = gt->bits + i0 / 8;
+        break;
+    case DN_GATE_ROWBITS: {
+        const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
+        if (j % 8 != 0) return 0;
+        len = dn_min64(len, gt->row - j);
+        src->bits = gt->rowbits + r * gt->rowbytes + j / 8;
+        break;
+    }
+    default:
+        return 0;
+    }
+    return len / 8 * 8;
+}
+
 /* backward_run_gated's loop, 8 values at a time, the gate from whole
  * bytes of a mask (bits != NULL) or from y: the same operations in the same
  * order (no contraction), so the same values. The terms are t[0..3][0]
@@ -927,31 +971,13 @@ static int64_t dn_backward_run_gated_avx2(const dn_grad_gate *gt, int64_t i0, in
                                (const float *)terms->x_scale + at,
                                (const float *)terms->centre + at,
                                (const float *)terms->offset + at};
-    const float *dy = (const float *)gt->dy + i0, *y = NULL;
-    const uint8_t *bits = NULL;
-    int64_t n8 = len / 8 * 8;
-    switch (gt->kind) {
-    case DN_GATE_Y:
-        y = (const float *)gt->y + i0;
-        break;
-    case DN_GATE_BITS:
-        if (i0 % 8 != 0) return 0;
-        bits = gt->bits + i0 / 8;
-        break;
-    case DN_GATE_ROWBITS: {
-        const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
-        if (j % 8 != 0) return 0;
-        n8 = dn_min64(len, gt->row - j) / 8 * 8;
-        bits = gt->rowbits + r * gt->rowbytes + j / 8;
-        break;
-    }
-    default:
-        return 0;
-    }
+    const float *dy = (const float *)gt->dy + i0;
+    dn_gate_source src;
+    const int64_t n8 = dn_gate_source_avx2(gt, i0, len, &src);
     if (wide)
-        dn_backward_gated_avx2(bits, y, dy, (float)gt->scale, gt->mul, x, t, 1, n8, dx);
+        dn_backward_gated_avx2(src.bits, src.y, dy, (float)gt->scale, gt->mul, x, t, 1, n8, dx);
     else
-        dn_backward_gated_avx2(bits, y, dy, (float)gt->scale, gt->mul, x, t, 0, n8, dx);
+        dn_backward_gated_avx2(src.bits, src.y, dy, (float)gt->scale, gt->mul, x, t, 0, n8, dx);
     return n8;
 }
 
@@ -987,33 +1013,21 @@ static int64_t dn_grad_row_gated_avx2(const dn_grad_gate *gt, int64_t i0, int64_
 {
     const float *dy = (const float *)gt->dy + i0;
     const float scale = (float)gt->scale;
-    const int64_t n8 = n / 8 * 8;
-    switch (gt->kind) {
-    case DN_GATE_Y: {
-        const float *y = (const float *)gt->y + i0;
-        if (gt->rowbits_out != NULL) {
-            const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
-            if (j % 8 != 0 || j + n > gt->row) return 0;
-            uint8_t *packed = gt->rowbits_out + r * gt->rowbytes + j / 8;
-            if (gt->mul) dn_grad_row_avx2(NULL, y, packed, dy, scale, 1, x, h, a0, a1, a2, n8);
-            else dn_grad_row_avx2(NULL, y, packed, dy, scale, 0, x, h, a0, a1, a2, n8);
-        } else if (gt->mul) {
-            dn_grad_row_avx2(NULL, y, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
-        } else {
-            dn_grad_row_avx2(NULL, y, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
-        }
-        return n8;
+    dn_gate_source src;
+    const int64_t n8 = dn_gate_source_avx2(gt, i0, n, &src);
+    /* one loop per kind of gate and scale (constant arguments) */
+    if (src.bits != NULL) {
+        if (gt->mul) dn_grad_row_avx2(src.bits, NULL, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
+        else dn_grad_row_avx2(src.bits, NULL, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
+    } else if (src.packed != NULL) {
+        if (gt->mul) dn_grad_row_avx2(NULL, src.y, src.packed, dy, scale, 1, x, h, a0, a1, a2, n8);
+        else dn_grad_row_avx2(NULL, src.y, src.packed, dy, scale, 0, x, h, a0, a1, a2, n8);
+    } else if (gt->mul) {
+        dn_grad_row_avx2(NULL, src.y, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
+    } else {
+        dn_grad_row_avx2(NULL, src.y, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
     }
-    case DN_GATE_BITS: {
-        const uint8_t *bits = gt->bits + i0 / 8;
-        if (i0 % 8 != 0) return 0;
-        if (gt->mul) dn_grad_row_avx2(bits, NULL, NULL, dy, scale, 1, x, h, a0, a1, a2, n8);
-        else dn_grad_row_avx2(bits, NULL, NULL, dy, scale, 0, x, h, a0, a1, a2, n8);
-        return n8;
-    }
-    default:
-        return 0;
-    }
+    return n8;
 }
 
 /* gate_values' leading values that the AVX2 loops can take (whole bytes
@@ -1023,33 +1037,11 @@ static int64_t dn_gate_values_avx2(const dn_grad_gate *gt, int64_t i0, int64_t l
 {
     const float *dy = (const float *)gt->dy + i0;
     const float scale = (float)gt->scale;
-    const int64_t n8 = len / 8 * 8;
-    switch (gt->kind) {
-    case DN_GATE_Y: {
-        uint8_t *bits = NULL;
-        if (gt->rowbits_out != NULL) {
-            /* as gate_pack: i0 in one row, at a multiple of 8 in it */
-            const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
-            bits = gt->rowbits_out + r * gt->rowbytes + j / 8;
-        }
-        dn_gate_y_avx2((const float *)gt->y + i0, dy, n8, scale, gt->mul, g, bits);
-        return n8;
-    }
-    case DN_GATE_BITS:
-        if (i0 % 8 != 0) return 0;
-        dn_gate_bits_avx2(gt->bits + i0 / 8, dy, n8, scale, gt->mul, g);
-        return n8;
-    case DN_GATE_ROWBITS: {
-        /* the part within the first row, from a byte of it */
-        const int64_t r = i0 / gt->row, j = i0 - r * gt->row;
-        const int64_t n = dn_min64(len, gt->row - j) / 8 * 8;
-        if (j % 8 != 0) return 0;
-        dn_gate_bits_avx2(gt->rowbits + r * gt->rowbytes + j / 8, dy, n, scale, gt->mul, g);
-        return n;
-    }
-    default:
-        return 0;
-    }
+    dn_gate_source src;
+    const int64_t n8 = dn_gate_source_avx2(gt, i0, len, &src);
+    if (src.bits != NULL) dn_gate_bits_avx2(src.bits, dy, n8, scale, gt->mul, g);
+    else dn_gate_y_avx2(src.y, dy, n8, scale, gt->mul, g, src.packed);
+    return n8;
 }
 #endif
 
@@ -1217,13 +1209,16 @@ static void FN(gate_rows)(const dn_grad_gate *gate, int64_t C, int64_t r, int64_
         FN(gate_values)(gate, (r + k) * C + c0, c1 - c0, g + k * (c1 - c0));
 }
 
-/* dn_grad_row_gated_avx2 where it exists (float32, AVX2): how many of
- * the n values it summed; 0 elsewhere. */
+/* Whether this T has the AVX2 gated loops (float32 in the AVX2 build). */
+#undef DN_GATED_AVX2
 #if defined(__AVX2__) && !defined(DN_HALF)
-#  define DN_GRAD_ROWS_AVX2 (sizeof(T) == sizeof(float))
+#  define DN_GATED_AVX2 (sizeof(T) == sizeof(float))
 #else
-#  define DN_GRAD_ROWS_AVX2 0
+#  define DN_GATED_AVX2 0
 #endif
+
+/* dn_grad_row_gated_avx2 where it exists: how many of the n values it
+ * summed; 0 elsewhere. */
 static inline int64_t FN(grad_row_gated)(const dn_grad_gate *gt, int64_t i0, int64_t n,
                                          const S *x, const T *h, T *a0, T *a1, T *a2)
 {
@@ -1233,6 +1228,22 @@ static inline int64_t FN(grad_row_gated)(const dn_grad_gate *gt, int64_t i0, int
                                       (float *)a0, (float *)a1, (float *)a2);
 #endif
     (void)gt, (void)i0, (void)n, (void)x, (void)h, (void)a0, (void)a1, (void)a2;
+    return 0;
+}
+
+/* dn_backward_run_gated_avx2 where it exists: how many of the run's len
+ * values it wrote to dx; 0 elsewhere. */
+static inline int64_t FN(backward_run_gated_avx2)(const dn_grad_gate *gt, int64_t i0,
+                                                  int64_t len, const S *x,
+                                                  const dn_backward_terms *terms, int64_t at,
+                                                  int wide, S *dx)
+{
+#if defined(__AVX2__) && !defined(DN_HALF)
+    if (sizeof(T) == sizeof(float))
+        return dn_backward_run_gated_avx2(gt, i0, len, (const float *)x, terms, at, wide,
+                                          (float *)dx);
+#endif
+    (void)gt, (void)i0, (void)len, (void)x, (void)terms, (void)at, (void)wide, (void)dx;
     return 0;
 }
 
@@ -1253,7 +1264,6 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     /* tiles: the gradient made in gbuf; else written where gate->g is
      * (gate_run), and dy is that */
     S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
-    const int grad_rows_avx2 = DN_GRAD_ROWS_AVX2;
     int pairs;
     int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
     /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
@@ -1277,36 +1287,39 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
         if (gate && !gbuf)
             for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
         for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
-        for (int64_t q0 = 0; q0 < full && gbuf && grad_rows_avx2; q0++) {
+        if (gbuf && DN_GATED_AVX2) {
             /* row by row, the gradient in registers where it can be */
-            const int64_t i = (r0 + q0 * per) * C + c0;
-            const int64_t done = FN(grad_row_gated)(gate, i, cols, x + i, hw + c0, a0 + c0,
-                                                    a1 + c0, a2 + c0);
-            if (done < cols) {
-                S *gb = FN(unaliased)(gbuf, dy + i + done);
-                FN(gate_values)(gate, i + done, cols - done, gb);
-                FN(wide_grad_row)(a0 + c0 + done, a1 + c0 + done, a2 + c0 + done, gb,
-                                  x + i + done, hw + c0 + done, cols - done);
+            for (int64_t q = 0; q < full; q++) {
+                const int64_t i = (r0 + q * per) * C + c0;
+                const int64_t done = FN(grad_row_gated)(gate, i, cols, x + i, hw + c0, a0 + c0,
+                                                        a1 + c0, a2 + c0);
+                if (done < cols) {
+                    S *gb = FN(unaliased)(gbuf, dy + i + done);
+                    FN(gate_values)(gate, i + done, cols - done, gb);
+                    FN(wide_grad_row)(a0 + c0 + done, a1 + c0 + done, a2 + c0 + done, gb,
+                                      x + i + done, hw + c0 + done, cols - done);
+                }
             }
-        }
-        for (int64_t q0 = 0; q0 < full && !(gbuf && grad_rows_avx2); q0 += step) {
-            const int64_t q1 = dn_min64(q0 + step, full);
-            const S *src = dy + (r0 + q0 * per) * C + c0;
-            if (gbuf) {
-                S *gb = FN(unaliased)(gbuf, src);
-                FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
-                src = gb;
+        } else {
+            for (int64_t q0 = 0; q0 < full; q0 += step) {
+                const int64_t q1 = dn_min64(q0 + step, full);
+                const S *src = dy + (r0 + q0 * per) * C + c0;
+                if (gbuf) {
+                    S *gb = FN(unaliased)(gbuf, src);
+                    FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
+                    src = gb;
+                }
+                int64_t q = q0;
+                if (pairs)
+                    for (; q + 1 < q1; q += 2)
+                        FN(wide_grad_rows2)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                            src + (q + 1 - q0) * stride,
+                                            x + (r0 + q * per) * C + c0,
+                                            x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
+                for (; q < q1; q++)
+                    FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                      x + (r0 + q * per) * C + c0, hw + c0, cols);
             }
-            int64_t q = q0;
-            if (pairs)
-                for (; q + 1 < q1; q += 2)
-                    FN(wide_grad_rows2)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
-                                        src + (q + 1 - q0) * stride,
-                                        x + (r0 + q * per) * C + c0,
-                                        x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
-            for (; q < q1; q++)
-                FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
-                                  x + (r0 + q * per) * C + c0, hw + c0, cols);
         }
         /* the rows after the last wide one (per > 1: the task has every channel) */
         if (rest < r1) {
@@ -1680,12 +1693,7 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
 {
     S *y = (S *)out;
 #if !defined(DN_HALF)
-#  if defined(__AVX2__)
-    const int gated_wide = sizeof(T) == sizeof(float); /* dn_backward_run_gated_avx2 */
-#  else
-    const int gated_wide = 0;
-#  endif
-    if (op->gate && op->gate->g == NULL && (!p->nsc || gated_wide)) {
+    if (op->gate && op->gate->g == NULL && (!p->nsc || DN_GATED_AVX2)) {
         /* the backward's tiles without d_residual: g made in registers in
          * dx's loop, from the mask's bytes or y (AVX2), else from the gate
          * of the tile as bytes (channels first) or in L1 (channels last) */
@@ -1700,12 +1708,8 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
             int keep_made = 0; /* the tile's keep bytes, made when a run needs them */
             for (dn_runs_start(p, t0, &runs); dn_runs_next(p, &runs, t1, &i, &len, &at);) {
                 S *const dst = stream ? buf + (i - t0) : y + i;
-                int64_t done = 0;
-#  if defined(__AVX2__)
-                if (sizeof(T) == sizeof(float))
-                    done = dn_backward_run_gated_avx2(gt, i, len, (const float *)x + i,
-                                                      &op->backward, at, p->nsc, (float *)dst);
-#  endif
+                const int64_t done = FN(backward_run_gated_avx2)(gt, i, len, x + i,
+                                                                 &op->backward, at, p->nsc, dst);
                 if (done == len) continue;
                 if (p->nsc) {
                     FN(gate_values)(gt, i + done, len - done, gb);

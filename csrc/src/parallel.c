@@ -111,7 +111,7 @@ typedef struct dn_team {
 
 /* ---- The back-off hint (process-wide; speed only). ---------------------- */
 #if defined(_OPENMP)
-static int64_t dn_alone_until_ns; /* calls before this run on fewer threads */
+static int64_t dn_backoff_until_ns; /* calls before this run on fewer threads */
 static int64_t dn_backoff_ns;     /* the next back-off */
 static int64_t dn_straggler_ns;   /* when the last straggler came */
 
@@ -125,7 +125,7 @@ static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
 #    define DN_STORE_RELAXED(p, v) (*(volatile int64_t *)(p) = (v))
 #  endif
 
-int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_alone_until_ns); }
+int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_backoff_until_ns); }
 
 /* The team while backing off: half the threads at the first back-off, a
  * quarter once it has doubled, and so on down to one. A load that keeps
@@ -161,7 +161,7 @@ static void dn_learn_straggler(int64_t now)
     backoff = backoff < DN_BACKOFF_MIN_NS ? DN_BACKOFF_MIN_NS
                                           : dn_min64(2 * backoff, DN_BACKOFF_MAX_NS);
     DN_STORE_RELAXED(&dn_backoff_ns, backoff);
-    DN_STORE_RELAXED(&dn_alone_until_ns, now + backoff);
+    DN_STORE_RELAXED(&dn_backoff_until_ns, now + backoff);
 }
 #endif
 
