@@ -28,11 +28,65 @@ static int shape_args(int argc, char **argv, int64_t *n, int64_t *c, int64_t *s,
     return 1;
 }
 
-/* the values onednn_bn.c fills its buffers with */
-static void fill_values(float *x, int64_t total)
+/* count floats, or the program ends (status 1) when they cannot be had */
+static float *floats(int64_t count)
+{
+    float *p = malloc(sizeof(float) * (size_t)count);
+    if (p == NULL) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* x: the values onednn_bn.c fills its buffers with; dy: the same values,
+ * permuted */
+static void fill_inputs(float *x, float *dy, int64_t total)
 {
     for (int64_t i = 0; i < total; i++)
         x[i] = (float)((uint64_t)i * 2654435761u % 1000) / 500.f - 1.f;
+    for (int64_t i = 0; i < total; i++) dy[i] = x[(i * 7) % total];
+}
+
+/* ones[i] = 1, zeros[i] = 0 for i < c (gamma and beta, or a running
+ * variance and mean) */
+static void ones_and_zeros(float *ones, float *zeros, int64_t c)
+{
+    for (int64_t i = 0; i < c; i++) {
+        ones[i] = 1.f;
+        zeros[i] = 0.f;
+    }
+}
+
+/* The buffers of a batch norm's training forward and backward on total
+ * values of c channels: inputs x and dy filled (fill_inputs), gamma 1,
+ * beta 0; outputs y, dx, mean, invstd, dgamma, dbeta. */
+typedef struct bn_buffers {
+    float *x, *dy, *y, *dx;
+    float *gamma, *beta, *mean, *invstd, *dgamma, *dbeta;
+} bn_buffers;
+
+static void bn_buffers_make(bn_buffers *b, int64_t total, int64_t c)
+{
+    b->x = floats(total);
+    b->dy = floats(total);
+    b->y = floats(total);
+    b->dx = floats(total);
+    b->gamma = floats(c);
+    b->beta = floats(c);
+    b->mean = floats(c);
+    b->invstd = floats(c);
+    b->dgamma = floats(c);
+    b->dbeta = floats(c);
+    fill_inputs(b->x, b->dy, total);
+    ones_and_zeros(b->gamma, b->beta, c);
+}
+
+/* "dropnorm nhwc 16x64x56x56", the start of a timer's line */
+static void print_shape(dn_layout layout, char **argv)
+{
+    printf("dropnorm %s %sx%sx%sx%s", layout == DN_LAYOUT_NSC ? "nhwc" : "nchw", argv[1], argv[2],
+           argv[3], argv[4]);
 }
 
 static double now(void)
