@@ -91,18 +91,6 @@ static void FN(elementwise_task)(const void *ctx, int64_t blk, int worker)
     if (job->stream) dn_stream_fence();
 }
 
-/* The elementwise pass alone, in fixed blocks. */
-static void FN(elementwise_all)(const dn_plan *p, const dn_bn_kernels *kern,
-                                const dn_elementwise *op, S *out)
-{
-    const FN(pass_job) job = {
-        .p = p, .kern = kern, .op = op, .out = out,
-        .stream = dn_stream_worthwhile(p->total * (int64_t)sizeof(S)),
-    };
-    dn_parallel_tasks(p->threads, dn_ceil_div(p->total, DN_APPLY_BLOCK), FN(elementwise_task),
-                      &job);
-}
-
 static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(pass) *ps)
 {
     const FN(pass_job) job = {
@@ -235,8 +223,19 @@ dn_status FN(dn_batchnorm_forward_train)(
 
 /* ---- Inference forward. ------------------------------------------------- */
 
+typedef struct FN(frozen_ctx) {
+    const dn_bn_kernels *kern;
+    dn_frozen_finish finish;
+} FN(frozen_ctx);
+
+static void FN(frozen_channels)(const void *ctx, int64_t c0, int64_t c1)
+{
+    const FN(frozen_ctx) *o = (const FN(frozen_ctx) *)ctx;
+    o->kern->finish_frozen(&o->finish, c0, c1);
+}
+
 /* The inference forward, plain (fused NULL) or with the fused block's
- * terms in its elementwise pass. */
+ * terms in its elementwise pass: the terms, then the pass, in one team. */
 static dn_status FN(infer)(
     int64_t n, int64_t c, int64_t s, dn_layout layout,
     const S *x, const T *DN_RESTRICT running_mean,
@@ -257,17 +256,20 @@ static dn_status FN(infer)(
         if (scale == NULL) return st;
     }
     shift = scale + p.wide;
-    for (int64_t ch = 0; ch < c; ch++) {
-        const double a = (gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps);
-        scale[ch] = (T)a;
-        shift[ch] = (T)((beta ? (double)beta[ch] : 0.0) - (double)running_mean[ch] * a);
-    }
     {
+        const FN(frozen_ctx) o = {
+            .kern = dn_kernels()->BN_TABLE,
+            .finish = {.running_mean = running_mean, .running_var = running_var,
+                       .gamma = gamma, .beta = beta, .eps = eps,
+                       .scale = scale, .shift = shift},
+        };
         const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = x,
                                    .affine = {scale, shift}, .fused = fused};
-        T *const wide_terms[4] = {scale, shift, NULL, NULL};
-        FN(widen_terms)(&p, wide_terms);
-        FN(elementwise_all)(&p, dn_kernels()->BN_TABLE, &op, y);
+        const FN(pass) ps = {
+            .finish = FN(frozen_channels), .ctx = &o,
+            .op = &op, .wide_terms = {scale, shift, NULL, NULL}, .out = y,
+        };
+        FN(run_pass)(&p, o.kern, &ps);
     }
     free(scale);
     return DN_OK;
@@ -294,6 +296,7 @@ typedef struct FN(grad_ctx) {
     dn_grad_finish finish; /* finish.shift: the h of x - h in the sums */
     double *sums;          /* backward_reduce: the caller's 3*c doubles */
     const dn_grad_gate *gate; /* the fused backward: the gradient summed instead of dy */
+    dn_frozen_finish frozen;  /* through frozen statistics: dx's scale (may be NULL) */
 } FN(grad_ctx);
 
 static void FN(grad_reduce)(const void *ctx, int64_t t, void *scratch)
@@ -317,7 +320,9 @@ static void FN(backward_channels)(const void *ctx, int64_t c0, int64_t c1)
 static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 {
     const FN(grad_ctx) *o = (const FN(grad_ctx) *)ctx;
-    o->kern->finish_backward_infer(o->p, &o->finish, c0, c1);
+    if (o->finish.dgamma != NULL || o->finish.dbeta != NULL)
+        o->kern->finish_backward_infer(o->p, &o->finish, c0, c1);
+    if (o->frozen.scale != NULL) o->kern->finish_frozen(&o->frozen, c0, c1);
 }
 
 /* The backward workspace: group sums, `nterms` per-channel terms (at
@@ -405,37 +410,32 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (dy == NULL || running_mean == NULL || running_var == NULL) return DN_ERR_NULL_POINTER;
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    /* dx = scale*dy + shift, with shift 0 */
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
     work = FN(grad_workspace)(&p, 2, 0, &scale, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     shift = scale + p.wide;
-    for (int64_t ch = 0; ch < c; ch++) {
-        scale[ch] = (T)((gamma ? (double)gamma[ch] : 1.0) / sqrt((double)running_var[ch] + eps));
-        shift[ch] = (T)0;
-    }
     {
-        /* without dgamma only sum(dy) is used, and x may be absent */
+        /* without dgamma only sum(dy) is used, and x may be absent; the
+         * sums only for dgamma or dbeta */
+        const int sums = dgamma != NULL || dbeta != NULL;
         const FN(grad_ctx) o = {
             .p = &p, .kern = dn_kernels()->BN_TABLE, .dy = dy, .x = x ? x : dy,
             .finish = {
                 .sums = work, .shift = running_mean, .running_var = running_var,
                 .gamma = gamma, .eps = eps, .dgamma = dgamma, .dbeta = dbeta,
             },
+            /* dx = scale*dy + shift, shift 0 (no mean, no beta) */
+            .frozen = {.running_var = running_var, .gamma = gamma, .eps = eps,
+                       .scale = dx ? scale : NULL, .shift = shift},
         };
         const dn_elementwise op = {.kind = DN_ELEMENTWISE_AFFINE, .in = dy,
                                    .affine = {scale, shift}};
         const FN(pass) ps = {
-            .reduce = FN(grad_reduce), .finish = FN(backward_infer_channels), .ctx = &o,
-            .scratch = scratch, .scratch_bytes = scratch_bytes, .op = dx ? &op : NULL,
-            .wide_terms = {scale, shift, NULL, NULL}, .out = dx,
+            .reduce = sums ? FN(grad_reduce) : NULL, .finish = FN(backward_infer_channels),
+            .ctx = &o, .scratch = scratch, .scratch_bytes = scratch_bytes,
+            .op = dx ? &op : NULL, .wide_terms = {scale, shift, NULL, NULL}, .out = dx,
         };
-        if (dgamma != NULL || dbeta != NULL) {
-            FN(run_pass)(&p, o.kern, &ps);
-        } else if (dx != NULL) {
-            FN(widen_terms)(&p, ps.wide_terms);
-            FN(elementwise_all)(&p, o.kern, &op, dx);
-        }
+        if (sums || dx != NULL) FN(run_pass)(&p, o.kern, &ps);
     }
     free(work);
     return DN_OK;

@@ -168,6 +168,17 @@ typedef struct dn_grad_finish {
  * its storage type (float, double, or uint16_t for f16 and bf16), the
  * per-channel arrays and the terms to its compute type (float for f16 and
  * bf16); the group layout is dn_group_range's (common.h). */
+/* Frozen statistics (inference, and the backward through them): the
+ * affine terms scale = gamma/sqrt(running_var + eps) and
+ * shift = beta - running_mean*scale, in double, each rounded once to T. */
+typedef struct dn_frozen_finish {
+    const void *running_mean;  /* may be NULL: 0 */
+    const void *running_var;
+    const void *gamma, *beta;  /* may be NULL: 1 and 0 */
+    double eps;
+    void *scale, *shift;       /* written; shift may be NULL */
+} dn_frozen_finish;
+
 typedef struct dn_bn_kernels {
     /* Reduction task t (dn_reduce_task: group g, channels [c0, c1)): the
      * per-channel count-weighted mean and sum of squared deviations of
@@ -194,6 +205,7 @@ typedef struct dn_bn_kernels {
     void (*finish_backward)(const dn_plan *p, const dn_grad_finish *f, int64_t c0, int64_t c1);
     void (*finish_backward_infer)(const dn_plan *p, const dn_grad_finish *f, int64_t c0,
                                   int64_t c1);
+    void (*finish_frozen)(const dn_frozen_finish *f, int64_t c0, int64_t c1);
     /* The group moments of channels [c0, c1) merged in group order (mean,
      * m2: c1 - c0 values each) and the group sums added in group order
      * (sdy, sxc, sdyxc), as the finishes above merge and add them. */

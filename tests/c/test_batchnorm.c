@@ -157,7 +157,26 @@ static void check_shape(int64_t N, int64_t C, int64_t S, int nsc)
         CHECK(err_dg < 1e-9 * M);
         CHECK(max_abs_diff_d(dbd, db, C) < 1e-9 * M);
     }
-    /* in place: y written over x gives the same as out of place */
+    /* the terms of frozen statistics are per channel, in blocks: dx alone
+     * (no dgamma, dbeta) is the dx of the full call, and no gamma and beta
+     * are gamma 1 and beta 0 */
+    {
+        double *dx_only = malloc(sizeof(double) * T);
+        float *ones = malloc(sizeof(float) * C * 2), *zeros = ones + C;
+        for (int64_t c = 0; c < C; c++) { ones[c] = 1.f; zeros[c] = 0.f; }
+        CHECK(dn_batchnorm_backward_infer_f64(N, C, S, L, dy, x, rm, rv, g, eps, dx_only, NULL, NULL) == DN_OK);
+        CHECK(memcmp(dx_only, dxd, sizeof(double) * T) == 0);
+        CHECK(dn_batchnorm_forward_infer_f32(N, C, S, L, xf, rmf, rvf, NULL, NULL, eps, yf) == DN_OK);
+        CHECK(dn_batchnorm_forward_infer_f32(N, C, S, L, xf, rmf, rvf, ones, zeros, eps, dxf) == DN_OK);
+        CHECK(memcmp(yf, dxf, sizeof(float) * T) == 0);
+        CHECK(dn_batchnorm_backward_infer_f32(N, C, S, L, dyf, NULL, rmf, rvf, NULL, eps, yf, NULL, NULL) == DN_OK);
+        CHECK(dn_batchnorm_backward_infer_f32(N, C, S, L, dyf, xf, rmf, rvf, ones, eps, dxf, dgf, dbf) == DN_OK);
+        CHECK(memcmp(yf, dxf, sizeof(float) * T) == 0);
+        free(dx_only);
+        free(ones);
+    }
+    /* in place: y written over x gives the same as out of place; yf again */
+    CHECK(dn_batchnorm_forward_train_f32(N, C, S, L, xf, gf, bf, eps, mom, NULL, NULL, yf, NULL, NULL) == DN_OK);
     memcpy(dxf, xf, sizeof(float) * T);
     CHECK(dn_batchnorm_forward_train_f32(N, C, S, L, dxf, gf, bf, eps, mom, NULL, NULL, dxf, NULL, NULL) == DN_OK);
     CHECK(memcmp(dxf, yf, sizeof(float) * T) == 0);
@@ -221,7 +240,8 @@ static void check_special_values(void)
 int main(void)
 {
     static const int64_t shapes[][3] = {
-        {2, 3, 5}, {7, 1, 13}, {5, 11, 1}, {1, 4, 9}, {3, 2, 4100}, {64, 130, 3}, {2, 3, 70001}};
+        {2, 3, 5}, {7, 1, 13}, {5, 11, 1}, {1, 4, 9}, {3, 2, 4100}, {64, 130, 3}, {2, 3, 70001},
+        {3, 600, 5}, {4, 513, 3}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         for (int nsc = 0; nsc < 2; nsc++) check_shape(shapes[i][0], shapes[i][1], shapes[i][2], nsc);
     check_errors();
