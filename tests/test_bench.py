@@ -8,6 +8,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 import dropnorm
@@ -90,8 +91,21 @@ def test_resnet50_suite(use_torch):
             assert 0 <= t["below_goal"] <= t["rows"]
         else:
             assert t["speedup_vs_torch"] is None and t["below_goal"] is None
+    # NCHW over NHWC of the same layer-pass, per pass and over all of them
+    ratios = {(r["layer"], r["pass"]): r["time_ms"] for r in rows if r["layout"] == "NHWC"}
+    ratios = {k: r["time_ms"] / ratios[k] for r in rows if r["layout"] == "NCHW"
+              for k in [(r["layer"], r["pass"])]}
+    summary = result["layout_ratios"]
+    assert [t["pass"] for t in summary] == ["train_fwd", "backward", "infer", "all"]
+    for t in summary:
+        chosen = {k: v for k, v in ratios.items() if t["pass"] in ("all", k[1])}
+        assert t["rows"] == len(chosen)
+        assert t["median"] == pytest.approx(float(np.median(list(chosen.values()))))
+        assert t["worst"] == max(chosen.values())
+        assert chosen[(t["worst_layer"], t["worst_pass"])] == t["worst"]
+        assert t["above_goal"] == sum(v > bench.LAYOUT_GOAL for v in chosen.values())
     text = bench.format_resnet50(result)
-    assert "total NHWC" in text and "\r" not in text
+    assert "total NHWC" in text and "NCHW / NHWC" in text and "\r" not in text
     json.loads(json.dumps(result))
 
 
@@ -101,6 +115,9 @@ def test_resnet50_batch_1_is_inference_only():
     assert [r["pass"] for r in result["rows"]] == ["infer"]
     assert [t["pass"] for t in result["totals"]] == ["infer", "all"]
     assert result["rows"][0]["shape"] == [1, 4, 3, 3]
+    # one layout: no NCHW / NHWC ratios
+    assert result["layout_ratios"] == []
+    assert "NCHW / NHWC" not in bench.format_resnet50(result)
 
 
 @pytest.mark.parametrize("use_torch", TORCH_OPTIONS)

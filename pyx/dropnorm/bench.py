@@ -118,6 +118,8 @@ RESNET50_PASSES = {"train_fwd": "bn_train", "backward": "bn_backward", "infer": 
 RESNET50_BATCH = 16
 # a speedup over PyTorch below this counts as a miss in the resnet50 totals
 SPEEDUP_GOAL = 1.5
+# the channels-first time of a resnet50 layer-pass over its channels-last time
+LAYOUT_GOAL = 1.3
 
 # (batch, features) of the mlp suite's BatchNorm1d layers
 MLP_SHAPES = [(32, 128), (64, 256), (128, 512), (256, 1024), (256, 2048), (1024, 1024),
@@ -525,9 +527,17 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
     `batch`, in each of `layouts` ("NCHW", "NHWC"), for the training
     forward, the backward and inference (inference only at batch 1).
 
-    Returns {"suite", "settings", "rows", "totals", "elapsed_s"}: a row per
-    layout x layer x pass (layer: 1-based index in network order), totals
-    per layout and pass and over all passes ("pass": "all")."""
+    The layouts of each layer-pass are timed one right after the other
+    (layer, then pass, then layout), so that their ratio is paired: the
+    machine's state moves over a run, and the whole of one layout and then
+    the other made that ratio a comparison of two moments.
+
+    Returns {"suite", "settings", "rows", "totals", "layout_ratios",
+    "elapsed_s"}: a row per layout x layer x pass (layer: 1-based index in
+    network order), in that order; totals per layout and pass and over all
+    passes ("pass": "all"); with both layouts, per pass and over all passes
+    the NCHW time over the NHWC time of each layer-pass (median, worst and
+    how many are above LAYOUT_GOAL), else an empty list."""
     start = time.perf_counter()
     layers = RESNET50_LAYERS if layers is None else [tuple(s) for s in layers]
     if batch < 1:
@@ -541,11 +551,11 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
     _settle_allocator((batch,) + tuple(largest))
     bar = Progress(len(layouts) * len(layers) * len(passes), "resnet50", progress)
     rows = []
-    for layout in layouts:
-        for index, (c, h, w) in enumerate(layers, 1):
-            shape = (batch, c, h, w)
-            for name in passes:
-                kernel = RESNET50_PASSES[name]
+    for index, (c, h, w) in enumerate(layers, 1):
+        for name in passes:
+            kernel = RESNET50_PASSES[name]
+            for layout in layouts:
+                shape = (batch, c, h, w)
                 bar.step(f"{layout} layer {index}/{len(layers)} {_shape_text(shape)} {name}")
                 case = _Case(kernel, shape, layout, dtype, torch)
                 m = measure(case, threads, repeats)
@@ -554,6 +564,7 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
                              **_timing_fields(m, dtype_name, threads, case.nbytes)})
                 del case
     bar.close()
+    rows.sort(key=lambda r: (layouts.index(r["layout"]), r["layer"], passes.index(r["pass"])))
     totals = []
     for layout in layouts:
         for name in passes + ["all"]:
@@ -564,7 +575,28 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
                 "dtype": dtype_name, "threads": threads, "repeats": repeats,
                 "torch": torch is not None}
     return {"suite": "resnet50", "settings": settings, "rows": rows, "totals": totals,
+            "layout_ratios": _layout_ratios(rows, passes, layouts),
             "elapsed_s": time.perf_counter() - start}
+
+
+def _layout_ratios(rows, passes, layouts):
+    """Per pass and over all passes: NCHW time / NHWC time of each
+    layer-pass (times with out=), their median, the worst and its layer and
+    pass, and how many exceed LAYOUT_GOAL; [] unless both layouts ran."""
+    if sorted(layouts) != ["NCHW", "NHWC"]:
+        return []
+    nhwc = {(r["layer"], r["pass"]): r["time_ms"] for r in rows if r["layout"] == "NHWC"}
+    pairs = [(r["pass"], r["layer"], r["time_ms"] / nhwc[(r["layer"], r["pass"])])
+             for r in rows if r["layout"] == "NCHW"]
+    out = []
+    for name in passes + ["all"]:
+        chosen = [pair for pair in pairs if name in ("all", pair[0])]
+        worst_pass, worst_layer, worst = max(chosen, key=lambda pair: pair[2])
+        out.append({"pass": name, "rows": len(chosen),
+                    "median": float(np.median([ratio for _, _, ratio in chosen])),
+                    "worst": worst, "worst_layer": worst_layer, "worst_pass": worst_pass,
+                    "above_goal": sum(ratio > LAYOUT_GOAL for _, _, ratio in chosen)})
+    return out
 
 
 def format_resnet50(result):
@@ -582,6 +614,16 @@ def format_resnet50(result):
                     "-" if t["below_goal"] is None else f"{t['below_goal']} of {t['rows']}")
                    for t in result["totals"]]
     s = result["settings"]
+    ratio_part = []
+    if result.get("layout_ratios"):
+        ratio_head = ("NCHW / NHWC", "layer-passes", "median", "worst", f"> {LAYOUT_GOAL}")
+        ratio_lines = [(t["pass"], str(t["rows"]), f"{t['median']:.2f}",
+                        f"{t['worst']:.2f} (layer {t['worst_layer']} {t['worst_pass']})",
+                        f"{t['above_goal']} of {t['rows']}")
+                       for t in result["layout_ratios"]]
+        ratio_part = ["", _table(ratio_head, ratio_lines),
+                      "NCHW / NHWC: each layer-pass's channels-first time over its "
+                      "channels-last time (out=), the two timed one right after the other."]
     return "\n".join([
         f"resnet50: batch {s['batch']}, {s['dtype']}, {s['threads']} threads, "
         f"{s['layers']} layers, {', '.join(s['layouts'])}, {s['repeats']} repeats",
@@ -594,6 +636,7 @@ def format_resnet50(result):
         "Totals: sums over the layers; x memcpy = sum ms / sum memcpy ms; speedup = sum torch "
         f"ms / sum alloc ms; < {SPEEDUP_GOAL}x: layer-passes whose speedup is below "
         f"{SPEEDUP_GOAL}x.",
+        *ratio_part,
         f"resnet50 took {result['elapsed_s']:.1f} s",
     ])
 

@@ -19,6 +19,7 @@ RESNET50_LAYERS: tuple[tuple[int, int, int], ...]
 RESNET50_PASSES: dict[str, str]
 RESNET50_BATCH: int
 SPEEDUP_GOAL: float
+LAYOUT_GOAL: float
 MLP_SHAPES: list[tuple[int, int]]
 OVERHEAD_SHAPE: tuple[int, int]
 OVERHEAD_KERNELS: tuple[str, ...]
