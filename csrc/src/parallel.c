@@ -85,6 +85,12 @@
 #define DN_BACKOFF_MIN_NS 20000000
 /* doubling while stragglers keep coming, up to this. */
 #define DN_BACKOFF_MAX_NS 1000000000
+/* After this long without a team, its threads sleep (libgomp's spin for
+ * the next region lasts about 3 ms)... */
+#define DN_IDLE_NS 3000000
+/* ...and the first few teams of a process start them (three forks of 4-8
+ * ms each were seen). */
+#define DN_NEW_TEAMS 4
 
 typedef struct dn_cursor {
     int64_t next, end; /* the range's next unclaimed task, its end */
@@ -105,6 +111,7 @@ typedef struct dn_team {
     int32_t wake;     /* bumped when a wait may be over (a futex word) */
     int32_t sleepers; /* threads in dn_sleep or about to be */
     int32_t straggled; /* a wait on another thread was long (see DN_STRAGGLE_NS) */
+    int32_t late_fork; /* OpenMP's fork took that long */
     int64_t start_ns;  /* when the team was formed */
     int64_t joined_ns; /* when the first thread saw every thread checked in */
 } dn_team;
@@ -114,6 +121,8 @@ typedef struct dn_team {
 static int64_t dn_backoff_until_ns; /* calls before this run on fewer threads */
 static int64_t dn_backoff_ns;     /* the next back-off */
 static int64_t dn_straggler_ns;   /* when the last straggler came */
+static int64_t dn_team_left_ns;   /* when the last team of more than one thread left */
+static int64_t dn_teams_formed;   /* teams of more than one thread so far */
 
 static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
 
@@ -126,6 +135,18 @@ static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
 #  endif
 
 int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_backoff_until_ns); }
+
+/* Whether OpenMP's fork of a team formed at `now` was slow from waking its
+ * threads rather than from a load: they are new (the process's first
+ * DN_NEW_TEAMS teams), or no team of more than one thread ran in the
+ * DN_IDLE_NS before, so they have gone to sleep since. On a virtual
+ * machine waking them wakes its idle CPUs, which held the fork up 4-8 ms
+ * at a time on an otherwise quiet machine here. */
+static int dn_fork_woke_threads(int64_t now)
+{
+    const int64_t left = DN_LOAD_RELAXED(&dn_team_left_ns);
+    return DN_LOAD_RELAXED(&dn_teams_formed) <= DN_NEW_TEAMS || now - left > DN_IDLE_NS;
+}
 
 /* The team while backing off: half the threads at the first back-off, a
  * quarter once it has doubled, and so on down to one. A load that keeps
@@ -253,7 +274,7 @@ static void dn_team_member(dn_team *team, int worker, int size)
 #if defined(_OPENMP)
     /* libgomp's fork itself waits for its idle threads to be parked */
     if (worker == 0 && size > 1 && dn_now_ns() - team->start_ns > DN_STRAGGLE_NS)
-        DN_FETCH_ADD32(&team->straggled, 1);
+        team->late_fork = 1;
 #endif
     for (int ph = 0; ph < team->nphases; ph++) {
         if (ph > 0) dn_wait(team, &team->done[ph - 1].value, team->phases[ph - 1].tasks);
@@ -293,19 +314,25 @@ void dn_parallel_phases(int threads, const dn_phase *phases, int nphases)
     team.wake = 0;
     team.sleepers = 0;
     team.straggled = 0;
+    team.late_fork = 0;
     team.start_ns = 0;
     team.joined_ns = 0;
 #if defined(_OPENMP)
     if (threads > 1) {
         int64_t left_ns;
         team.start_ns = dn_now_ns();
+        if (DN_LOAD_RELAXED(&dn_teams_formed) <= DN_NEW_TEAMS)
+            DN_STORE_RELAXED(&dn_teams_formed, DN_LOAD_RELAXED(&dn_teams_formed) + 1);
         DN_OMP(parallel num_threads(threads))
         dn_team_member(&team, omp_get_thread_num(), omp_get_num_threads());
-        /* a straggler held up the fork or a wait (team.straggled), or
-         * OpenMP's join waited for one to leave */
+        /* a straggler held up a wait (team.straggled) or the fork, or
+         * OpenMP's join waited for one to leave; a slow fork of new or
+         * sleeping threads is their waking, not a load */
         left_ns = dn_now_ns();
-        if (team.straggled > 0 || left_ns - team.joined_ns > DN_STRAGGLE_NS)
+        if (team.straggled > 0 || left_ns - team.joined_ns > DN_STRAGGLE_NS
+            || (team.late_fork && !dn_fork_woke_threads(team.start_ns)))
             dn_learn_straggler(left_ns);
+        DN_STORE_RELAXED(&dn_team_left_ns, left_ns);
         return;
     }
 #endif
