@@ -581,12 +581,16 @@ def run_resnet50(layers=None, batch=RESNET50_BATCH, layouts=("NCHW", "NHWC"), dt
 
 def _layout_ratios(rows, passes, layouts):
     """Per pass and over all passes: NCHW time / NHWC time of each
-    layer-pass (times with out=), their median, the worst and its layer and
-    pass, and how many exceed LAYOUT_GOAL; [] unless both layouts ran."""
+    layer-pass, their median, the worst and its layer and pass, and how many
+    exceed LAYOUT_GOAL; [] unless both layouts ran. Each time is taken in
+    memcpys of the same bytes timed beside it (x_memcpy): the machine's
+    memory speed changes between two states within a run (memcpys of 2.5
+    and 4.5 ms of the same 103 MB seconds apart), and the raw times of the
+    two layouts then compare the states rather than the kernels."""
     if sorted(layouts) != ["NCHW", "NHWC"]:
         return []
-    nhwc = {(r["layer"], r["pass"]): r["time_ms"] for r in rows if r["layout"] == "NHWC"}
-    pairs = [(r["pass"], r["layer"], r["time_ms"] / nhwc[(r["layer"], r["pass"])])
+    nhwc = {(r["layer"], r["pass"]): r["x_memcpy"] for r in rows if r["layout"] == "NHWC"}
+    pairs = [(r["pass"], r["layer"], r["x_memcpy"] / nhwc[(r["layer"], r["pass"])])
              for r in rows if r["layout"] == "NCHW"]
     out = []
     for name in passes + ["all"]:
@@ -623,7 +627,8 @@ def format_resnet50(result):
                        for t in result["layout_ratios"]]
         ratio_part = ["", _table(ratio_head, ratio_lines),
                       "NCHW / NHWC: each layer-pass's channels-first time over its "
-                      "channels-last time (out=), the two timed one right after the other."]
+                      "channels-last time, each in memcpys of the same bytes (x memcpy), "
+                      "the two layouts timed one right after the other."]
     return "\n".join([
         f"resnet50: batch {s['batch']}, {s['dtype']}, {s['threads']} threads, "
         f"{s['layers']} layers, {', '.join(s['layouts'])}, {s['repeats']} repeats",
