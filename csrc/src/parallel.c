@@ -23,9 +23,11 @@
  *     a quarter of its time, soon after another such call, makes the next
  *     calls run on half the threads for a while (the back-off below,
  *     doubled while stragglers keep coming, up to DN_BACKOFF_MAX_NS, and
- *     the team halved again with each doubling, down to one). The hint is
- *     the one piece of process-wide mutable state: it decides speed only,
- *     never a result, which is the same for every thread count.
+ *     the team halved again with each doubling, down to one). A slow fork
+ *     of threads that are new or asleep is their waking, not a straggler
+ *     (dn_fork_woke_threads). The hint is the one piece of process-wide
+ *     mutable state: it decides speed only, never a result, which is the
+ *     same for every thread count.
  * What each task computes depends only on its index, never on the thread
  * that runs it, so the bits do not depend on the team or the schedule. */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
