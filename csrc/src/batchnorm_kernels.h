@@ -218,62 +218,109 @@ static inline double FN(lanes_total)(FN(lanes) a, T tail)
  * partial sum added in double, in order. A contiguous run (run_*) is
  * blocks of DN_INNER values, one row each. */
 
+/* total[0] += sum(x); with `two` (a constant where it is inlined), also
+ * total[1] += the sum of the rows at x + next (the next channel's, in
+ * channels first): each in its own lanes, the same additions in the same
+ * order as alone, while the two chains of dependent adds overlap. */
+static DN_ALWAYS_INLINE void FN(rows_sum_k)(const S *x, int64_t next, int two, int64_t stride,
+                                            int64_t rows, int64_t len, double *total)
+{
+    FN(lanes) s = FN(lanes_splat)(0), s2 = s;
+    T tail = 0, tail2 = 0;
+    int64_t held = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const S *q = x + r * stride, *q2 = q + next;
+        int64_t i = 0;
+        if (held + len > DN_INNER) {
+            total[0] += FN(lanes_total)(s, tail);
+            if (two) total[1] += FN(lanes_total)(s2, tail2);
+            s = s2 = FN(lanes_splat)(0);
+            tail = tail2 = 0;
+            held = 0;
+        }
+        for (; i + DN_LANES <= len; i += DN_LANES) {
+            s = FN(lanes_add)(s, FN(lanes_load_s)(q + i));
+            if (two) s2 = FN(lanes_add)(s2, FN(lanes_load_s)(q2 + i));
+        }
+        for (; i < len; i++) {
+            tail += DN_LD(q[i]);
+            if (two) tail2 += DN_LD(q2[i]);
+        }
+        held += len;
+    }
+    if (held > 0) {
+        total[0] += FN(lanes_total)(s, tail);
+        if (two) total[1] += FN(lanes_total)(s2, tail2);
+    }
+}
+
 /* sum(x) */
 static double FN(rows_sum)(const S *x, int64_t stride, int64_t rows, int64_t len)
 {
     double total = 0.0;
-    FN(lanes) s = FN(lanes_splat)(0);
-    T tail = 0;
-    int64_t held = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        const S *q = x + r * stride;
-        int64_t i = 0;
-        if (held + len > DN_INNER) {
-            total += FN(lanes_total)(s, tail);
-            s = FN(lanes_splat)(0);
-            tail = 0;
-            held = 0;
-        }
-        for (; i + DN_LANES <= len; i += DN_LANES) s = FN(lanes_add)(s, FN(lanes_load_s)(q + i));
-        for (; i < len; i++) tail += DN_LD(q[i]);
-        held += len;
-    }
-    return held > 0 ? total + FN(lanes_total)(s, tail) : total;
+    FN(rows_sum_k)(x, 0, 0, stride, rows, len, &total);
+    return total;
 }
 
-/* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
-static void FN(rows_deviations)(const S *x, int64_t stride, int64_t rows, int64_t len, T c,
-                                double *sums)
+/* sums[0] += sum(x - c), sums[1] += sum((x - c)^2); with `two`, sums[2]
+ * and sums[3] the same of the rows at x + next about c2 (as rows_sum_k) */
+static DN_ALWAYS_INLINE void FN(rows_deviations_k)(const S *x, int64_t next, int two,
+                                                   int64_t stride, int64_t rows, int64_t len,
+                                                   T c, T c2, double *sums)
 {
-    const FN(lanes) cv = FN(lanes_splat)(c);
-    FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0;
-    T t0 = 0, t1 = 0;
+    const FN(lanes) cv = FN(lanes_splat)(c), cv2 = FN(lanes_splat)(c2);
+    FN(lanes) s0 = FN(lanes_splat)(0), s1 = s0, u0 = s0, u1 = s0;
+    T t0 = 0, t1 = 0, v0 = 0, v1 = 0;
     int64_t held = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const S *q = x + r * stride;
+        const S *q = x + r * stride, *q2 = q + next;
         int64_t i = 0;
         if (held + len > DN_INNER) {
             sums[0] += FN(lanes_total)(s0, t0);
             sums[1] += FN(lanes_total)(s1, t1);
-            s0 = s1 = FN(lanes_splat)(0);
-            t0 = t1 = 0;
+            if (two) {
+                sums[2] += FN(lanes_total)(u0, v0);
+                sums[3] += FN(lanes_total)(u1, v1);
+            }
+            s0 = s1 = u0 = u1 = FN(lanes_splat)(0);
+            t0 = t1 = v0 = v1 = 0;
             held = 0;
         }
         for (; i + DN_LANES <= len; i += DN_LANES) {
             const FN(lanes) d = FN(lanes_sub)(FN(lanes_load_s)(q + i), cv);
             s0 = FN(lanes_add)(s0, d);
             s1 = FN(lanes_add)(s1, FN(lanes_mul)(d, d));
+            if (two) {
+                const FN(lanes) e = FN(lanes_sub)(FN(lanes_load_s)(q2 + i), cv2);
+                u0 = FN(lanes_add)(u0, e);
+                u1 = FN(lanes_add)(u1, FN(lanes_mul)(e, e));
+            }
         }
         for (; i < len; i++) {
             t0 += DN_LD(q[i]) - c;
             t1 += (DN_LD(q[i]) - c) * (DN_LD(q[i]) - c);
+            if (two) {
+                v0 += DN_LD(q2[i]) - c2;
+                v1 += (DN_LD(q2[i]) - c2) * (DN_LD(q2[i]) - c2);
+            }
         }
         held += len;
     }
     if (held > 0) {
         sums[0] += FN(lanes_total)(s0, t0);
         sums[1] += FN(lanes_total)(s1, t1);
+        if (two) {
+            sums[2] += FN(lanes_total)(u0, v0);
+            sums[3] += FN(lanes_total)(u1, v1);
+        }
     }
+}
+
+/* sums[0] += sum(x - c), sums[1] += sum((x - c)^2) */
+static void FN(rows_deviations)(const S *x, int64_t stride, int64_t rows, int64_t len, T c,
+                                double *sums)
+{
+    FN(rows_deviations_k)(x, 0, 0, stride, rows, len, c, c, sums);
 }
 
 /* sums[0] += sum(dy), sums[1] += sum(x - h), sums[2] += sum(dy*(x - h)); dy's
@@ -384,29 +431,48 @@ static void FN(ncs_group_moments)(const dn_plan *p, const S *x, int64_t g, doubl
  * the rows of group g's images, in chunks of whole rows of at most
  * DN_CHUNK_ELEMS values reduced by the same corrected two-pass and merged
  * in order. */
-static void FN(ncs_short_moments)(const dn_plan *p, const S *x, int64_t t, double *gmean,
-                                  double *gm2)
+/* Channel ch's moments of group g (and, with `two`, channel ch + 1's: the
+ * same operations, in the same order, on each), at gmean/gm2[ch*G + g]. */
+static DN_ALWAYS_INLINE void FN(short_moments_k)(const dn_plan *p, const S *x, int64_t g,
+                                                 int64_t ch, int two, double *gmean,
+                                                 double *gm2)
 {
     const int64_t G = p->groups, sp = p->s, stride = p->c * sp;
     const int64_t per = dn_max64(1, DN_CHUNK_ELEMS / sp); /* rows per chunk */
-    int64_t g, c0, c1, lo, hi;
-    dn_reduce_task(p, t, &g, &c0, &c1);
+    int64_t lo, hi;
+    double count[2] = {0.0, 0.0}, mean[2] = {0.0, 0.0}, m2[2] = {0.0, 0.0};
     dn_group_range(p, g, &lo, &hi);
-    for (int64_t ch = c0; ch < c1; ch++) {
-        double count = 0.0, mean = 0.0, m2 = 0.0;
-        for (int64_t img = lo / sp; img < hi / sp; img += per) {
-            const int64_t rows = dn_min64(per, hi / sp - img);
-            const S *first = x + (img * p->c + ch) * sp;
-            const double vals = (double)(rows * sp);
-            const T centre = (T)(FN(rows_sum)(first, stride, rows, sp) / vals);
-            double dev[2] = {0.0, 0.0};
-            FN(rows_deviations)(first, stride, rows, sp, centre, dev);
-            dn_merge_moments(&count, &mean, &m2, vals, (double)centre + dev[0] / vals,
-                             dev[1] - dev[0] * dev[0] / vals);
-        }
-        gmean[ch * G + g] = mean;
-        gm2[ch * G + g] = m2;
+    for (int64_t img = lo / sp; img < hi / sp; img += per) {
+        const int64_t rows = dn_min64(per, hi / sp - img);
+        const S *first = x + (img * p->c + ch) * sp;
+        const double vals = (double)(rows * sp);
+        double total[2] = {0.0, 0.0}, dev[4] = {0.0, 0.0, 0.0, 0.0};
+        T centre[2];
+        FN(rows_sum_k)(first, sp, two, stride, rows, sp, total);
+        centre[0] = (T)(total[0] / vals);
+        centre[1] = two ? (T)(total[1] / vals) : centre[0];
+        FN(rows_deviations_k)(first, sp, two, stride, rows, sp, centre[0], centre[1], dev);
+        for (int k = 0; k <= two; k++)
+            dn_merge_moments(&count[k], &mean[k], &m2[k], vals,
+                             (double)centre[k] + dev[2 * k] / vals,
+                             dev[2 * k + 1] - dev[2 * k] * dev[2 * k] / vals);
     }
+    for (int k = 0; k <= two; k++) {
+        gmean[(ch + k) * G + g] = mean[k];
+        gm2[(ch + k) * G + g] = m2[k];
+    }
+}
+
+/* Short rows: channels two at a time, whose chains of adds then overlap
+ * (one channel's alone is a chain of dependent adds per lane: 16x2048x7x7
+ * moments 17% faster in pairs) */
+static void FN(ncs_short_moments)(const dn_plan *p, const S *x, int64_t t, double *gmean,
+                                  double *gm2)
+{
+    int64_t g, c0, c1, ch;
+    dn_reduce_task(p, t, &g, &c0, &c1);
+    for (ch = c0; ch + 1 < c1; ch += 2) FN(short_moments_k)(p, x, g, ch, 1, gmean, gm2);
+    if (ch < c1) FN(short_moments_k)(p, x, g, ch, 0, gmean, gm2);
 }
 
 /* Channels last: v[ch] += v[k*c + ch] for k = 1 .. per-1, in k order (the
