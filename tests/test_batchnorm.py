@@ -61,6 +61,9 @@ SCHEDULE_SHAPES = [
     (27, 2050),
     (5, 2049, 1, 3),
     (9, 4097),
+    # channels-first short rows, statistics two channels at a time: blocks of
+    # 41 channels (odd: a pair short) and a last block of one
+    (16, 83, 7, 7),
 ]
 
 
