@@ -47,6 +47,11 @@ NOT_HERE = [
     (r"python -m venv ", ".ci/run installs the repaired wheel in a fresh venv"),
     (r"mpiexec ", "tests/test_sync.py launches mpiexec with the options root and few cores "
                   "need, and runs examples/mpi/train_data_parallel.py over 1 and 3 processes"),
+    (r"cc -shared -o before\.so ", "needs a second build tree of the library to compare "
+                                  "against; .ci/run builds compare_builds in each "
+                                  "configuration"),
+    (r"OMP_NUM_THREADS=2 build/compare_builds ", "needs the two builds of the command before "
+                                                "it, and times them for seconds"),
 ]
 # the optional packages a python block may import: a block that does is
 # skipped, with the reason, where the package is absent
