@@ -48,16 +48,6 @@ static void *symbol(void *handle, const char *name)
     return p;
 }
 
-static double *doubles(int64_t count)
-{
-    double *p = malloc(sizeof(double) * (size_t)count);
-    if (p == NULL) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
 static void load(build *b, const char *path)
 {
     void *p;
@@ -101,9 +91,9 @@ int main(int argc, char **argv)
     rmean = floats(c);
     rvar = floats(c);
     ones_and_zeros(rvar, rmean, c);
-    t[0] = doubles((int64_t)rounds * (CALLS - 2));
-    t[1] = doubles((int64_t)rounds * (CALLS - 2));
-    ratio = doubles(rounds);
+    t[0] = allocated(sizeof(double) * (size_t)rounds * (CALLS - 2));
+    t[1] = allocated(sizeof(double) * (size_t)rounds * (CALLS - 2));
+    ratio = allocated(sizeof(double) * (size_t)rounds);
     /* the backward's statistics */
     builds[0].train(n, c, s, layout, buf.x, buf.gamma, buf.beta, 1e-5, 0.1, NULL, NULL, buf.y,
                     buf.mean, buf.invstd);

@@ -28,16 +28,19 @@ static int shape_args(int argc, char **argv, int64_t *n, int64_t *c, int64_t *s,
     return 1;
 }
 
-/* count floats, or the program ends (status 1) when they cannot be had */
-static float *floats(int64_t count)
+/* bytes of memory, or the program ends (status 1) when they cannot be had */
+static void *allocated(size_t bytes)
 {
-    float *p = malloc(sizeof(float) * (size_t)count);
+    void *p = malloc(bytes);
     if (p == NULL) {
         fprintf(stderr, "out of memory\n");
         exit(1);
     }
     return p;
 }
+
+/* count floats (as allocated) */
+static float *floats(int64_t count) { return allocated(sizeof(float) * (size_t)count); }
 
 /* x: the values onednn_bn.c fills its buffers with; dy: the same values,
  * permuted */
