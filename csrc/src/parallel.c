@@ -24,8 +24,8 @@
  *     calls run on half the threads for a while (the back-off below,
  *     doubled while stragglers keep coming, up to DN_BACKOFF_MAX_NS, and
  *     the team halved again with each doubling, down to one). A slow fork
- *     of threads that are new or asleep is their waking, not a straggler
- *     (dn_fork_woke_threads). The hint is the one piece of process-wide
+ *     of the process's new threads is their start, not a straggler
+ *     (dn_fork_started_threads). The hint is the one piece of process-wide
  *     mutable state: it decides speed only, never a result, which is the
  *     same for every thread count.
  * What each task computes depends only on its index, never on the thread
@@ -87,11 +87,8 @@
 #define DN_BACKOFF_MIN_NS 20000000
 /* doubling while stragglers keep coming, up to this. */
 #define DN_BACKOFF_MAX_NS 1000000000
-/* After this long without a team, its threads sleep (libgomp's spin for
- * the next region lasts about 3 ms)... */
-#define DN_IDLE_NS 3000000
-/* ...and the first few teams of a process start them (three forks of 4-8
- * ms each were seen). */
+/* The first few teams of a process start its threads: their forks are
+ * not stragglers (three of 4-8 ms each were seen on an idle machine). */
 #define DN_NEW_TEAMS 4
 
 typedef struct dn_cursor {
@@ -123,7 +120,6 @@ typedef struct dn_team {
 static int64_t dn_backoff_until_ns; /* calls before this run on fewer threads */
 static int64_t dn_backoff_ns;     /* the next back-off */
 static int64_t dn_straggler_ns;   /* when the last straggler came */
-static int64_t dn_team_left_ns;   /* when the last team of more than one thread left */
 static int64_t dn_teams_formed;   /* teams of more than one thread so far */
 
 static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
@@ -138,16 +134,16 @@ static int64_t dn_now_ns(void) { return (int64_t)(omp_get_wtime() * 1e9); }
 
 int dn_parallel_backing_off(void) { return dn_now_ns() < DN_LOAD_RELAXED(&dn_backoff_until_ns); }
 
-/* Whether OpenMP's fork of a team formed at `now` was slow from waking its
- * threads rather than from a load: they are new (the process's first
- * DN_NEW_TEAMS teams), or no team of more than one thread ran in the
- * DN_IDLE_NS before, so they have gone to sleep since. On a virtual
- * machine waking them wakes its idle CPUs, which held the fork up 4-8 ms
- * at a time on an otherwise quiet machine here. */
-static int dn_fork_woke_threads(int64_t now)
+/* Whether a slow OpenMP fork was the start of the process's threads
+ * rather than a load: one of its first DN_NEW_TEAMS teams. On a virtual
+ * machine starting them wakes its idle CPUs, which held each of those
+ * forks up 4-8 ms on an otherwise quiet machine here. (A fork after the
+ * threads had slept was exempted too, once; but a load's stalls then went
+ * unseen wherever other work came between the calls, and the 64x64x56x56
+ * dropout's p90 under load rose from 1.0x to 1.4-1.6x one thread's.) */
+static int dn_fork_started_threads(void)
 {
-    const int64_t left = DN_LOAD_RELAXED(&dn_team_left_ns);
-    return DN_LOAD_RELAXED(&dn_teams_formed) <= DN_NEW_TEAMS || now - left > DN_IDLE_NS;
+    return DN_LOAD_RELAXED(&dn_teams_formed) <= DN_NEW_TEAMS;
 }
 
 /* The team while backing off: half the threads at the first back-off, a
@@ -328,13 +324,12 @@ void dn_parallel_phases(int threads, const dn_phase *phases, int nphases)
         DN_OMP(parallel num_threads(threads))
         dn_team_member(&team, omp_get_thread_num(), omp_get_num_threads());
         /* a straggler held up a wait (team.straggled) or the fork, or
-         * OpenMP's join waited for one to leave; a slow fork of new or
-         * sleeping threads is their waking, not a load */
+         * OpenMP's join waited for one to leave; a slow fork of the
+         * process's new threads is their start, not a load */
         left_ns = dn_now_ns();
         if (team.straggled > 0 || left_ns - team.joined_ns > DN_STRAGGLE_NS
-            || (team.late_fork && !dn_fork_woke_threads(team.start_ns)))
+            || (team.late_fork && !dn_fork_started_threads()))
             dn_learn_straggler(left_ns);
-        DN_STORE_RELAXED(&dn_team_left_ns, left_ns);
         return;
     }
 #endif
