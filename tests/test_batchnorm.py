@@ -377,7 +377,8 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
     for shape, axis in [((16, 5, 96, 97), 1), ((16, 96, 97, 5), -1), ((6000, 70), 1),
                         ((3, 1, 300001), 1), ((40, 3, 160, 180), 1), ((17, 300, 7, 7), 1),
                         ((300, 5, 127), 1), ((16, 64, 200), 1), ((600, 1100), 1),
-                        ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1)]:
+                        ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1),
+                        ((2, 130, 128, 64), -1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)
@@ -411,6 +412,28 @@ def test_build_info():
     assert info["version"] == dropnorm.__version__
     assert isinstance(info["openmp"], bool)
     assert info["max_threads"] >= 1
+
+
+@pytest.mark.parametrize("spatial", [(128, 128), (129, 128)])
+def test_channels_last_sums_either_side_of_the_two_row_limit(spatial):
+    # channels last, rows of 256 positions: the sums take two rows at a time
+    # up to 8 MiB (float32) and one row at a time above
+    shape = (2, 64) + spatial
+    x = make(shape, np.float32, -1, seed=13)
+    dy = make(shape, np.float32, -1, seed=14, loc=0.0, scale=1.0)
+    w, b = channel_params(64, np.float32)
+    assert (x.nbytes <= 8 << 20) == (spatial == (128, 128))
+    y, mean, invstd = dropnorm.batch_norm_train(x, w, b, axis=-1)
+    y_ref, mean_ref, invstd_ref = oracle.bn_train(x, w, b, axis=-1)
+    assert_close(y, y_ref, np.float32, scale=4)
+    assert_close(mean, mean_ref, np.float32, scale=4)
+    assert_close(invstd, invstd_ref, np.float32)
+    dx, dw, db = dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=-1)
+    dx_ref, dw_ref, db_ref = oracle.bn_backward(dy, x, w, axis=-1)
+    m = x.size // 64
+    assert_close(dx, dx_ref, np.float32, scale=4)
+    assert_close(dw, dw_ref, np.float32, scale=np.sqrt(m) * 4)
+    assert_close(db, db_ref, np.float32, scale=np.sqrt(m) * 4)
 
 
 @pytest.mark.parametrize("axis", [1, -1])

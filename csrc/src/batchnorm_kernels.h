@@ -598,8 +598,7 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
     const int64_t tile = per > 1 ? W : p->cblock;
     T *DN_RESTRICT sum = w, *DN_RESTRICT dev = w + W, *DN_RESTRICT centre = w + 2 * W;
 #if !defined(DN_HALF)
-    const int pairs = tile >= DN_PAIR_MIN_COLS
-                      && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES;
+    const int pairs = dn_pair_rows(tile, p->total * (int64_t)sizeof(S));
 #endif
     int64_t g, c0, c1, w1, lo, hi;
     double cnt = 0.0;
@@ -681,8 +680,8 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
                 }
             }
 #if !defined(DN_HALF)
-            /* long rows in the caches: two rows per load and store of the
-             * sums, the same additions in the same order (as nsc_grad_sums) */
+            /* rows in the caches (dn_pair_rows): two rows per load and store
+             * of the sums, the same additions in the same order */
             if (pairs)
                 for (; q + 1 < full; q += 2) {
                     const T *DN_RESTRICT ra = x + (r0 + q * per) * C, *DN_RESTRICT rb = ra + W;
@@ -1336,9 +1335,8 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     dn_reduce_task(p, t, &g, &c0, &c1);
     w1 = c1 == C ? W : c1;
     cols = w1 - c0;
-    /* long rows in the caches: two rows per load and store of the sums;
-     * streamed from memory, or in shorter rows, two at once measured slower */
-    pairs = cols >= DN_PAIR_MIN_COLS && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES;
+    /* rows in the caches: two rows per load and store of the sums */
+    pairs = dn_pair_rows(cols, p->total * (int64_t)sizeof(S));
     /* a wide row of the gradient in gbuf: per rows of the task's channels */
     stride = gbuf ? per * (c1 - c0) : W;
     step = gbuf ? dn_max64(1, DN_GRAD_TILE_ELEMS / stride) : DN_CHUNK_ROWS;
