@@ -41,11 +41,13 @@ typedef struct FN(pass) {
     S *out;
 } FN(pass);
 
-static void FN(widen_terms)(const dn_plan *p, T *const *terms)
+/* Channels [c0, c1) of each per-channel array repeated over a wide row. */
+static void FN(widen_terms)(const dn_plan *p, T *const *terms, int64_t c0, int64_t c1)
 {
     for (int q = 0; q < 4; q++)
         if (terms[q] != NULL)
-            for (int64_t j = p->c; j < p->wide; j++) terms[q][j] = terms[q][j - p->c];
+            for (int64_t at = p->c; at < p->wide; at += p->c)
+                memcpy(terms[q] + at + c0, terms[q] + c0, (size_t)(c1 - c0) * sizeof(T));
 }
 
 /* What the team's tasks share: the pass and how its output is stored. */
@@ -64,20 +66,16 @@ static void FN(reduce_task)(const void *ctx, int64_t t, int worker)
     ps->reduce(ps->ctx, t, ps->scratch + ps->scratch_bytes * (size_t)worker);
 }
 
+/* A block of channels finished, and its terms repeated over the wide row
+ * in the same task (a phase of its own cost small calls a barrier). */
 static void FN(finish_task)(const void *ctx, int64_t f, int worker)
 {
     const FN(pass_job) *job = (const FN(pass_job) *)ctx;
+    const int64_t c0 = f * DN_FINISH_CHANNELS, c1 = dn_min64(c0 + DN_FINISH_CHANNELS, job->p->c);
     (void)worker;
-    job->ps->finish(job->ps->ctx, f * DN_FINISH_CHANNELS,
-                    dn_min64((f + 1) * DN_FINISH_CHANNELS, job->p->c));
-}
-
-static void FN(widen_task)(const void *ctx, int64_t task, int worker)
-{
-    const FN(pass_job) *job = (const FN(pass_job) *)ctx;
-    (void)task;
-    (void)worker;
-    FN(widen_terms)(job->p, job->ps->wide_terms);
+    job->ps->finish(job->ps->ctx, c0, c1);
+    if (job->op != NULL && job->p->wide > job->p->c)
+        FN(widen_terms)(job->p, job->ps->wide_terms, c0, c1);
 }
 
 static void FN(elementwise_task)(const void *ctx, int64_t blk, int worker)
@@ -103,11 +101,9 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
         phases[nphases++] = (dn_phase){p->groups * p->cblocks, FN(reduce_task), &job};
     phases[nphases++] =
         (dn_phase){dn_ceil_div(p->c, DN_FINISH_CHANNELS), FN(finish_task), &job};
-    if (ps->op != NULL) {
-        if (p->wide > p->c) phases[nphases++] = (dn_phase){1, FN(widen_task), &job};
+    if (ps->op != NULL)
         phases[nphases++] =
             (dn_phase){dn_ceil_div(p->total, DN_APPLY_BLOCK), FN(elementwise_task), &job};
-    }
     dn_parallel_phases(p->threads, phases, nphases);
 }
 
