@@ -207,8 +207,13 @@ static inline double FN(lanes_total)(FN(lanes) a, T tail)
     double t[DN_LANES];
     FN(lanes_store)(lanes, a);
     for (int j = 0; j < DN_LANES; j++) t[j] = (double)lanes[j];
-    for (int w = DN_LANES / 2; w >= 1; w /= 2)
-        for (int j = 0; j < w; j++) t[j] += t[j + w];
+    /* the halvings one loop each, of a constant length, which the
+     * compilers unroll (a loop over the widths stayed a loop at run time) */
+    if (DN_LANES > 8)
+        for (int j = 0; j < 8; j++) t[j] += t[j + 8];
+    for (int j = 0; j < 4; j++) t[j] += t[j + 4];
+    for (int j = 0; j < 2; j++) t[j] += t[j + 2];
+    t[0] += t[1];
     return t[0] + (double)tail;
 }
 
