@@ -174,8 +174,9 @@ static inline int dn_threads_for(int64_t elems)
 /* ---- The team (parallel.c): phases of independent tasks. --------------
  * run(ctx, task, worker) computes task `task`; its result must not depend
  * on `worker` (0 .. threads-1, the index of per-thread scratch). Every task
- * of a phase finishes before any task of the next one starts. */
-#define DN_MAX_PHASES 4
+ * of a phase finishes before any task of the next one starts. At most
+ * three: a batch-norm pass's reduction, finish and elementwise pass. */
+#define DN_MAX_PHASES 3
 
 typedef void (*dn_task_fn)(const void *ctx, int64_t task, int worker);
 

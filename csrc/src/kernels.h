@@ -164,10 +164,6 @@ typedef struct dn_grad_finish {
     void *dy_scale, *x_scale, *centre, *offset; /* batch statistics: written; may be NULL */
 } dn_grad_finish;
 
-/* The batch-norm kernels of one element type: tensor pointers point to
- * its storage type (float, double, or uint16_t for f16 and bf16), the
- * per-channel arrays and the terms to its compute type (float for f16 and
- * bf16); the group layout is dn_group_range's (common.h). */
 /* Frozen statistics (inference, and the backward through them): the
  * affine terms scale = gamma/sqrt(running_var + eps) and
  * shift = beta - running_mean*scale, in double, each rounded once to T. */
@@ -179,6 +175,10 @@ typedef struct dn_frozen_finish {
     void *scale, *shift;       /* written; shift may be NULL */
 } dn_frozen_finish;
 
+/* The batch-norm kernels of one element type: tensor pointers point to
+ * its storage type (float, double, or uint16_t for f16 and bf16), the
+ * per-channel arrays and the terms to its compute type (float for f16 and
+ * bf16); the group layout is dn_group_range's (common.h). */
 typedef struct dn_bn_kernels {
     /* Reduction task t (dn_reduce_task: group g, channels [c0, c1)): the
      * per-channel count-weighted mean and sum of squared deviations of
