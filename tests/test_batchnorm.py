@@ -436,6 +436,42 @@ def test_channels_last_sums_either_side_of_the_two_row_limit(spatial):
     assert_close(db, db_ref, np.float32, scale=np.sqrt(m) * 4)
 
 
+def _placed(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` elements past a 64-byte line."""
+    buf = np.empty(a.size + 64, a.dtype)
+    start = (-buf.ctypes.data % 64) // a.itemsize + offset
+    view = buf[start:start + a.size].reshape(a.shape)
+    view[...] = a
+    return view
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 7, 7, 2048), (2, 5, 9, 64), (3, 11, 13, 5), (1, 3, 37, 96)])
+def test_channels_last_inference_at_every_place_in_a_cache_line(shape, dtype):
+    """Inference is x*scale + shift per value, scale and shift rounded from
+    double, bit for bit wherever x and y start in their cache lines (the
+    AVX-512 pass aligns its loads to x's lines and masks the first and last
+    ones), in place too."""
+    c = shape[-1]
+    rng = np.random.default_rng(3)
+    x0 = (0.5 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+    w, b = channel_params(c, dtype)
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = (0.5 + rng.random(c)).astype(dtype)
+    a = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5)
+    scale, shift = a.astype(dtype), (b - rm.astype(np.float64) * a).astype(dtype)
+    expected = x0 * scale + shift
+    per_line = 64 // x0.itemsize
+    for xo in range(per_line):
+        x = _placed(x0, xo)
+        for yo in sorted({0, xo, (xo + 3) % per_line}):
+            y = _placed(np.zeros_like(x0), yo)
+            dropnorm.batch_norm_infer(x, rm, rv, w, b, eps=1e-5, axis=-1, out=y)
+            np.testing.assert_array_equal(y, expected)
+        dropnorm.batch_norm_infer(x, rm, rv, w, b, eps=1e-5, axis=-1, out=x)
+        np.testing.assert_array_equal(x, expected)
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_outputs_larger_than_the_caches(axis):
     # above 16 MiB the elementwise passes write with streaming stores

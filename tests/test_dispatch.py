@@ -50,10 +50,11 @@ def test_variant_names_per_family_and_chosen_once():
                                 "half": "portable"}
         elif level == "avx2":
             assert families == {"batchnorm": "avx2", "dropout": "avx2", "half": "avx2"}
-        else:  # the batch-norm loops run their AVX2 build under AVX-512; the half
-            # types' conversions are AVX2's (F16C) unless AVX512-BF16 rounds bfloat16
-            assert families in ({"batchnorm": "avx2", "dropout": "avx512", "half": "avx2"},
-                                {"batchnorm": "avx2", "dropout": "avx512",
+        else:  # float and double batch norm run their AVX-512 variant (the AVX2
+            # loops with a 64-byte inference pass); the half types' conversions are
+            # AVX2's (F16C) unless AVX512-BF16 rounds bfloat16
+            assert families in ({"batchnorm": "avx512", "dropout": "avx512", "half": "avx2"},
+                                {"batchnorm": "avx512", "dropout": "avx512",
                                  "half": "avx512bf16"})
             if cap == "avx512":  # the cap keeps AVX512-BF16 out
                 assert families["half"] == "avx2"

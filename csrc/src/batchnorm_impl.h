@@ -107,6 +107,20 @@ static void FN(run_pass)(const dn_plan *p, const dn_bn_kernels *kern, const FN(p
     dn_parallel_phases(p->threads, phases, nphases);
 }
 
+/* A workspace of `nterms` per-channel terms (p->wide values each) for an
+ * elementwise pass, placed at the same place in a cache line as `like` (the
+ * tensor the pass reads; dn_line_like); NULL with *st set if it cannot be
+ * had, else *work is what to free. */
+static T *FN(terms_workspace)(const dn_plan *p, int nterms, const void *like, void **work,
+                              dn_status *st)
+{
+    dn_bytes need = {0, 0};
+    dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    dn_bytes_add(&need, 1, DN_LINE_BYTES);
+    *work = dn_workspace(&need, st);
+    return *work == NULL ? NULL : (T *)dn_line_like(*work, like, sizeof(T));
+}
+
 /* ---- Training forward. -------------------------------------------------- */
 
 typedef struct FN(train_ctx) {
@@ -241,16 +255,13 @@ static dn_status FN(infer)(
     dn_plan p;
     dn_status st = dn_make_plan(n, c, s, layout, sizeof(S), &p);
     T *scale, *shift;
+    void *work;
     if (st != DN_OK) return st;
     if (x == NULL || y == NULL || running_mean == NULL || running_var == NULL)
         return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
-    {
-        dn_bytes need = {0, 0};
-        dn_bytes_add(&need, p.wide, 2 * sizeof(T));
-        scale = (T *)dn_workspace(&need, &st);
-        if (scale == NULL) return st;
-    }
+    scale = FN(terms_workspace)(&p, 2, x, &work, &st);
+    if (scale == NULL) return st;
     shift = scale + p.wide;
     {
         const FN(frozen_ctx) o = {
@@ -267,7 +278,7 @@ static dn_status FN(infer)(
         };
         FN(run_pass)(&p, o.kern, &ps);
     }
-    free(scale);
+    free(work);
     return DN_OK;
 }
 
@@ -679,17 +690,14 @@ dn_status FN(dn_batchnorm_forward_apply)(
     dn_plan p;
     dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     T *terms;
+    void *work;
     if (st != DN_OK) return st;
     if (((x == NULL || y == NULL) && n != 0) || mean == NULL || var == NULL
         || (running_var != NULL && var_unbiased == NULL))
         return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps) || !(momentum >= 0.0 && momentum <= 1.0)) return DN_ERR_BAD_VALUE;
-    {
-        dn_bytes need = {0, 0};
-        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
-        terms = (T *)dn_workspace(&need, &st);
-        if (terms == NULL) return st;
-    }
+    terms = FN(terms_workspace)(&p, 4, x, &work, &st);
+    if (terms == NULL) return st;
     {
         T *const mean_hi = terms, *const mean_lo = terms + p.wide;
         T *const scale = terms + 2 * p.wide, *const shift = terms + 3 * p.wide;
@@ -713,7 +721,7 @@ dn_status FN(dn_batchnorm_forward_apply)(
         };
         FN(run_pass)(&p, o.kern, &ps);
     }
-    free(terms);
+    free(work);
     return DN_OK;
 }
 
@@ -772,18 +780,15 @@ dn_status FN(dn_batchnorm_backward_apply)(
     dn_plan p;
     dn_status st = dn_make_plan(n == 0 ? 1 : n, c, s, layout, sizeof(S), &p);
     T *terms;
+    void *work;
     if (st != DN_OK) return st;
     if (((dy == NULL || x == NULL || dx == NULL) && n != 0) || save_mean == NULL
         || save_invstd == NULL || sums == NULL)
         return DN_ERR_NULL_POINTER;
     /* the whole batch holds this shard */
     if (count < 1 || count < (n == 0 ? 1 : p.m)) return DN_ERR_BAD_VALUE;
-    {
-        dn_bytes need = {0, 0};
-        dn_bytes_add(&need, p.wide, 4 * sizeof(T));
-        terms = (T *)dn_workspace(&need, &st);
-        if (terms == NULL) return st;
-    }
+    terms = FN(terms_workspace)(&p, 4, dy, &work, &st);
+    if (terms == NULL) return st;
     {
         T *const dy_scale = terms, *const x_scale = terms + p.wide;
         T *const centre = terms + 2 * p.wide, *const offset = terms + 3 * p.wide;
@@ -806,7 +811,7 @@ dn_status FN(dn_batchnorm_backward_apply)(
         };
         FN(run_pass)(&p, o.kern, &ps);
     }
-    free(terms);
+    free(work);
     return DN_OK;
 }
 

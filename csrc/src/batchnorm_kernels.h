@@ -66,8 +66,8 @@
 /* 64 bytes of independent lanes (two AVX2 registers, so that the adds'
  * latency overlaps), combined in a fixed order. */
 #define DN_LANES (64 / (int)sizeof(T))
-#if defined(__AVX2__) && !defined(DN_HALF)
-#  include <immintrin.h> /* the fused backward's gate (dn_gate_values_avx2) */
+#if (defined(__AVX2__) || defined(DN_WIDE_VECTORS)) && !defined(DN_HALF)
+#  include <immintrin.h> /* the fused backward's gate (dn_gate_values_avx2), affine_wide_v64 */
 #endif
 
 /* ---- Lanes: DN_LANES partial sums of T. --------------------------------- */
@@ -1435,6 +1435,61 @@ static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, con
         FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
 }
 
+#if defined(DN_WIDE_VECTORS)
+/* ---- Channels-last inference in 64-byte vectors (the AVX-512 variant). --
+ * DN_WIDE_VECTORS is ps or pd (T float or double). The loads are aligned,
+ * so this runs only where the terms are at the same place in their cache
+ * lines as x (the workspace puts them there, dn_line_like): AVX-512 pays
+ * twice for a 64-byte load that straddles two lines, and a 64-byte vector
+ * is aligned or always straddles (stores that straddle cost little, so y
+ * may be anywhere). A run's part of x's first and last lines goes through
+ * masked loads and stores. Each value sees x*scale + shift as in the
+ * scalar loop (no contraction), so the bits are the other variants'. Only
+ * these functions are compiled for AVX-512: the rest of the variant is the
+ * AVX2 build's code (an -mavx512f build of the reductions measured slower;
+ * 64-byte training and backward passes, and channels-first runs, gained
+ * nothing that held up in paired runs). */
+#  define DN_V64 (64 / (int64_t)sizeof(T))
+#  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
+#  define DN_AVX512_FN __attribute__((target("avx512f")))
+
+/* Values from x to the next 64-byte boundary, or -1 when the run is too
+ * short to gain or scale and shift are not where x is in their lines */
+static inline int64_t FN(v64_head)(int64_t len, const S *x, const T *scale, const T *shift)
+{
+    const uintptr_t a = (uintptr_t)x % 64;
+    if (len < DN_MIN_V64_RUN || a % sizeof(T) != 0 || (uintptr_t)scale % 64 != a
+        || (uintptr_t)shift % 64 != a)
+        return -1;
+    return (int64_t)((64 - a) % 64 / sizeof(T));
+}
+
+/* y = x*scale + shift for the vector at i: lanes m of it (masked) when
+ * part, else all (aligned loads) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(affine_v64)(const T *x, const T *scale,
+                                                         const T *shift, int64_t i,
+                                                         unsigned m, int part, T *y)
+{
+    if (part)
+        DN_W(mask_storeu)(y + i, m, DN_W(add)(DN_W(mul)(DN_W(maskz_loadu)(m, x + i),
+                                                        DN_W(maskz_loadu)(m, scale + i)),
+                                              DN_W(maskz_loadu)(m, shift + i)));
+    else
+        DN_W(storeu)(y + i, DN_W(add)(DN_W(mul)(DN_W(load)(x + i), DN_W(load)(scale + i)),
+                                      DN_W(load)(shift + i)));
+}
+
+/* affine_wide over [0, len), `head` values before the first line boundary */
+static DN_AVX512_FN void FN(affine_wide_v64)(const T *x, const T *scale, const T *shift,
+                                             int64_t len, int64_t head, T *y)
+{
+    int64_t i = dn_min64(head, len);
+    if (i > 0) FN(affine_v64)(x, scale, shift, 0, (1u << i) - 1u, 1, y);
+    for (; i + DN_V64 <= len; i += DN_V64) FN(affine_v64)(x, scale, shift, i, 0, 0, y);
+    if (i < len) FN(affine_v64)(x, scale, shift, i, (1u << (len - i)) - 1u, 1, y);
+}
+#endif
+
 /* ---- Elementwise passes. -------------------------------------------------
  * One run of each pass: with the terms of a wide row, one per element
  * (channels last, *_wide), or one term for the run (channels first). The
@@ -1495,6 +1550,13 @@ static void FN(affine_wide)(const S *x, const T *DN_RESTRICT scale, const T *DN_
                             int64_t len, S *y)
 {
     int64_t i = 0;
+#if defined(DN_WIDE_VECTORS)
+    const int64_t head = FN(v64_head)(len, x, scale, shift);
+    if (head >= 0) {
+        FN(affine_wide_v64)(x, scale, shift, len, head, y);
+        return;
+    }
+#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES)
         FN(lanes_store_s)(y + i, FN(lanes_add)(FN(lanes_mul)(FN(lanes_load_s)(x + i),
@@ -2036,6 +2098,12 @@ const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
 };
 
 #undef DN_LANES
+#if defined(DN_WIDE_VECTORS)
+#  undef DN_V64
+#  undef DN_W
+#  undef DN_AVX512_FN
+#  undef DN_WIDE_VECTORS
+#endif
 #undef FN
 #undef T
 #undef S

@@ -301,6 +301,22 @@ static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
     return w;
 }
 
+/* The AVX-512 inference pass takes runs of this many values or more (in
+ * shorter ones the masked first and last lines cost more than they gain). */
+#define DN_MIN_V64_RUN 64
+
+/* A cache line's bytes; dn_line_like(buf, like, align): the place in buf
+ * (DN_LINE_BYTES more than it needs) at the same place in its line as
+ * `like`, rounded down to a multiple of align (the terms' size): terms read
+ * beside a tensor's values then line up with them, and the 64-byte vectors
+ * of the AVX-512 inference pass load both aligned. */
+#define DN_LINE_BYTES 64
+static inline void *dn_line_like(void *buf, const void *like, size_t align)
+{
+    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_LINE_BYTES;
+    return (char *)buf + (off - off % align);
+}
+
 /* Range g of `parts` near-equal parts of [0, total). */
 static inline void dn_split(int64_t total, int64_t parts, int64_t g,
                             int64_t *lo, int64_t *hi)

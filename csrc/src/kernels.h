@@ -222,6 +222,9 @@ extern const dn_bn_kernels dn_bn_kernels_f16_portable, dn_bn_kernels_bf16_portab
 extern const dn_bn_kernels dn_bn_kernels_f32_avx2, dn_bn_kernels_f64_avx2;
 extern const dn_bn_kernels dn_bn_kernels_f16_avx2, dn_bn_kernels_bf16_avx2;
 #endif
+#if defined(DN_HAVE_AVX512)
+extern const dn_bn_kernels dn_bn_kernels_f32_avx512, dn_bn_kernels_f64_avx512;
+#endif
 #if defined(DN_HAVE_AVX512BF16)
 extern const dn_bn_kernels dn_bn_kernels_bf16_avx512bf16;
 #endif
