@@ -132,11 +132,12 @@ typedef struct FN(train_ctx) {
 } FN(train_ctx);
 
 /* The statistics workspace: groups x channels moments (gmean, gm2), the
- * groups' merge weights (filled), `nterms` per-channel terms (at *terms),
- * per-thread scratch (at *scratch, *scratch_bytes each: NSC 3 wide rows of
- * T, NCS c doubles, wide == c); NULL with *st set if it cannot be had. */
-static double *FN(moments_workspace)(const dn_plan *p, int nterms, T **terms, char **scratch,
-                                     size_t *scratch_bytes, dn_status *st)
+ * groups' merge weights (filled), `nterms` per-channel terms (at *terms,
+ * at like's place in a cache line: FN(terms_workspace)), per-thread scratch
+ * (at *scratch, from a line boundary, *scratch_bytes each: NSC 3 wide rows
+ * of T, NCS c doubles, wide == c); NULL with *st set if it cannot be had. */
+static double *FN(moments_workspace)(const dn_plan *p, int nterms, const void *like, T **terms,
+                                     char **scratch, size_t *scratch_bytes, dn_status *st)
 {
     const int64_t G = p->groups, c = p->c;
     double *work;
@@ -145,12 +146,13 @@ static double *FN(moments_workspace)(const dn_plan *p, int nterms, T **terms, ch
     dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
     dn_bytes_add(&need, G, 2 * sizeof(double));
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    dn_bytes_add(&need, 2, DN_LINE_BYTES);
     dn_bytes_add(&need, p->threads, *scratch_bytes);
     work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;
     dn_group_weights(p, work + 2 * G * c);
-    *terms = (T *)(work + 2 * G * c + 2 * G);
-    *scratch = (char *)(*terms + nterms * p->wide);
+    *terms = (T *)dn_line_like(work + 2 * G * c + 2 * G, like, sizeof(T));
+    *scratch = (char *)dn_line_up(*terms + nterms * p->wide);
     return work;
 }
 
@@ -189,7 +191,7 @@ static dn_status FN(train)(
     dn_plan_short_rows(&p, DN_SHORT_ROW);
     G = p.groups;
     /* with the four per-channel terms of the elementwise pass */
-    work = FN(moments_workspace)(&p, 4, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(moments_workspace)(&p, 4, x, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         T *const mean_hi = terms, *const mean_lo = terms + p.wide;
@@ -333,10 +335,13 @@ static void FN(backward_infer_channels)(const void *ctx, int64_t c0, int64_t c1)
 }
 
 /* The backward workspace: group sums, `nterms` per-channel terms (at
- * *terms), per-thread scratch (at *scratch, *scratch_bytes each); NULL with
- * *st set if it cannot be had. gated: room for nsc_grad_sums' gradient. */
-static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, T **terms,
-                                  char **scratch, size_t *scratch_bytes, dn_status *st)
+ * *terms, at like's place in a cache line: FN(terms_workspace)), per-thread
+ * scratch (at *scratch, from a line boundary, *scratch_bytes each); NULL
+ * with *st set if it cannot be had. gated: room for nsc_grad_sums'
+ * gradient. */
+static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, const void *like,
+                                  T **terms, char **scratch, size_t *scratch_bytes,
+                                  dn_status *st)
 {
     double *work;
     dn_bytes need = {0, 0}, thread = {0, 0};
@@ -349,11 +354,12 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, T **t
     *scratch_bytes = dn_cache_lines_of(&need, thread);
     dn_bytes_add(&need, p->c, 3 * sizeof(double) * (size_t)p->groups);
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
+    dn_bytes_add(&need, 2, DN_LINE_BYTES);
     dn_bytes_add(&need, p->threads, *scratch_bytes);
     work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;
-    *terms = (T *)(work + 3 * p->c * p->groups);
-    *scratch = (char *)(*terms + nterms * p->wide);
+    *terms = (T *)dn_line_like(work + 3 * p->c * p->groups, like, sizeof(T));
+    *scratch = (char *)dn_line_up(*terms + nterms * p->wide);
     return work;
 }
 
@@ -373,7 +379,7 @@ dn_status FN(dn_batchnorm_backward)(
     if (dy == NULL || x == NULL || save_mean == NULL || save_invstd == NULL || dx == NULL)
         return DN_ERR_NULL_POINTER;
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 4, 0, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 4, 0, dy, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         T *const dy_scale = terms, *const x_scale = terms + p.wide;
@@ -418,7 +424,7 @@ dn_status FN(dn_batchnorm_backward_infer)(
     if (dgamma != NULL && x == NULL) return DN_ERR_NULL_POINTER;
     if (dn_bad_eps(eps)) return DN_ERR_BAD_VALUE;
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 2, 0, &scale, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 2, 0, dy, &scale, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     shift = scale + p.wide;
     {
@@ -594,7 +600,7 @@ dn_status FN(dn_batchnorm_backward_fused)(
         apply.kind = DN_GATE_ROWBITS;
         apply.rowbits = rowbits;
     }
-    work = FN(grad_workspace)(&pl, 4, gate.tiles, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&pl, 4, gate.tiles, x, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) {
         free(rowbits);
         return st;
@@ -663,7 +669,7 @@ dn_status FN(dn_batchnorm_partial_stats)(
     }
     dn_plan_short_rows(&p, DN_SHORT_ROW);
     G = p.groups;
-    work = FN(moments_workspace)(&p, 0, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(moments_workspace)(&p, 0, x, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         const FN(train_ctx) o = {
@@ -752,7 +758,7 @@ dn_status FN(dn_batchnorm_backward_reduce)(
         return DN_OK;
     }
     dn_plan_short_rows(&p, DN_SHORT_GRAD_ROW);
-    work = FN(grad_workspace)(&p, 0, 0, &terms, &scratch, &scratch_bytes, &st);
+    work = FN(grad_workspace)(&p, 0, 0, x, &terms, &scratch, &scratch_bytes, &st);
     if (work == NULL) return st;
     {
         const FN(grad_ctx) o = {

@@ -201,7 +201,7 @@ static inline void FN(lanes_store_s)(S *out, FN(lanes) a)
 
 /* The lanes' sum, halving (a fixed tree, whatever the vector width), plus
  * the tail that did not fill the lanes. */
-static inline double FN(lanes_total)(FN(lanes) a, T tail)
+static DN_ALWAYS_INLINE double FN(lanes_total)(FN(lanes) a, T tail)
 {
     T lanes[DN_LANES];
     double t[DN_LANES];
@@ -1436,57 +1436,111 @@ static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, con
 }
 
 #if defined(DN_WIDE_VECTORS)
-/* ---- Channels-last inference in 64-byte vectors (the AVX-512 variant). --
- * DN_WIDE_VECTORS is ps or pd (T float or double). The loads are aligned,
- * so this runs only where the terms are at the same place in their cache
- * lines as x (the workspace puts them there, dn_line_like): AVX-512 pays
- * twice for a 64-byte load that straddles two lines, and a 64-byte vector
- * is aligned or always straddles (stores that straddle cost little, so y
- * may be anywhere). A run's part of x's first and last lines goes through
- * masked loads and stores. Each value sees x*scale + shift as in the
- * scalar loop (no contraction), so the bits are the other variants'. Only
- * these functions are compiled for AVX-512: the rest of the variant is the
- * AVX2 build's code (an -mavx512f build of the reductions measured slower;
- * 64-byte training and backward passes, and channels-first runs, gained
- * nothing that held up in paired runs). */
+/* ---- Channels-last elementwise passes in 64-byte vectors (AVX-512). ----
+ * DN_WIDE_VECTORS is ps or pd (T float or double), DN_WIDE_TYPE __m512 or
+ * __m512d. The pass's input (x; dy for the backward) and the terms are
+ * loaded aligned, so this runs only where the terms are at the same place
+ * in their cache lines as that input (the workspaces put them there,
+ * dn_line_like): AVX-512 pays twice for a 64-byte load that straddles two
+ * lines, and a 64-byte vector is aligned or always straddles. The output
+ * and the backward's x may be anywhere (stores that straddle cost little;
+ * x is loaded aligned where it lines up with dy). A run's part of the
+ * input's first and last lines goes through masked loads and stores. Each
+ * value sees the scalar loop's operations in its order (no contraction),
+ * so the bits are the other variants'. Only these functions are compiled
+ * for AVX-512: the rest of the variant is the AVX2 build's code (an
+ * -mavx512f build of the reductions measured slower, and channels-first
+ * runs gained nothing that held up in paired runs). */
 #  define DN_V64 (64 / (int64_t)sizeof(T))
 #  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
 #  define DN_AVX512_FN __attribute__((target("avx512f")))
 
-/* Values from x to the next 64-byte boundary, or -1 when the run is too
- * short to gain or scale and shift are not where x is in their lines */
-static inline int64_t FN(v64_head)(int64_t len, const S *x, const T *scale, const T *shift)
+/* Values from in to the next 64-byte boundary, or -1 when the run is too
+ * short to gain or the terms t[0 .. nt) are not where in is in their lines */
+static inline int64_t FN(v64_head)(int64_t len, const S *in, const T *const *t, int nt)
 {
-    const uintptr_t a = (uintptr_t)x % 64;
-    if (len < DN_MIN_V64_RUN || a % sizeof(T) != 0 || (uintptr_t)scale % 64 != a
-        || (uintptr_t)shift % 64 != a)
-        return -1;
+    const uintptr_t a = (uintptr_t)in % 64;
+    if (len < DN_MIN_V64_RUN || a % sizeof(T) != 0) return -1;
+    for (int k = 0; k < nt; k++)
+        if ((uintptr_t)t[k] % 64 != a) return -1;
     return (int64_t)((64 - a) % 64 / sizeof(T));
 }
 
-/* y = x*scale + shift for the vector at i: lanes m of it (masked) when
- * part, else all (aligned loads) */
-static DN_ALWAYS_INLINE DN_AVX512_FN void FN(affine_v64)(const T *x, const T *scale,
-                                                         const T *shift, int64_t i,
-                                                         unsigned m, int part, T *y)
+/* The vector at p + i: lanes m of it (masked) when part, else all
+ * (aligned when al) */
+static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE
+    FN(v64_load)(const T *p, int64_t i, unsigned m, int part, int al)
 {
-    if (part)
-        DN_W(mask_storeu)(y + i, m, DN_W(add)(DN_W(mul)(DN_W(maskz_loadu)(m, x + i),
-                                                        DN_W(maskz_loadu)(m, scale + i)),
-                                              DN_W(maskz_loadu)(m, shift + i)));
-    else
-        DN_W(storeu)(y + i, DN_W(add)(DN_W(mul)(DN_W(load)(x + i), DN_W(load)(scale + i)),
-                                      DN_W(load)(shift + i)));
+    return part ? DN_W(maskz_loadu)(m, p + i) : al ? DN_W(load)(p + i) : DN_W(loadu)(p + i);
 }
 
-/* affine_wide over [0, len), `head` values before the first line boundary */
-static DN_AVX512_FN void FN(affine_wide_v64)(const T *x, const T *scale, const T *shift,
-                                             int64_t len, int64_t head, T *y)
+/* One vector (values i ..; lanes m when part) of an elementwise pass on
+ * in (x, or dy for the backward, whose x is aligned when xal) with the
+ * terms t: per value when wide, else t[k][0] for the run */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_step)(dn_elementwise_kind kind, int wide,
+                                                       const T *in, const T *x, int xal,
+                                                       const T *const *t, int64_t i,
+                                                       unsigned m, int part, T *out)
 {
+    DN_WIDE_TYPE k[4], v, r;
+    for (int j = 0; j < (kind == DN_ELEMENTWISE_AFFINE ? 2 : 4); j++)
+        k[j] = wide ? FN(v64_load)(t[j], i, m, part, 1) : DN_W(set1)(t[j][0]);
+    v = FN(v64_load)(in, i, m, part, 1);
+    switch (kind) {
+    case DN_ELEMENTWISE_AFFINE: /* x*scale + shift */
+        r = DN_W(add)(DN_W(mul)(v, k[0]), k[1]);
+        break;
+    case DN_ELEMENTWISE_TRAIN: /* ((x - mean_hi) - mean_lo)*scale + shift */
+        r = DN_W(add)(DN_W(mul)(DN_W(sub)(DN_W(sub)(v, k[0]), k[1]), k[2]), k[3]);
+        break;
+    default: /* dy_scale*dy + x_scale*(x - centre) + offset */
+        r = DN_W(add)(DN_W(add)(DN_W(mul)(k[0], v),
+                                DN_W(mul)(k[1], DN_W(sub)(FN(v64_load)(x, i, m, part, xal), k[2]))),
+                      k[3]);
+        break;
+    }
+    if (part) DN_W(mask_storeu)(out + i, m, r);
+    else DN_W(storeu)(out + i, r);
+}
+
+/* An elementwise pass over [0, len), `head` values before in's first line
+ * boundary (FN(v64_head)) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_pass)(dn_elementwise_kind kind, int wide,
+                                                       const T *in, const T *x, int xal,
+                                                       const T *const *t, int64_t len,
+                                                       int64_t head, T *out)
+{
+    /* the terms' addresses in locals: the stores (through types that may
+     * alias anything) would otherwise make the loop reload them from t */
+    const T *const k[4] = {t[0], t[1], kind == DN_ELEMENTWISE_AFFINE ? NULL : t[2],
+                           kind == DN_ELEMENTWISE_AFFINE ? NULL : t[3]};
     int64_t i = dn_min64(head, len);
-    if (i > 0) FN(affine_v64)(x, scale, shift, 0, (1u << i) - 1u, 1, y);
-    for (; i + DN_V64 <= len; i += DN_V64) FN(affine_v64)(x, scale, shift, i, 0, 0, y);
-    if (i < len) FN(affine_v64)(x, scale, shift, i, (1u << (len - i)) - 1u, 1, y);
+    if (i > 0) FN(v64_step)(kind, wide, in, x, xal, k, 0, (1u << i) - 1u, 1, out);
+    for (; i + DN_V64 <= len; i += DN_V64)
+        FN(v64_step)(kind, wide, in, x, xal, k, i, 0, 0, out);
+    if (i < len) FN(v64_step)(kind, wide, in, x, xal, k, i, (1u << (len - i)) - 1u, 1, out);
+}
+
+static DN_AVX512_FN void FN(affine_wide_v64)(const T *x, const T *const *t, int64_t len,
+                                             int64_t head, T *y)
+{
+    FN(v64_pass)(DN_ELEMENTWISE_AFFINE, 1, x, NULL, 1, t, len, head, y);
+}
+
+static DN_AVX512_FN void FN(train_wide_v64)(const T *x, const T *const *t, int64_t len,
+                                            int64_t head, T *y)
+{
+    FN(v64_pass)(DN_ELEMENTWISE_TRAIN, 1, x, NULL, 1, t, len, head, y);
+}
+
+/* x at dy's place in its lines (xal) or not */
+static DN_AVX512_FN void FN(backward_wide_v64)(const T *dy, const T *x, const T *const *t,
+                                               int64_t len, int64_t head, T *dx)
+{
+    if ((uintptr_t)x % 64 == (uintptr_t)dy % 64)
+        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, 1, dy, x, 1, t, len, head, dx);
+    else
+        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, 1, dy, x, 0, t, len, head, dx);
 }
 #endif
 
@@ -1501,6 +1555,14 @@ static void FN(train_wide)(const S *x, const T *DN_RESTRICT mh, const T *DN_REST
                            S *y)
 {
     int64_t i = 0;
+#if defined(DN_WIDE_VECTORS)
+    const T *const terms[4] = {mh, ml, scale, shift};
+    const int64_t head = FN(v64_head)(len, x, terms, 4);
+    if (head >= 0) {
+        FN(train_wide_v64)(x, terms, len, head, y);
+        return;
+    }
+#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES) {
         const FN(lanes) d = FN(lanes_sub)(FN(lanes_sub)(FN(lanes_load_s)(x + i),
@@ -1551,9 +1613,10 @@ static void FN(affine_wide)(const S *x, const T *DN_RESTRICT scale, const T *DN_
 {
     int64_t i = 0;
 #if defined(DN_WIDE_VECTORS)
-    const int64_t head = FN(v64_head)(len, x, scale, shift);
+    const T *const terms[2] = {scale, shift};
+    const int64_t head = FN(v64_head)(len, x, terms, 2);
     if (head >= 0) {
-        FN(affine_wide_v64)(x, scale, shift, len, head, y);
+        FN(affine_wide_v64)(x, terms, len, head, y);
         return;
     }
 #endif
@@ -1588,6 +1651,14 @@ static void FN(backward_wide)(const S *dy, const S *x, const dn_backward_terms *
     const T *DN_RESTRICT h = (const T *)t->centre + at;
     const T *DN_RESTRICT k = (const T *)t->offset + at;
     int64_t i = 0;
+#if defined(DN_WIDE_VECTORS)
+    const T *const terms[4] = {a, b, h, k};
+    const int64_t head = FN(v64_head)(len, dy, terms, 4);
+    if (head >= 0) {
+        FN(backward_wide_v64)(dy, x, terms, len, head, dx);
+        return;
+    }
+#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES) {
         const FN(lanes) g = FN(lanes_mul)(FN(lanes_load)(a + i), FN(lanes_load_s)(dy + i));
@@ -2103,6 +2174,7 @@ const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
 #  undef DN_W
 #  undef DN_AVX512_FN
 #  undef DN_WIDE_VECTORS
+#  undef DN_WIDE_TYPE
 #endif
 #undef FN
 #undef T

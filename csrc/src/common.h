@@ -301,7 +301,7 @@ static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
     return w;
 }
 
-/* The AVX-512 inference pass takes runs of this many values or more (in
+/* The AVX-512 elementwise passes take runs of this many values or more (in
  * shorter ones the masked first and last lines cost more than they gain). */
 #define DN_MIN_V64_RUN 64
 
@@ -309,12 +309,20 @@ static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
  * (DN_LINE_BYTES more than it needs) at the same place in its line as
  * `like`, rounded down to a multiple of align (the terms' size): terms read
  * beside a tensor's values then line up with them, and the 64-byte vectors
- * of the AVX-512 inference pass load both aligned. */
+ * of the AVX-512 elementwise passes load both aligned. */
 #define DN_LINE_BYTES 64
 static inline void *dn_line_like(void *buf, const void *like, size_t align)
 {
     const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_LINE_BYTES;
     return (char *)buf + (off - off % align);
+}
+
+/* The first line boundary at or after p (the per-thread scratch after the
+ * terms: its sums' loads were slower where the terms' place moved it off
+ * its usual alignment) */
+static inline void *dn_line_up(void *p)
+{
+    return (char *)p + (DN_LINE_BYTES - (uintptr_t)p % DN_LINE_BYTES) % DN_LINE_BYTES;
 }
 
 /* Range g of `parts` near-equal parts of [0, total). */

@@ -39,9 +39,9 @@ static const dn_kernel_table dn_table_avx2 = {
 
 #if defined(DN_HAVE_AVX512) && defined(DN_HAVE_AVX2)
 /* float and double batch norm: the AVX2 build's loops, with the
- * channels-last inference pass in 64-byte vectors (batchnorm_avx512.c; an
- * -mavx512f build of all the loops measured slower). The half types stay
- * on their AVX2 build. */
+ * channels-last elementwise passes in 64-byte vectors (batchnorm_avx512.c;
+ * an -mavx512f build of all the loops measured slower). The half types
+ * stay on their AVX2 build. */
 static const dn_kernel_table dn_table_avx512 = {
     &dn_bn_kernels_f32_avx512, &dn_bn_kernels_f64_avx512,
     &dn_bn_kernels_f16_avx2, &dn_bn_kernels_bf16_avx2,
