@@ -1438,109 +1438,193 @@ static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, con
 #if defined(DN_WIDE_VECTORS)
 /* ---- Channels-last elementwise passes in 64-byte vectors (AVX-512). ----
  * DN_WIDE_VECTORS is ps or pd (T float or double), DN_WIDE_TYPE __m512 or
- * __m512d. The pass's input (x; dy for the backward) and the terms are
- * loaded aligned, so this runs only where the terms are at the same place
- * in their cache lines as that input (the workspaces put them there,
+ * __m512d. A thread's whole range of a pass in the caches goes through
+ * FN(v64_range) instead of run by run: the wide rows follow one another
+ * without a break, the terms' index wrapping at the row's end. The pass's
+ * input (x; dy for the backward) and the terms are loaded aligned, so this
+ * runs only where the wide rows are whole cache lines and the terms sit
+ * where the input does in their lines (the workspaces put them there,
  * dn_line_like): AVX-512 pays twice for a 64-byte load that straddles two
  * lines, and a 64-byte vector is aligned or always straddles. The output
  * and the backward's x may be anywhere (stores that straddle cost little;
- * x is loaded aligned where it lines up with dy). A run's part of the
- * input's first and last lines goes through masked loads and stores. Each
- * value sees the scalar loop's operations in its order (no contraction),
- * so the bits are the other variants'. Only these functions are compiled
- * for AVX-512: the rest of the variant is the AVX2 build's code (an
- * -mavx512f build of the reductions measured slower, and channels-first
- * runs gained nothing that held up in paired runs). */
+ * x is loaded aligned where it lines up with dy). The range's part of its
+ * first and last lines goes through masked loads and stores. Each value
+ * sees the scalar loop's operations in its order (no contraction), so the
+ * bits are the other variants'. Only these functions are compiled for
+ * AVX-512: the rest of the variant is the AVX2 build's code (an -mavx512f
+ * build of the reductions measured slower; channels-first runs, and
+ * outputs beyond the caches, gained nothing that held up in paired runs). */
 #  define DN_V64 (64 / (int64_t)sizeof(T))
 #  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
 #  define DN_AVX512_FN __attribute__((target("avx512f")))
 
-/* Values from in to the next 64-byte boundary, or -1 when the run is too
- * short to gain or the terms t[0 .. nt) are not where in is in their lines */
-static inline int64_t FN(v64_head)(int64_t len, const S *in, const T *const *t, int nt)
+/* The terms t[at ..] of the vector's lanes m (all when !part) along a wide
+ * row of W values that repeats: lanes past the row's end take t[0 ..]
+ * (t + at and t + at - W are aligned: W is a whole number of lines). wrap:
+ * the vector may pass the row's end (else it does not). */
+static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_term)(const T *t, int64_t at,
+                                                               int64_t W, unsigned m, int part,
+                                                               int wrap)
 {
-    const uintptr_t a = (uintptr_t)in % 64;
-    if (len < DN_MIN_V64_RUN || a % sizeof(T) != 0) return -1;
-    for (int k = 0; k < nt; k++)
-        if ((uintptr_t)t[k] % 64 != a) return -1;
-    return (int64_t)((64 - a) % 64 / sizeof(T));
+    unsigned here;
+    if (!wrap || at + DN_V64 <= W)
+        return part ? DN_W(maskz_loadu)(m, t + at) : DN_W(load)(t + at);
+    here = ((1u << (W - at)) - 1u) & (part ? m : ~0u);
+    return DN_W(mask_loadu)(DN_W(maskz_loadu)(here, t + at), (part ? m : ~0u) & ~here,
+                            t + at - W);
 }
 
-/* The vector at p + i: lanes m of it (masked) when part, else all
- * (aligned when al) */
-static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE
-    FN(v64_load)(const T *p, int64_t i, unsigned m, int part, int al)
+/* The input's vector at i: lanes m (masked) when part, else all (aligned
+ * when al) */
+static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_load)(const T *p, int64_t i,
+                                                               unsigned m, int part, int al)
 {
     return part ? DN_W(maskz_loadu)(m, p + i) : al ? DN_W(load)(p + i) : DN_W(loadu)(p + i);
 }
 
-/* One vector (values i ..; lanes m when part) of an elementwise pass on
- * in (x, or dy for the backward, whose x is aligned when xal) with the
- * terms t: per value when wide, else t[k][0] for the run */
-static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_step)(dn_elementwise_kind kind, int wide,
-                                                       const T *in, const T *x, int xal,
-                                                       const T *const *t, int64_t i,
-                                                       unsigned m, int part, T *out)
+/* One vector of an elementwise pass (values i ..; lanes m when part) on in
+ * (x, or dy for the backward, whose x is aligned when xal) with the terms
+ * k at position `at` of their wide row */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_step)(dn_elementwise_kind kind, const T *in,
+                                                       const T *x, int xal,
+                                                       const T *const *k, int64_t i,
+                                                       int64_t at, int64_t W, unsigned m,
+                                                       int part, int wrap, T *out)
 {
-    DN_WIDE_TYPE k[4], v, r;
-    for (int j = 0; j < (kind == DN_ELEMENTWISE_AFFINE ? 2 : 4); j++)
-        k[j] = wide ? FN(v64_load)(t[j], i, m, part, 1) : DN_W(set1)(t[j][0]);
-    v = FN(v64_load)(in, i, m, part, 1);
+    const DN_WIDE_TYPE v = FN(v64_load)(in, i, m, part, 1);
+    DN_WIDE_TYPE r;
     switch (kind) {
     case DN_ELEMENTWISE_AFFINE: /* x*scale + shift */
-        r = DN_W(add)(DN_W(mul)(v, k[0]), k[1]);
+        r = DN_W(add)(DN_W(mul)(v, FN(v64_term)(k[0], at, W, m, part, wrap)),
+                      FN(v64_term)(k[1], at, W, m, part, wrap));
         break;
     case DN_ELEMENTWISE_TRAIN: /* ((x - mean_hi) - mean_lo)*scale + shift */
-        r = DN_W(add)(DN_W(mul)(DN_W(sub)(DN_W(sub)(v, k[0]), k[1]), k[2]), k[3]);
+        r = DN_W(add)(DN_W(mul)(DN_W(sub)(DN_W(sub)(v, FN(v64_term)(k[0], at, W, m, part, wrap)),
+                                          FN(v64_term)(k[1], at, W, m, part, wrap)),
+                                FN(v64_term)(k[2], at, W, m, part, wrap)),
+                      FN(v64_term)(k[3], at, W, m, part, wrap));
         break;
     default: /* dy_scale*dy + x_scale*(x - centre) + offset */
-        r = DN_W(add)(DN_W(add)(DN_W(mul)(k[0], v),
-                                DN_W(mul)(k[1], DN_W(sub)(FN(v64_load)(x, i, m, part, xal), k[2]))),
-                      k[3]);
+        r = DN_W(add)(DN_W(add)(DN_W(mul)(FN(v64_term)(k[0], at, W, m, part, wrap), v),
+                                DN_W(mul)(FN(v64_term)(k[1], at, W, m, part, wrap),
+                                          DN_W(sub)(FN(v64_load)(x, i, m, part, xal),
+                                                    FN(v64_term)(k[2], at, W, m, part, wrap)))),
+                      FN(v64_term)(k[3], at, W, m, part, wrap));
         break;
     }
     if (part) DN_W(mask_storeu)(out + i, m, r);
     else DN_W(storeu)(out + i, r);
 }
 
-/* An elementwise pass over [0, len), `head` values before in's first line
- * boundary (FN(v64_head)) */
-static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_pass)(dn_elementwise_kind kind, int wide,
-                                                       const T *in, const T *x, int xal,
+/* An elementwise pass over len values from position `at` of the wide row
+ * (W values) on: `head` values to in's first line boundary, masked, then
+ * whole vectors, then the rest masked; the rows follow one another without
+ * a break (the terms wrap, FN(v64_term)) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_pass)(dn_elementwise_kind kind, const T *in,
+                                                       const T *x, int xal,
                                                        const T *const *t, int64_t len,
-                                                       int64_t head, T *out)
+                                                       int64_t at, int64_t W, int64_t head,
+                                                       T *out)
 {
     /* the terms' addresses in locals: the stores (through types that may
      * alias anything) would otherwise make the loop reload them from t */
     const T *const k[4] = {t[0], t[1], kind == DN_ELEMENTWISE_AFFINE ? NULL : t[2],
                            kind == DN_ELEMENTWISE_AFFINE ? NULL : t[3]};
     int64_t i = dn_min64(head, len);
-    if (i > 0) FN(v64_step)(kind, wide, in, x, xal, k, 0, (1u << i) - 1u, 1, out);
-    for (; i + DN_V64 <= len; i += DN_V64)
-        FN(v64_step)(kind, wide, in, x, xal, k, i, 0, 0, out);
-    if (i < len) FN(v64_step)(kind, wide, in, x, xal, k, i, (1u << (len - i)) - 1u, 1, out);
+    if (i > 0) {
+        FN(v64_step)(kind, in, x, xal, k, 0, at, W, (1u << i) - 1u, 1, 1, out);
+        at = at + i < W ? at + i : at + i - W;
+    }
+    while (i + DN_V64 <= len) {
+        /* the whole vectors before the row's end, then the one across it */
+        const int64_t n = dn_min64((W - at) / DN_V64, (len - i) / DN_V64);
+        for (int64_t q = 0; q < n; q++, i += DN_V64, at += DN_V64)
+            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 0, out);
+        if (at == W) {
+            at = 0;
+        } else if (i + DN_V64 <= len) {
+            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 1, out);
+            i += DN_V64;
+            at += DN_V64 - W;
+        }
+    }
+    if (i < len) FN(v64_step)(kind, in, x, xal, k, i, at, W, (1u << (len - i)) - 1u, 1, 1, out);
 }
 
-static DN_AVX512_FN void FN(affine_wide_v64)(const T *x, const T *const *t, int64_t len,
-                                             int64_t head, T *y)
+static DN_AVX512_FN void FN(affine_rows_v64)(const T *x, const T *const *t, int64_t len,
+                                             int64_t at, int64_t W, int64_t head, T *y)
 {
-    FN(v64_pass)(DN_ELEMENTWISE_AFFINE, 1, x, NULL, 1, t, len, head, y);
+    FN(v64_pass)(DN_ELEMENTWISE_AFFINE, x, NULL, 1, t, len, at, W, head, y);
 }
 
-static DN_AVX512_FN void FN(train_wide_v64)(const T *x, const T *const *t, int64_t len,
-                                            int64_t head, T *y)
+static DN_AVX512_FN void FN(train_rows_v64)(const T *x, const T *const *t, int64_t len,
+                                            int64_t at, int64_t W, int64_t head, T *y)
 {
-    FN(v64_pass)(DN_ELEMENTWISE_TRAIN, 1, x, NULL, 1, t, len, head, y);
+    FN(v64_pass)(DN_ELEMENTWISE_TRAIN, x, NULL, 1, t, len, at, W, head, y);
 }
 
-/* x at dy's place in its lines (xal) or not */
-static DN_AVX512_FN void FN(backward_wide_v64)(const T *dy, const T *x, const T *const *t,
-                                               int64_t len, int64_t head, T *dx)
+/* x at dy's place in its lines (aligned loads) or not */
+static DN_AVX512_FN void FN(backward_rows_v64)(const T *dy, const T *x, const T *const *t,
+                                               int64_t len, int64_t at, int64_t W,
+                                               int64_t head, T *dx)
 {
     if ((uintptr_t)x % 64 == (uintptr_t)dy % 64)
-        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, 1, dy, x, 1, t, len, head, dx);
+        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 1, t, len, at, W, head, dx);
     else
-        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, 1, dy, x, 0, t, len, head, dx);
+        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 0, t, len, at, W, head, dx);
+}
+
+/* Channels last: op over flat elements [i0, i1) into out in 64-byte
+ * vectors, when the wide rows are whole lines and the terms sit where the
+ * input does in their lines (else 0, nothing done) */
+static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
+                         S *out)
+{
+    const int64_t W = p->wide, at = i0 % W, len = i1 - i0;
+    const S *in = (const S *)op->in + (i0 - op->in_from);
+    const uintptr_t a = (uintptr_t)in % 64;
+    const void *t[4];
+    int nt = 4;
+    switch (op->kind) {
+    case DN_ELEMENTWISE_AFFINE:
+        t[0] = op->affine.scale, t[1] = op->affine.shift, nt = 2;
+        break;
+    case DN_ELEMENTWISE_TRAIN:
+        t[0] = op->train.mean_hi, t[1] = op->train.mean_lo;
+        t[2] = op->train.scale, t[3] = op->train.shift;
+        break;
+    default:
+        t[0] = op->backward.dy_scale, t[1] = op->backward.x_scale;
+        t[2] = op->backward.centre, t[3] = op->backward.offset;
+        break;
+    }
+    /* beyond the caches (streamed outputs) they measured no faster, up to 9%
+     * slower */
+    if (len < DN_MIN_V64_RUN || W * (int64_t)sizeof(T) % 64 != 0 || a % sizeof(T) != 0
+        || p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES)
+        return 0;
+    for (int j = 0; j < nt; j++) {
+        t[j] = (const T *)t[j] + at;
+        if ((uintptr_t)t[j] % 64 != a) return 0;
+    }
+    {
+        const T *const k[4] = {(const T *)t[0] - at, (const T *)t[1] - at,
+                               nt > 2 ? (const T *)t[2] - at : NULL,
+                               nt > 3 ? (const T *)t[3] - at : NULL};
+        const int64_t head = (int64_t)((64 - a) % 64 / sizeof(T));
+        switch (op->kind) {
+        case DN_ELEMENTWISE_AFFINE:
+            FN(affine_rows_v64)(in, k, len, at, W, head, out);
+            break;
+        case DN_ELEMENTWISE_TRAIN:
+            FN(train_rows_v64)(in, k, len, at, W, head, out);
+            break;
+        default:
+            FN(backward_rows_v64)(in, (const S *)op->x + i0, k, len, at, W, head, out);
+            break;
+        }
+    }
+    return 1;
 }
 #endif
 
@@ -1555,14 +1639,6 @@ static void FN(train_wide)(const S *x, const T *DN_RESTRICT mh, const T *DN_REST
                            S *y)
 {
     int64_t i = 0;
-#if defined(DN_WIDE_VECTORS)
-    const T *const terms[4] = {mh, ml, scale, shift};
-    const int64_t head = FN(v64_head)(len, x, terms, 4);
-    if (head >= 0) {
-        FN(train_wide_v64)(x, terms, len, head, y);
-        return;
-    }
-#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES) {
         const FN(lanes) d = FN(lanes_sub)(FN(lanes_sub)(FN(lanes_load_s)(x + i),
@@ -1612,14 +1688,6 @@ static void FN(affine_wide)(const S *x, const T *DN_RESTRICT scale, const T *DN_
                             int64_t len, S *y)
 {
     int64_t i = 0;
-#if defined(DN_WIDE_VECTORS)
-    const T *const terms[2] = {scale, shift};
-    const int64_t head = FN(v64_head)(len, x, terms, 2);
-    if (head >= 0) {
-        FN(affine_wide_v64)(x, terms, len, head, y);
-        return;
-    }
-#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES)
         FN(lanes_store_s)(y + i, FN(lanes_add)(FN(lanes_mul)(FN(lanes_load_s)(x + i),
@@ -1651,14 +1719,6 @@ static void FN(backward_wide)(const S *dy, const S *x, const dn_backward_terms *
     const T *DN_RESTRICT h = (const T *)t->centre + at;
     const T *DN_RESTRICT k = (const T *)t->offset + at;
     int64_t i = 0;
-#if defined(DN_WIDE_VECTORS)
-    const T *const terms[4] = {a, b, h, k};
-    const int64_t head = FN(v64_head)(len, dy, terms, 4);
-    if (head >= 0) {
-        FN(backward_wide_v64)(dy, x, terms, len, head, dx);
-        return;
-    }
-#endif
 #if defined(DN_HALF)
     for (; i + DN_LANES <= len; i += DN_LANES) {
         const FN(lanes) g = FN(lanes_mul)(FN(lanes_load)(a + i), FN(lanes_load_s)(dy + i));
@@ -1742,6 +1802,9 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
     const dn_affine_terms *af = &op->affine;
     dn_runs runs;
     int64_t i, len, at;
+#if defined(DN_WIDE_VECTORS)
+    if (p->nsc && FN(v64_range)(p, op, i0, i1, out)) return;
+#endif
     for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
         S *dst = out + (i - i0);
         switch (op->kind) {

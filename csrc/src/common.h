@@ -301,8 +301,9 @@ static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
     return w;
 }
 
-/* The AVX-512 elementwise passes take runs of this many values or more (in
- * shorter ones the masked first and last lines cost more than they gain). */
+/* The AVX-512 elementwise passes take a thread's range when it has this
+ * many values or more (in shorter ones the masked first and last lines
+ * cost more than they gain). */
 #define DN_MIN_V64_RUN 64
 
 /* A cache line's bytes; dn_line_like(buf, like, align): the place in buf
