@@ -378,7 +378,8 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
                         ((3, 1, 300001), 1), ((40, 3, 160, 180), 1), ((17, 300, 7, 7), 1),
                         ((300, 5, 127), 1), ((16, 64, 200), 1), ((600, 1100), 1),
                         ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1),
-                        ((2, 130, 128, 64), -1)]:
+                        ((2, 130, 128, 64), -1), ((4, 33, 17, 64), -1), ((3, 9, 7, 512), -1),
+                        ((2, 6, 5, 96), -1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)

@@ -345,8 +345,10 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, const
 {
     double *work;
     dn_bytes need = {0, 0}, thread = {0, 0};
-    /* per thread: NSC 4 wide rows of T, and the gradient's wide rows of S */
+    /* per thread: NSC 4 wide rows of T (and a line, to place them at dy's
+     * place in a line), and the gradient's wide rows of S */
     dn_bytes_add(&thread, p->wide, 4 * sizeof(T));
+    dn_bytes_add(&thread, 1, DN_LINE_BYTES);
     if (gated && p->nsc) {
         dn_bytes_add(&thread, dn_max64(DN_GRAD_TILE_ELEMS, p->wide), sizeof(S));
         dn_bytes_add(&thread, 1, DN_ALIAS_BYTES);

@@ -1216,225 +1216,6 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     }
 }
 
-/* a0[j] += g[j], a1[j] += d, a2[j] += g[j]*d for j < n, d = x[j] - h[j] */
-static DN_ALWAYS_INLINE void FN(wide_grad_row)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
-                                               T *DN_RESTRICT a2, const S *DN_RESTRICT gr,
-                                               const S *DN_RESTRICT xr, const T *DN_RESTRICT hw,
-                                               int64_t n)
-{
-#if defined(DN_HALF)
-    FN(half_grad)(a0, a1, a2, gr, xr, hw, 0, n);
-#else
-    for (int64_t j = 0; j < n; j++) {
-        const T d = xr[j] - hw[j];
-        a0[j] += gr[j];
-        a1[j] += d;
-        a2[j] += gr[j] * d;
-    }
-#endif
-}
-
-/* wide_grad_row on two rows, g0/x0 then g1/x1, each accumulator loaded
- * and stored once for both: the same additions in the same order. */
-static DN_ALWAYS_INLINE void FN(wide_grad_rows2)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
-                                                 T *DN_RESTRICT a2, const S *DN_RESTRICT g0,
-                                                 const S *DN_RESTRICT g1,
-                                                 const S *DN_RESTRICT x0,
-                                                 const S *DN_RESTRICT x1,
-                                                 const T *DN_RESTRICT hw, int64_t n)
-{
-#if defined(DN_HALF)
-    FN(wide_grad_row)(a0, a1, a2, g0, x0, hw, n);
-    FN(wide_grad_row)(a0, a1, a2, g1, x1, hw, n);
-#else
-    for (int64_t j = 0; j < n; j++) {
-        const T d0 = x0[j] - hw[j], d1 = x1[j] - hw[j];
-        a0[j] = (a0[j] + g0[j]) + g1[j];
-        a1[j] = (a1[j] + d0) + d1;
-        a2[j] = (a2[j] + g0[j] * d0) + g1[j] * d1;
-    }
-#endif
-}
-
-/* The place in buf (DN_ALIAS_BYTES more than it needs) with the low 12
- * address bits of `like`: a store there and a load from the tensors at
- * the next elements never look like the same address to the CPU (4K
- * aliasing stalls the load until the store retires). */
-static inline S *FN(unaliased)(S *buf, const S *like)
-{
-    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_ALIAS_BYTES;
-    return (S *)(void *)((char *)buf + off);
-}
-
-/* The fused backward's gradient of rows [r, r + rows), channels [c0, c1),
- * into g (row k at g + k*(c1 - c0)); the gate's row masks written with it. */
-static void FN(gate_rows)(const dn_grad_gate *gate, int64_t C, int64_t r, int64_t rows,
-                          int64_t c0, int64_t c1, S *g)
-{
-    if (c1 - c0 == C) {
-        FN(gate_values)(gate, r * C, rows * C, g);
-        return;
-    }
-    for (int64_t k = 0; k < rows; k++)
-        FN(gate_values)(gate, (r + k) * C + c0, c1 - c0, g + k * (c1 - c0));
-}
-
-/* Whether this T has the AVX2 gated loops (float32 in the AVX2 build). */
-#undef DN_GATED_AVX2
-#if defined(__AVX2__) && !defined(DN_HALF)
-#  define DN_GATED_AVX2 (sizeof(T) == sizeof(float))
-#else
-#  define DN_GATED_AVX2 0
-#endif
-
-/* dn_grad_row_gated_avx2 where it exists: how many of the n values it
- * summed; 0 elsewhere. */
-static inline int64_t FN(grad_row_gated)(const dn_grad_gate *gt, int64_t i0, int64_t n,
-                                         const S *x, const T *h, T *a0, T *a1, T *a2)
-{
-#if defined(__AVX2__) && !defined(DN_HALF)
-    if (sizeof(T) == sizeof(float))
-        return dn_grad_row_gated_avx2(gt, i0, n, (const float *)x, (const float *)h,
-                                      (float *)a0, (float *)a1, (float *)a2);
-#endif
-    (void)gt, (void)i0, (void)n, (void)x, (void)h, (void)a0, (void)a1, (void)a2;
-    return 0;
-}
-
-/* dn_backward_run_gated_avx2 where it exists: how many of the run's len
- * values it wrote to dx; 0 elsewhere. */
-static inline int64_t FN(backward_run_gated_avx2)(const dn_grad_gate *gt, int64_t i0,
-                                                  int64_t len, const S *x,
-                                                  const dn_backward_terms *terms, int64_t at,
-                                                  int wide, S *dx)
-{
-#if defined(__AVX2__) && !defined(DN_HALF)
-    if (sizeof(T) == sizeof(float))
-        return dn_backward_run_gated_avx2(gt, i0, len, (const float *)x, terms, at, wide,
-                                          (float *)dx);
-#endif
-    (void)gt, (void)i0, (void)len, (void)x, (void)terms, (void)at, (void)wide, (void)dx;
-    return 0;
-}
-
-/* Channels last: per channel, rows summed in T over wide rows (as
- * nsc_group_moments) in blocks of p->chunk rows, each block then added to
- * w in double. A task's columns [c0, w1) are one tile (nsc_group_moments'),
- * so each column sums its rows in order. acc: scratch of 4*p->wide values,
- * then (with the gate) room for max(DN_GRAD_TILE_ELEMS, p->wide) values of
- * S: the gradient of a few wide rows at a time, made from the gate in L1
- * and summed from there instead of from memory. */
-static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
-                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc,
-                              const dn_grad_gate *gate)
-{
-    const int64_t C = p->c, W = p->wide, per = W / C;
-    T *DN_RESTRICT a0 = acc, *DN_RESTRICT a1 = acc + W, *DN_RESTRICT a2 = acc + 2 * W;
-    T *DN_RESTRICT hw = acc + 3 * W;
-    /* tiles: the gradient made in gbuf; else written where gate->g is
-     * (gate_run), and dy is that */
-    S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
-    int pairs;
-    int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
-    /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
-    dn_reduce_task(p, t, &g, &c0, &c1);
-    w1 = c1 == C ? W : c1;
-    cols = w1 - c0;
-    /* rows in the caches: two rows per load and store of the sums */
-    pairs = dn_pair_rows(cols, p->total * (int64_t)sizeof(S));
-    /* a wide row of the gradient in gbuf: per rows of the task's channels */
-    stride = gbuf ? per * (c1 - c0) : W;
-    step = gbuf ? dn_max64(1, DN_GRAD_TILE_ELEMS / stride) : DN_CHUNK_ROWS;
-    w += 3 * C * g;
-    dn_group_range(p, g, &lo, &hi);
-    for (int64_t ch = c0; ch < c1; ch++) hw[ch] = h[ch];
-    FN(widen)(p, hw);
-    for (int64_t i = 3 * c0; i < 3 * c1; i++) w[i] = 0.0;
-    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
-        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
-        const int64_t full = (r1 - r0) / per, rest = r0 + full * per;
-        if (gate && !gbuf)
-            for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
-        for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
-        if (gbuf && DN_GATED_AVX2) {
-            /* row by row, the gradient in registers where it can be */
-            for (int64_t q = 0; q < full; q++) {
-                const int64_t i = (r0 + q * per) * C + c0;
-                const int64_t done = FN(grad_row_gated)(gate, i, cols, x + i, hw + c0, a0 + c0,
-                                                        a1 + c0, a2 + c0);
-                if (done < cols) {
-                    S *gb = FN(unaliased)(gbuf, dy + i + done);
-                    FN(gate_values)(gate, i + done, cols - done, gb);
-                    FN(wide_grad_row)(a0 + c0 + done, a1 + c0 + done, a2 + c0 + done, gb,
-                                      x + i + done, hw + c0 + done, cols - done);
-                }
-            }
-        } else {
-            for (int64_t q0 = 0; q0 < full; q0 += step) {
-                const int64_t q1 = dn_min64(q0 + step, full);
-                const S *src = dy + (r0 + q0 * per) * C + c0;
-                if (gbuf) {
-                    S *gb = FN(unaliased)(gbuf, src);
-                    FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
-                    src = gb;
-                }
-                int64_t q = q0;
-                if (pairs)
-                    for (; q + 1 < q1; q += 2)
-                        FN(wide_grad_rows2)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
-                                            src + (q + 1 - q0) * stride,
-                                            x + (r0 + q * per) * C + c0,
-                                            x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
-                for (; q < q1; q++)
-                    FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
-                                      x + (r0 + q * per) * C + c0, hw + c0, cols);
-            }
-        }
-        /* the rows after the last wide one (per > 1: the task has every channel) */
-        if (rest < r1) {
-            const S *src = dy + rest * C;
-            if (gbuf) {
-                S *gb = FN(unaliased)(gbuf, src);
-                FN(gate_rows)(gate, C, rest, r1 - rest, 0, C, gb);
-                src = gb;
-            }
-            for (int64_t r = rest; r < r1; r++)
-                FN(wide_grad_row)(a0, a1, a2, src + (r - rest) * C, x + r * C, hw, C);
-        }
-        FN(fold_wide)(a0, C, per);
-        FN(fold_wide)(a1, C, per);
-        FN(fold_wide)(a2, C, per);
-        for (int64_t ch = c0; ch < c1; ch++) {
-            w[3 * ch] += (double)a0[ch];
-            w[3 * ch + 1] += (double)a1[ch];
-            w[3 * ch + 2] += (double)a2[ch];
-        }
-    }
-}
-
-static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
-                                const void *shift, int64_t t, double *sums, void *scratch)
-{
-    if (p->nsc)
-        FN(nsc_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums,
-                          (T *)scratch, NULL);
-    else
-        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums, NULL);
-}
-
-/* The fused backward's sums: each piece's gradient made by the gate (in
- * L1, or written by gate_run), then summed from there exactly as
- * group_grad_sums sums dy. */
-static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
-                                 const void *shift, int64_t t, double *sums, void *scratch)
-{
-    if (p->nsc)
-        FN(nsc_grad_sums)(p, (const S *)(gate->tiles ? gate->dy : gate->g), (const S *)x,
-                          (const T *)shift, t, sums, (T *)scratch, gate);
-    else
-        FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
-}
-
 #if defined(DN_WIDE_VECTORS)
 /* ---- Channels-last elementwise passes in 64-byte vectors (AVX-512). ----
  * DN_WIDE_VECTORS is ps or pd (T float or double), DN_WIDE_TYPE __m512 or
@@ -1574,6 +1355,61 @@ static DN_AVX512_FN void FN(backward_rows_v64)(const T *dy, const T *x, const T 
         FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 0, t, len, at, W, head, dx);
 }
 
+/* The channels-last gradient sums of n values of one or two rows (g1, x1
+ * NULL: one), a0 += g, a1 += d, a2 += g*d with d = x - hw, rows in order:
+ * wide_grad_row / wide_grad_rows2's additions. g0 (and g1), a0, a1, a2 and
+ * hw at the same place in their lines; x aligned when xal. */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(grad_v64_step)(T *a0, T *a1, T *a2,
+                                                            const T *g0, const T *g1,
+                                                            const T *x0, const T *x1,
+                                                            const T *hw, int64_t j, unsigned m,
+                                                            int part, int xal)
+{
+    const DN_WIDE_TYPE h = FN(v64_load)(hw, j, m, part, 1);
+    const DN_WIDE_TYPE ga = FN(v64_load)(g0, j, m, part, 1);
+    const DN_WIDE_TYPE da = DN_W(sub)(FN(v64_load)(x0, j, m, part, xal), h);
+    DN_WIDE_TYPE s0 = DN_W(add)(FN(v64_load)(a0, j, m, part, 1), ga);
+    DN_WIDE_TYPE s1 = DN_W(add)(FN(v64_load)(a1, j, m, part, 1), da);
+    DN_WIDE_TYPE s2 = DN_W(add)(FN(v64_load)(a2, j, m, part, 1), DN_W(mul)(ga, da));
+    if (g1 != NULL) {
+        const DN_WIDE_TYPE gb = FN(v64_load)(g1, j, m, part, 1);
+        const DN_WIDE_TYPE db = DN_W(sub)(FN(v64_load)(x1, j, m, part, xal), h);
+        s0 = DN_W(add)(s0, gb);
+        s1 = DN_W(add)(s1, db);
+        s2 = DN_W(add)(s2, DN_W(mul)(gb, db));
+    }
+    if (part) {
+        DN_W(mask_storeu)(a0 + j, m, s0);
+        DN_W(mask_storeu)(a1 + j, m, s1);
+        DN_W(mask_storeu)(a2 + j, m, s2);
+    } else {
+        DN_W(store)(a0 + j, s0);
+        DN_W(store)(a1 + j, s1);
+        DN_W(store)(a2 + j, s2);
+    }
+}
+
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(grad_v64_pass)(T *a0, T *a1, T *a2, const T *g0,
+                                                            const T *g1, const T *x0,
+                                                            const T *x1, const T *hw,
+                                                            int64_t n, int xal)
+{
+    int64_t j = dn_min64((int64_t)((64 - (uintptr_t)g0 % 64) % 64 / sizeof(T)), n);
+    if (j > 0) FN(grad_v64_step)(a0, a1, a2, g0, g1, x0, x1, hw, 0, (1u << j) - 1u, 1, xal);
+    for (; j + DN_V64 <= n; j += DN_V64)
+        FN(grad_v64_step)(a0, a1, a2, g0, g1, x0, x1, hw, j, 0, 0, xal);
+    if (j < n) FN(grad_v64_step)(a0, a1, a2, g0, g1, x0, x1, hw, j, (1u << (n - j)) - 1u, 1, xal);
+}
+
+static DN_AVX512_FN void FN(grad_rows_v64)(T *a0, T *a1, T *a2, const T *g0, const T *g1,
+                                           const T *x0, const T *x1, const T *hw, int64_t n)
+{
+    if ((uintptr_t)x0 % 64 == (uintptr_t)g0 % 64)
+        FN(grad_v64_pass)(a0, a1, a2, g0, g1, x0, x1, hw, n, 1);
+    else
+        FN(grad_v64_pass)(a0, a1, a2, g0, g1, x0, x1, hw, n, 0);
+}
+
 /* Channels last: op over flat elements [i0, i1) into out in 64-byte
  * vectors, when the wide rows are whole lines and the terms sit where the
  * input does in their lines (else 0, nothing done) */
@@ -1627,6 +1463,249 @@ static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
     return 1;
 }
 #endif
+
+/* a0[j] += g[j], a1[j] += d, a2[j] += g[j]*d for j < n, d = x[j] - h[j] */
+static DN_ALWAYS_INLINE void FN(wide_grad_row)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
+                                               T *DN_RESTRICT a2, const S *DN_RESTRICT gr,
+                                               const S *DN_RESTRICT xr, const T *DN_RESTRICT hw,
+                                               int64_t n)
+{
+#if defined(DN_HALF)
+    FN(half_grad)(a0, a1, a2, gr, xr, hw, 0, n);
+#else
+    for (int64_t j = 0; j < n; j++) {
+        const T d = xr[j] - hw[j];
+        a0[j] += gr[j];
+        a1[j] += d;
+        a2[j] += gr[j] * d;
+    }
+#endif
+}
+
+/* wide_grad_row on two rows, g0/x0 then g1/x1, each accumulator loaded
+ * and stored once for both: the same additions in the same order. */
+static DN_ALWAYS_INLINE void FN(wide_grad_rows2)(T *DN_RESTRICT a0, T *DN_RESTRICT a1,
+                                                 T *DN_RESTRICT a2, const S *DN_RESTRICT g0,
+                                                 const S *DN_RESTRICT g1,
+                                                 const S *DN_RESTRICT x0,
+                                                 const S *DN_RESTRICT x1,
+                                                 const T *DN_RESTRICT hw, int64_t n)
+{
+#if defined(DN_HALF)
+    FN(wide_grad_row)(a0, a1, a2, g0, x0, hw, n);
+    FN(wide_grad_row)(a0, a1, a2, g1, x1, hw, n);
+#else
+    for (int64_t j = 0; j < n; j++) {
+        const T d0 = x0[j] - hw[j], d1 = x1[j] - hw[j];
+        a0[j] = (a0[j] + g0[j]) + g1[j];
+        a1[j] = (a1[j] + d0) + d1;
+        a2[j] = (a2[j] + g0[j] * d0) + g1[j] * d1;
+    }
+#endif
+}
+
+/* The place in buf (DN_ALIAS_BYTES more than it needs) with the low 12
+ * address bits of `like`: a store there and a load from the tensors at
+ * the next elements never look like the same address to the CPU (4K
+ * aliasing stalls the load until the store retires). */
+static inline S *FN(unaliased)(S *buf, const S *like)
+{
+    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_ALIAS_BYTES;
+    return (S *)(void *)((char *)buf + off);
+}
+
+/* The fused backward's gradient of rows [r, r + rows), channels [c0, c1),
+ * into g (row k at g + k*(c1 - c0)); the gate's row masks written with it. */
+static void FN(gate_rows)(const dn_grad_gate *gate, int64_t C, int64_t r, int64_t rows,
+                          int64_t c0, int64_t c1, S *g)
+{
+    if (c1 - c0 == C) {
+        FN(gate_values)(gate, r * C, rows * C, g);
+        return;
+    }
+    for (int64_t k = 0; k < rows; k++)
+        FN(gate_values)(gate, (r + k) * C + c0, c1 - c0, g + k * (c1 - c0));
+}
+
+/* Whether this T has the AVX2 gated loops (float32 in the AVX2 build). */
+#undef DN_GATED_AVX2
+#if defined(__AVX2__) && !defined(DN_HALF)
+#  define DN_GATED_AVX2 (sizeof(T) == sizeof(float))
+#else
+#  define DN_GATED_AVX2 0
+#endif
+
+/* dn_grad_row_gated_avx2 where it exists: how many of the n values it
+ * summed; 0 elsewhere. */
+static inline int64_t FN(grad_row_gated)(const dn_grad_gate *gt, int64_t i0, int64_t n,
+                                         const S *x, const T *h, T *a0, T *a1, T *a2)
+{
+#if defined(__AVX2__) && !defined(DN_HALF)
+    if (sizeof(T) == sizeof(float))
+        return dn_grad_row_gated_avx2(gt, i0, n, (const float *)x, (const float *)h,
+                                      (float *)a0, (float *)a1, (float *)a2);
+#endif
+    (void)gt, (void)i0, (void)n, (void)x, (void)h, (void)a0, (void)a1, (void)a2;
+    return 0;
+}
+
+/* dn_backward_run_gated_avx2 where it exists: how many of the run's len
+ * values it wrote to dx; 0 elsewhere. */
+static inline int64_t FN(backward_run_gated_avx2)(const dn_grad_gate *gt, int64_t i0,
+                                                  int64_t len, const S *x,
+                                                  const dn_backward_terms *terms, int64_t at,
+                                                  int wide, S *dx)
+{
+#if defined(__AVX2__) && !defined(DN_HALF)
+    if (sizeof(T) == sizeof(float))
+        return dn_backward_run_gated_avx2(gt, i0, len, (const float *)x, terms, at, wide,
+                                          (float *)dx);
+#endif
+    (void)gt, (void)i0, (void)len, (void)x, (void)terms, (void)at, (void)wide, (void)dx;
+    return 0;
+}
+
+/* Channels last: per channel, rows summed in T over wide rows (as
+ * nsc_group_moments) in blocks of p->chunk rows, each block then added to
+ * w in double. A task's columns [c0, w1) are one tile (nsc_group_moments'),
+ * so each column sums its rows in order. acc: scratch of 4*p->wide values,
+ * then (with the gate) room for max(DN_GRAD_TILE_ELEMS, p->wide) values of
+ * S: the gradient of a few wide rows at a time, made from the gate in L1
+ * and summed from there instead of from memory. */
+static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T *h,
+                              int64_t t, double *DN_RESTRICT w, T *DN_RESTRICT acc,
+                              const dn_grad_gate *gate)
+{
+    const int64_t C = p->c, W = p->wide, per = W / C;
+    T *DN_RESTRICT a0, *DN_RESTRICT a1, *DN_RESTRICT a2, *DN_RESTRICT hw;
+#if defined(DN_WIDE_VECTORS)
+    /* 64-byte sums where the rows are whole lines and go two at a time (in
+     * the caches, dn_pair_rows; beyond them, 12-26 MB, they measured 6-24%
+     * slower than the AVX2 loop): the accumulators at dy's place in its
+     * lines (the scratch has a line to spare), so that both load aligned */
+    const int v64 = !gate && C * (int64_t)sizeof(T) % 64 == 0 && W * (int64_t)sizeof(T) % 64 == 0
+                    && (uintptr_t)dy % sizeof(T) == 0;
+    if (v64) acc = (T *)dn_line_like(acc, dy, sizeof(T));
+#endif
+    a0 = acc, a1 = acc + W, a2 = acc + 2 * W, hw = acc + 3 * W;
+    /* tiles: the gradient made in gbuf; else written where gate->g is
+     * (gate_run), and dy is that */
+    S *const gbuf = gate && gate->tiles ? (S *)(acc + 4 * W) : NULL;
+    int pairs;
+    int64_t g, c0, c1, w1, lo, hi, cols, stride, step;
+    /* channels [c0, c1): columns [c0, w1) (see nsc_group_moments) */
+    dn_reduce_task(p, t, &g, &c0, &c1);
+    w1 = c1 == C ? W : c1;
+    cols = w1 - c0;
+    /* rows in the caches: two rows per load and store of the sums */
+    pairs = dn_pair_rows(cols, p->total * (int64_t)sizeof(S));
+    /* a wide row of the gradient in gbuf: per rows of the task's channels */
+    stride = gbuf ? per * (c1 - c0) : W;
+    step = gbuf ? dn_max64(1, DN_GRAD_TILE_ELEMS / stride) : DN_CHUNK_ROWS;
+    w += 3 * C * g;
+    dn_group_range(p, g, &lo, &hi);
+    for (int64_t ch = c0; ch < c1; ch++) hw[ch] = h[ch];
+    FN(widen)(p, hw);
+    for (int64_t i = 3 * c0; i < 3 * c1; i++) w[i] = 0.0;
+    for (int64_t r0 = lo; r0 < hi; r0 += p->chunk) {
+        const int64_t r1 = dn_min64(r0 + p->chunk, hi);
+        const int64_t full = (r1 - r0) / per, rest = r0 + full * per;
+        if (gate && !gbuf)
+            for (int64_t r = r0; r < r1; r++) FN(gate_run)(gate, r * C + c0, c1 - c0);
+        for (int64_t j = c0; j < w1; j++) a0[j] = a1[j] = a2[j] = 0;
+        if (gbuf && DN_GATED_AVX2) {
+            /* row by row, the gradient in registers where it can be */
+            for (int64_t q = 0; q < full; q++) {
+                const int64_t i = (r0 + q * per) * C + c0;
+                const int64_t done = FN(grad_row_gated)(gate, i, cols, x + i, hw + c0, a0 + c0,
+                                                        a1 + c0, a2 + c0);
+                if (done < cols) {
+                    S *gb = FN(unaliased)(gbuf, dy + i + done);
+                    FN(gate_values)(gate, i + done, cols - done, gb);
+                    FN(wide_grad_row)(a0 + c0 + done, a1 + c0 + done, a2 + c0 + done, gb,
+                                      x + i + done, hw + c0 + done, cols - done);
+                }
+            }
+        } else {
+            for (int64_t q0 = 0; q0 < full; q0 += step) {
+                const int64_t q1 = dn_min64(q0 + step, full);
+                const S *src = dy + (r0 + q0 * per) * C + c0;
+                if (gbuf) {
+                    S *gb = FN(unaliased)(gbuf, src);
+                    FN(gate_rows)(gate, C, r0 + q0 * per, (q1 - q0) * per, c0, c1, gb);
+                    src = gb;
+                }
+                int64_t q = q0;
+#if defined(DN_WIDE_VECTORS)
+                if (v64 && pairs) {
+                    for (; q + 1 < q1; q += 2)
+                        FN(grad_rows_v64)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                          src + (q + 1 - q0) * stride,
+                                          x + (r0 + q * per) * C + c0,
+                                          x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
+                    if (q < q1)
+                        FN(grad_rows_v64)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                          NULL, x + (r0 + q * per) * C + c0, NULL, hw + c0,
+                                          cols);
+                    continue;
+                }
+#endif
+                if (pairs)
+                    for (; q + 1 < q1; q += 2)
+                        FN(wide_grad_rows2)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                            src + (q + 1 - q0) * stride,
+                                            x + (r0 + q * per) * C + c0,
+                                            x + (r0 + (q + 1) * per) * C + c0, hw + c0, cols);
+                for (; q < q1; q++)
+                    FN(wide_grad_row)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
+                                      x + (r0 + q * per) * C + c0, hw + c0, cols);
+            }
+        }
+        /* the rows after the last wide one (per > 1: the task has every channel) */
+        if (rest < r1) {
+            const S *src = dy + rest * C;
+            if (gbuf) {
+                S *gb = FN(unaliased)(gbuf, src);
+                FN(gate_rows)(gate, C, rest, r1 - rest, 0, C, gb);
+                src = gb;
+            }
+            for (int64_t r = rest; r < r1; r++)
+                FN(wide_grad_row)(a0, a1, a2, src + (r - rest) * C, x + r * C, hw, C);
+        }
+        FN(fold_wide)(a0, C, per);
+        FN(fold_wide)(a1, C, per);
+        FN(fold_wide)(a2, C, per);
+        for (int64_t ch = c0; ch < c1; ch++) {
+            w[3 * ch] += (double)a0[ch];
+            w[3 * ch + 1] += (double)a1[ch];
+            w[3 * ch + 2] += (double)a2[ch];
+        }
+    }
+}
+
+static void FN(group_grad_sums)(const dn_plan *p, const void *dy, const void *x,
+                                const void *shift, int64_t t, double *sums, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums,
+                          (T *)scratch, NULL);
+    else
+        FN(ncs_grad_sums)(p, (const S *)dy, (const S *)x, (const T *)shift, t, sums, NULL);
+}
+
+/* The fused backward's sums: each piece's gradient made by the gate (in
+ * L1, or written by gate_run), then summed from there exactly as
+ * group_grad_sums sums dy. */
+static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, const void *x,
+                                 const void *shift, int64_t t, double *sums, void *scratch)
+{
+    if (p->nsc)
+        FN(nsc_grad_sums)(p, (const S *)(gate->tiles ? gate->dy : gate->g), (const S *)x,
+                          (const T *)shift, t, sums, (T *)scratch, gate);
+    else
+        FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
+}
+
 
 /* ---- Elementwise passes. -------------------------------------------------
  * One run of each pass: with the terms of a wide row, one per element
