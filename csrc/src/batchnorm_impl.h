@@ -116,7 +116,7 @@ static T *FN(terms_workspace)(const dn_plan *p, int nterms, const void *like, vo
 {
     dn_bytes need = {0, 0};
     dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
-    dn_bytes_add(&need, 1, DN_LINE_BYTES);
+    dn_bytes_add(&need, 1, DN_CACHE_LINE);
     *work = dn_workspace(&need, st);
     return *work == NULL ? NULL : (T *)dn_line_like(*work, like, sizeof(T));
 }
@@ -146,7 +146,7 @@ static double *FN(moments_workspace)(const dn_plan *p, int nterms, const void *l
     dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
     dn_bytes_add(&need, G, 2 * sizeof(double));
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
-    dn_bytes_add(&need, 2, DN_LINE_BYTES);
+    dn_bytes_add(&need, 2, DN_CACHE_LINE);
     dn_bytes_add(&need, p->threads, *scratch_bytes);
     work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;
@@ -348,7 +348,7 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, const
     /* per thread: NSC 4 wide rows of T (and a line, to place them at dy's
      * place in a line), and the gradient's wide rows of S */
     dn_bytes_add(&thread, p->wide, 4 * sizeof(T));
-    dn_bytes_add(&thread, 1, DN_LINE_BYTES);
+    dn_bytes_add(&thread, 1, DN_CACHE_LINE);
     if (gated && p->nsc) {
         dn_bytes_add(&thread, dn_max64(DN_GRAD_TILE_ELEMS, p->wide), sizeof(S));
         dn_bytes_add(&thread, 1, DN_ALIAS_BYTES);
@@ -356,7 +356,7 @@ static double *FN(grad_workspace)(const dn_plan *p, int nterms, int gated, const
     *scratch_bytes = dn_cache_lines_of(&need, thread);
     dn_bytes_add(&need, p->c, 3 * sizeof(double) * (size_t)p->groups);
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));
-    dn_bytes_add(&need, 2, DN_LINE_BYTES);
+    dn_bytes_add(&need, 2, DN_CACHE_LINE);
     dn_bytes_add(&need, p->threads, *scratch_bytes);
     work = (double *)dn_workspace(&need, st);
     if (work == NULL) return NULL;

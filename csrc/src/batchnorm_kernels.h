@@ -67,7 +67,7 @@
  * latency overlaps), combined in a fixed order. */
 #define DN_LANES (64 / (int)sizeof(T))
 #if (defined(__AVX2__) || defined(DN_WIDE_VECTORS)) && !defined(DN_HALF)
-#  include <immintrin.h> /* the fused backward's gate (dn_gate_values_avx2), affine_wide_v64 */
+#  include <immintrin.h> /* the fused backward's gate (dn_gate_values_avx2), the v64 passes */
 #endif
 
 /* ---- Lanes: DN_LANES partial sums of T. --------------------------------- */
@@ -1255,6 +1255,12 @@ static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_term)(const T *t, int64
                             t + at - W);
 }
 
+/* Values of T from p to the next line boundary (p at a multiple of T) */
+static inline int64_t FN(v64_head)(const void *p)
+{
+    return (int64_t)((DN_CACHE_LINE - (uintptr_t)p % DN_CACHE_LINE) % DN_CACHE_LINE / sizeof(T));
+}
+
 /* The input's vector at i: lanes m (masked) when part, else all (aligned
  * when al) */
 static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_load)(const T *p, int64_t i,
@@ -1394,7 +1400,7 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(grad_v64_pass)(T *a0, T *a1, T *a2,
                                                             const T *x1, const T *hw,
                                                             int64_t n, int xal)
 {
-    int64_t j = dn_min64((int64_t)((64 - (uintptr_t)g0 % 64) % 64 / sizeof(T)), n);
+    int64_t j = dn_min64(FN(v64_head)(g0), n);
     if (j > 0) FN(grad_v64_step)(a0, a1, a2, g0, g1, x0, x1, hw, 0, (1u << j) - 1u, 1, xal);
     for (; j + DN_V64 <= n; j += DN_V64)
         FN(grad_v64_step)(a0, a1, a2, g0, g1, x0, x1, hw, j, 0, 0, xal);
@@ -1418,47 +1424,38 @@ static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
 {
     const int64_t W = p->wide, at = i0 % W, len = i1 - i0;
     const S *in = (const S *)op->in + (i0 - op->in_from);
-    const uintptr_t a = (uintptr_t)in % 64;
-    const void *t[4];
-    int nt = 4;
+    const uintptr_t a = (uintptr_t)in % DN_CACHE_LINE;
+    const T *k[4] = {NULL, NULL, NULL, NULL};
     switch (op->kind) {
     case DN_ELEMENTWISE_AFFINE:
-        t[0] = op->affine.scale, t[1] = op->affine.shift, nt = 2;
+        k[0] = (const T *)op->affine.scale, k[1] = (const T *)op->affine.shift;
         break;
     case DN_ELEMENTWISE_TRAIN:
-        t[0] = op->train.mean_hi, t[1] = op->train.mean_lo;
-        t[2] = op->train.scale, t[3] = op->train.shift;
+        k[0] = (const T *)op->train.mean_hi, k[1] = (const T *)op->train.mean_lo;
+        k[2] = (const T *)op->train.scale, k[3] = (const T *)op->train.shift;
         break;
     default:
-        t[0] = op->backward.dy_scale, t[1] = op->backward.x_scale;
-        t[2] = op->backward.centre, t[3] = op->backward.offset;
+        k[0] = (const T *)op->backward.dy_scale, k[1] = (const T *)op->backward.x_scale;
+        k[2] = (const T *)op->backward.centre, k[3] = (const T *)op->backward.offset;
         break;
     }
     /* beyond the caches (streamed outputs) they measured no faster, up to 9%
      * slower */
-    if (len < DN_MIN_V64_RUN || W * (int64_t)sizeof(T) % 64 != 0 || a % sizeof(T) != 0
-        || p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES)
+    if (len < DN_MIN_V64_RUN || W * (int64_t)sizeof(T) % DN_CACHE_LINE != 0
+        || a % sizeof(T) != 0 || p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES)
         return 0;
-    for (int j = 0; j < nt; j++) {
-        t[j] = (const T *)t[j] + at;
-        if ((uintptr_t)t[j] % 64 != a) return 0;
-    }
-    {
-        const T *const k[4] = {(const T *)t[0] - at, (const T *)t[1] - at,
-                               nt > 2 ? (const T *)t[2] - at : NULL,
-                               nt > 3 ? (const T *)t[3] - at : NULL};
-        const int64_t head = (int64_t)((64 - a) % 64 / sizeof(T));
-        switch (op->kind) {
-        case DN_ELEMENTWISE_AFFINE:
-            FN(affine_rows_v64)(in, k, len, at, W, head, out);
-            break;
-        case DN_ELEMENTWISE_TRAIN:
-            FN(train_rows_v64)(in, k, len, at, W, head, out);
-            break;
-        default:
-            FN(backward_rows_v64)(in, (const S *)op->x + i0, k, len, at, W, head, out);
-            break;
-        }
+    for (int j = 0; j < 4; j++)
+        if (k[j] != NULL && (uintptr_t)(k[j] + at) % DN_CACHE_LINE != a) return 0;
+    switch (op->kind) {
+    case DN_ELEMENTWISE_AFFINE:
+        FN(affine_rows_v64)(in, k, len, at, W, FN(v64_head)(in), out);
+        break;
+    case DN_ELEMENTWISE_TRAIN:
+        FN(train_rows_v64)(in, k, len, at, W, FN(v64_head)(in), out);
+        break;
+    default:
+        FN(backward_rows_v64)(in, (const S *)op->x + i0, k, len, at, W, FN(v64_head)(in), out);
+        break;
     }
     return 1;
 }
@@ -1583,7 +1580,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
      * the caches, dn_pair_rows; beyond them, 12-26 MB, they measured 6-24%
      * slower than the AVX2 loop): the accumulators at dy's place in its
      * lines (the scratch has a line to spare), so that both load aligned */
-    const int v64 = !gate && C * (int64_t)sizeof(T) % 64 == 0 && W * (int64_t)sizeof(T) % 64 == 0
+    const int v64 = !gate && C * (int64_t)sizeof(T) % DN_CACHE_LINE == 0  /* and so W's */
                     && (uintptr_t)dy % sizeof(T) == 0;
     if (v64) acc = (T *)dn_line_like(acc, dy, sizeof(T));
 #endif
@@ -1705,7 +1702,6 @@ static void FN(group_gated_sums)(const dn_plan *p, const dn_grad_gate *gate, con
     else
         FN(ncs_grad_sums)(p, (const S *)gate->g, (const S *)x, (const T *)shift, t, sums, gate);
 }
-
 
 /* ---- Elementwise passes. -------------------------------------------------
  * One run of each pass: with the terms of a wide row, one per element

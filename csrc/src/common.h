@@ -306,15 +306,13 @@ static inline void *dn_workspace(const dn_bytes *b, dn_status *st)
  * cost more than they gain). */
 #define DN_MIN_V64_RUN 64
 
-/* A cache line's bytes; dn_line_like(buf, like, align): the place in buf
- * (DN_LINE_BYTES more than it needs) at the same place in its line as
- * `like`, rounded down to a multiple of align (the terms' size): terms read
- * beside a tensor's values then line up with them, and the 64-byte vectors
- * of the AVX-512 elementwise passes load both aligned. */
-#define DN_LINE_BYTES 64
+/* The place in buf (DN_CACHE_LINE more than it needs) at the same place in
+ * its line as `like`, rounded down to a multiple of align (the terms'
+ * size): terms read beside a tensor's values then line up with them, and
+ * the 64-byte vectors of the AVX-512 elementwise passes load both aligned. */
 static inline void *dn_line_like(void *buf, const void *like, size_t align)
 {
-    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_LINE_BYTES;
+    const uintptr_t off = ((uintptr_t)like - (uintptr_t)buf) % DN_CACHE_LINE;
     return (char *)buf + (off - off % align);
 }
 
@@ -323,7 +321,7 @@ static inline void *dn_line_like(void *buf, const void *like, size_t align)
  * its usual alignment) */
 static inline void *dn_line_up(void *p)
 {
-    return (char *)p + (DN_LINE_BYTES - (uintptr_t)p % DN_LINE_BYTES) % DN_LINE_BYTES;
+    return (char *)p + (DN_CACHE_LINE - (uintptr_t)p % DN_CACHE_LINE) % DN_CACHE_LINE;
 }
 
 /* Range g of `parts` near-equal parts of [0, total). */
