@@ -521,6 +521,53 @@ def test_outputs_larger_than_the_caches(axis):
     np.testing.assert_array_equal(y2, y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_outputs_larger_than_the_caches_at_every_place_in_a_cache_line(axis, dtype):
+    """Beyond 16 MiB the AVX-512 passes write whole lines with streaming
+    stores straight from registers where the output sits at the input's
+    place in its cache lines, else through an L1 tile: the same bits either
+    way (and in place), inference exactly x*scale + shift."""
+    shape = (5, 64, 128, 128)
+    x0 = make(shape, dtype, axis, seed=21)
+    dy0 = make(shape, dtype, axis, seed=22, loc=0.0, scale=1.0)
+    assert x0.nbytes > 16 << 20
+    w, b = channel_params(64, dtype)
+    rng = np.random.default_rng(23)
+    rm = rng.standard_normal(64).astype(dtype)
+    rv = (0.5 + rng.random(64)).astype(dtype)
+    a = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5)
+    scale, shift = a.astype(dtype), (b - rm.astype(np.float64) * a).astype(dtype)
+    along = (1, 64, 1, 1) if axis == 1 else (64,)
+    expected = x0 * scale.reshape(along) + shift.reshape(along)
+    per_line = 64 // x0.itemsize
+    y_ref = dx_ref = None
+    for xo in (0, 3, per_line - 1):
+        x, dy = _placed(x0, xo), _placed(dy0, xo)
+        # an output elsewhere in its lines first (the tile), then at x's place
+        for yo in ((xo + 5) % per_line, xo):
+            y = _placed(np.zeros_like(x0), yo)
+            dropnorm.batch_norm_infer(x, rm, rv, w, b, eps=1e-5, axis=axis, out=y)
+            np.testing.assert_array_equal(y, expected)
+            _, mean, invstd = dropnorm.batch_norm_train(x, w, b, axis=axis, out=y)
+            if y_ref is None:
+                y_ref, mean_ref, invstd_ref = y.copy(), mean, invstd
+                assert_close(y_ref, oracle.bn_train(x0, w, b, axis=axis)[0], dtype, scale=4)
+            np.testing.assert_array_equal(y, y_ref)
+            np.testing.assert_array_equal(mean, mean_ref)
+            np.testing.assert_array_equal(invstd, invstd_ref)
+            dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=axis, out=y)
+            if dx_ref is None:
+                dx_ref = y.copy()
+                assert_close(dx_ref, oracle.bn_backward(dy0, x0, w, axis=axis)[0], dtype,
+                             scale=4)
+            np.testing.assert_array_equal(y, dx_ref)
+        dropnorm.batch_norm_backward(dy, x, mean_ref, invstd_ref, w, axis=axis, out=dy)
+        np.testing.assert_array_equal(dy, dx_ref)
+        dropnorm.batch_norm_train(x, w, b, axis=axis, out=x)
+        np.testing.assert_array_equal(x, y_ref)
+
+
 def test_every_kernel_variant_gives_the_same_bits():
     # DROPNORM_SIMD=portable forces the portable C kernels; the default runs
     # the AVX2 build of the same loops where the CPU has it

@@ -1217,9 +1217,9 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
 }
 
 #if defined(DN_WIDE_VECTORS)
-/* ---- Channels-last elementwise passes in 64-byte vectors (AVX-512). ----
+/* ---- Elementwise passes in 64-byte vectors (AVX-512). -----------------
  * DN_WIDE_VECTORS is ps or pd (T float or double), DN_WIDE_TYPE __m512 or
- * __m512d. A thread's whole range of a pass in the caches goes through
+ * __m512d. A thread's whole range of a channels-last pass goes through
  * FN(v64_range) instead of run by run: the wide rows follow one another
  * without a break, the terms' index wrapping at the row's end. The pass's
  * input (x; dy for the backward) and the terms are loaded aligned, so this
@@ -1231,13 +1231,23 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
  * x is loaded aligned where it lines up with dy). The range's part of its
  * first and last lines goes through masked loads and stores. Each value
  * sees the scalar loop's operations in its order (no contraction), so the
- * bits are the other variants'. Only these functions are compiled for
- * AVX-512: the rest of the variant is the AVX2 build's code (an -mavx512f
- * build of the reductions measured slower; channels-first runs, and
- * outputs beyond the caches, gained nothing that held up in paired runs). */
+ * bits are the other variants'. Outputs beyond the caches (streamed), in
+ * either layout, are written whole lines at a time with streaming stores
+ * straight from the registers where they sit at the input's place in their
+ * lines (else through the L1 tile and dn_stream_store): 10-25% faster than
+ * the tile at 25-51 MB channels last, 5-12% channels first, whose rows
+ * must then be at least DN_NT_MIN_ROW_BYTES (49-line rows were 3-7%
+ * slower: each row's first and last lines are partial, written by plain
+ * masked stores). Only these functions are compiled for AVX-512: the rest
+ * of the variant is the AVX2 build's code (an -mavx512f build of the
+ * reductions measured slower; channels-first runs in the caches gained
+ * nothing that held up in paired runs). */
 #  define DN_V64 (64 / (int64_t)sizeof(T))
 #  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
 #  define DN_AVX512_FN __attribute__((target("avx512f")))
+#  ifndef DN_NT_MIN_ROW_BYTES
+#    define DN_NT_MIN_ROW_BYTES 4096
+#  endif
 
 /* The terms t[at ..] of the vector's lanes m (all when !part) along a wide
  * row of W values that repeats: lanes past the row's end take t[0 ..]
@@ -1269,6 +1279,34 @@ static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_load)(const T *p, int64
     return part ? DN_W(maskz_loadu)(m, p + i) : al ? DN_W(load)(p + i) : DN_W(loadu)(p + i);
 }
 
+/* The pass's arithmetic on one vector: v the input (x; dy for the
+ * backward, whose x is xv), k the terms' vectors; the scalar loops'
+ * operations in their order */
+static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_value)(dn_elementwise_kind kind,
+                                                                DN_WIDE_TYPE v, DN_WIDE_TYPE xv,
+                                                                const DN_WIDE_TYPE *k)
+{
+    switch (kind) {
+    case DN_ELEMENTWISE_AFFINE: /* x*scale + shift */
+        return DN_W(add)(DN_W(mul)(v, k[0]), k[1]);
+    case DN_ELEMENTWISE_TRAIN: /* ((x - mean_hi) - mean_lo)*scale + shift */
+        return DN_W(add)(DN_W(mul)(DN_W(sub)(DN_W(sub)(v, k[0]), k[1]), k[2]), k[3]);
+    default: /* dy_scale*dy + x_scale*(x - centre) + offset */
+        return DN_W(add)(DN_W(add)(DN_W(mul)(k[0], v), DN_W(mul)(k[1], DN_W(sub)(xv, k[2]))),
+                         k[3]);
+    }
+}
+
+/* The vector's result r at out + i: lanes m when part, else whole (with a
+ * streaming store when nt) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_store)(T *out, int64_t i, unsigned m, int part,
+                                                        int nt, DN_WIDE_TYPE r)
+{
+    if (part) DN_W(mask_storeu)(out + i, m, r);
+    else if (nt) DN_W(stream)(out + i, r);
+    else DN_W(storeu)(out + i, r);
+}
+
 /* One vector of an elementwise pass (values i ..; lanes m when part) on in
  * (x, or dy for the backward, whose x is aligned when xal) with the terms
  * k at position `at` of their wide row */
@@ -1276,31 +1314,14 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_step)(dn_elementwise_kind kind,
                                                        const T *x, int xal,
                                                        const T *const *k, int64_t i,
                                                        int64_t at, int64_t W, unsigned m,
-                                                       int part, int wrap, T *out)
+                                                       int part, int wrap, int nt, T *out)
 {
-    const DN_WIDE_TYPE v = FN(v64_load)(in, i, m, part, 1);
-    DN_WIDE_TYPE r;
-    switch (kind) {
-    case DN_ELEMENTWISE_AFFINE: /* x*scale + shift */
-        r = DN_W(add)(DN_W(mul)(v, FN(v64_term)(k[0], at, W, m, part, wrap)),
-                      FN(v64_term)(k[1], at, W, m, part, wrap));
-        break;
-    case DN_ELEMENTWISE_TRAIN: /* ((x - mean_hi) - mean_lo)*scale + shift */
-        r = DN_W(add)(DN_W(mul)(DN_W(sub)(DN_W(sub)(v, FN(v64_term)(k[0], at, W, m, part, wrap)),
-                                          FN(v64_term)(k[1], at, W, m, part, wrap)),
-                                FN(v64_term)(k[2], at, W, m, part, wrap)),
-                      FN(v64_term)(k[3], at, W, m, part, wrap));
-        break;
-    default: /* dy_scale*dy + x_scale*(x - centre) + offset */
-        r = DN_W(add)(DN_W(add)(DN_W(mul)(FN(v64_term)(k[0], at, W, m, part, wrap), v),
-                                DN_W(mul)(FN(v64_term)(k[1], at, W, m, part, wrap),
-                                          DN_W(sub)(FN(v64_load)(x, i, m, part, xal),
-                                                    FN(v64_term)(k[2], at, W, m, part, wrap)))),
-                      FN(v64_term)(k[3], at, W, m, part, wrap));
-        break;
-    }
-    if (part) DN_W(mask_storeu)(out + i, m, r);
-    else DN_W(storeu)(out + i, r);
+    const int terms = kind == DN_ELEMENTWISE_AFFINE ? 2 : 4;
+    DN_WIDE_TYPE kv[4], xv = DN_W(setzero)();
+    for (int j = 0; j < terms; j++) kv[j] = FN(v64_term)(k[j], at, W, m, part, wrap);
+    if (kind == DN_ELEMENTWISE_BACKWARD) xv = FN(v64_load)(x, i, m, part, xal);
+    FN(v64_store)(out, i, m, part, nt,
+                  FN(v64_value)(kind, FN(v64_load)(in, i, m, part, 1), xv, kv));
 }
 
 /* An elementwise pass over len values from position `at` of the wide row
@@ -1311,7 +1332,7 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_pass)(dn_elementwise_kind kind,
                                                        const T *x, int xal,
                                                        const T *const *t, int64_t len,
                                                        int64_t at, int64_t W, int64_t head,
-                                                       T *out)
+                                                       int nt, T *out)
 {
     /* the terms' addresses in locals: the stores (through types that may
      * alias anything) would otherwise make the loop reload them from t */
@@ -1319,46 +1340,51 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_pass)(dn_elementwise_kind kind,
                            kind == DN_ELEMENTWISE_AFFINE ? NULL : t[3]};
     int64_t i = dn_min64(head, len);
     if (i > 0) {
-        FN(v64_step)(kind, in, x, xal, k, 0, at, W, (1u << i) - 1u, 1, 1, out);
+        FN(v64_step)(kind, in, x, xal, k, 0, at, W, (1u << i) - 1u, 1, 1, nt, out);
         at = at + i < W ? at + i : at + i - W;
     }
     while (i + DN_V64 <= len) {
         /* the whole vectors before the row's end, then the one across it */
         const int64_t n = dn_min64((W - at) / DN_V64, (len - i) / DN_V64);
         for (int64_t q = 0; q < n; q++, i += DN_V64, at += DN_V64)
-            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 0, out);
+            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 0, nt, out);
         if (at == W) {
             at = 0;
         } else if (i + DN_V64 <= len) {
-            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 1, out);
+            FN(v64_step)(kind, in, x, xal, k, i, at, W, 0, 0, 1, nt, out);
             i += DN_V64;
             at += DN_V64 - W;
         }
     }
-    if (i < len) FN(v64_step)(kind, in, x, xal, k, i, at, W, (1u << (len - i)) - 1u, 1, 1, out);
+    if (i < len) FN(v64_step)(kind, in, x, xal, k, i, at, W, (1u << (len - i)) - 1u, 1, 1, nt, out);
 }
 
+/* nt: whole vectors stored with streaming stores (y at x's place in its
+ * lines) */
 static DN_AVX512_FN void FN(affine_rows_v64)(const T *x, const T *const *t, int64_t len,
-                                             int64_t at, int64_t W, int64_t head, T *y)
+                                             int64_t at, int64_t W, int64_t head, int nt, T *y)
 {
-    FN(v64_pass)(DN_ELEMENTWISE_AFFINE, x, NULL, 1, t, len, at, W, head, y);
+    if (nt) FN(v64_pass)(DN_ELEMENTWISE_AFFINE, x, NULL, 1, t, len, at, W, head, 1, y);
+    else FN(v64_pass)(DN_ELEMENTWISE_AFFINE, x, NULL, 1, t, len, at, W, head, 0, y);
 }
 
 static DN_AVX512_FN void FN(train_rows_v64)(const T *x, const T *const *t, int64_t len,
-                                            int64_t at, int64_t W, int64_t head, T *y)
+                                            int64_t at, int64_t W, int64_t head, int nt, T *y)
 {
-    FN(v64_pass)(DN_ELEMENTWISE_TRAIN, x, NULL, 1, t, len, at, W, head, y);
+    if (nt) FN(v64_pass)(DN_ELEMENTWISE_TRAIN, x, NULL, 1, t, len, at, W, head, 1, y);
+    else FN(v64_pass)(DN_ELEMENTWISE_TRAIN, x, NULL, 1, t, len, at, W, head, 0, y);
 }
 
 /* x at dy's place in its lines (aligned loads) or not */
 static DN_AVX512_FN void FN(backward_rows_v64)(const T *dy, const T *x, const T *const *t,
                                                int64_t len, int64_t at, int64_t W,
-                                               int64_t head, T *dx)
+                                               int64_t head, int nt, T *dx)
 {
-    if ((uintptr_t)x % 64 == (uintptr_t)dy % 64)
-        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 1, t, len, at, W, head, dx);
-    else
-        FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 0, t, len, at, W, head, dx);
+    const int xal = (uintptr_t)x % 64 == (uintptr_t)dy % 64;
+    if (nt && xal) FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 1, t, len, at, W, head, 1, dx);
+    else if (nt) FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 0, t, len, at, W, head, 1, dx);
+    else if (xal) FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 1, t, len, at, W, head, 0, dx);
+    else FN(v64_pass)(DN_ELEMENTWISE_BACKWARD, dy, x, 0, t, len, at, W, head, 0, dx);
 }
 
 /* The channels-last gradient sums of n values of one or two rows (g1, x1
@@ -1416,11 +1442,77 @@ static DN_AVX512_FN void FN(grad_rows_v64)(T *a0, T *a1, T *a2, const T *g0, con
         FN(grad_v64_pass)(a0, a1, a2, g0, g1, x0, x1, hw, n, 0);
 }
 
+/* One channels-first run of len values with the terms k (one for the
+ * run): the part to in's first line boundary and the last part masked,
+ * whole vectors between (streaming stores when nt) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_run)(dn_elementwise_kind kind, const T *in,
+                                                      const T *x, const DN_WIDE_TYPE *k,
+                                                      int64_t len, int nt, T *out)
+{
+    const DN_WIDE_TYPE zero = DN_W(setzero)();
+    int64_t i = dn_min64(FN(v64_head)(in), len);
+    unsigned m;
+    if (i > 0) {
+        m = (1u << i) - 1u;
+        FN(v64_store)(out, 0, m, 1, nt,
+                      FN(v64_value)(kind, FN(v64_load)(in, 0, m, 1, 1),
+                                    x ? FN(v64_load)(x, 0, m, 1, 0) : zero, k));
+    }
+    for (; i + DN_V64 <= len; i += DN_V64)
+        FN(v64_store)(out, i, 0, 0, nt,
+                      FN(v64_value)(kind, FN(v64_load)(in, i, 0, 0, 1),
+                                    x ? FN(v64_load)(x, i, 0, 0, 0) : zero, k));
+    if (i < len) {
+        m = (1u << (len - i)) - 1u;
+        FN(v64_store)(out, i, m, 1, nt,
+                      FN(v64_value)(kind, FN(v64_load)(in, i, m, 1, 1),
+                                    x ? FN(v64_load)(x, i, m, 1, 0) : zero, k));
+    }
+}
+
+/* Channels first, streamed outputs: op over flat elements [i0, i1) into
+ * out run by run in 64-byte vectors, the whole lines with streaming
+ * stores, where out sits at the input's place in its lines (else 0,
+ * nothing done) */
+static DN_AVX512_FN int FN(v64_runs_nt)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
+                                        int64_t i1, S *out)
+{
+    const S *in = (const S *)op->in + (i0 - op->in_from);
+    const S *x = op->kind == DN_ELEMENTWISE_BACKWARD ? (const S *)op->x + i0 : NULL;
+    const T *k[4];
+    dn_runs runs;
+    int64_t i, len, at;
+    if ((uintptr_t)out % DN_CACHE_LINE != (uintptr_t)in % DN_CACHE_LINE
+        || (uintptr_t)in % sizeof(T) != 0 || p->s * (int64_t)sizeof(T) < DN_NT_MIN_ROW_BYTES)
+        return 0;
+    switch (op->kind) {
+    case DN_ELEMENTWISE_AFFINE:
+        k[0] = (const T *)op->affine.scale, k[1] = (const T *)op->affine.shift;
+        k[2] = k[0], k[3] = k[0];
+        break;
+    case DN_ELEMENTWISE_TRAIN:
+        k[0] = (const T *)op->train.mean_hi, k[1] = (const T *)op->train.mean_lo;
+        k[2] = (const T *)op->train.scale, k[3] = (const T *)op->train.shift;
+        break;
+    default:
+        k[0] = (const T *)op->backward.dy_scale, k[1] = (const T *)op->backward.x_scale;
+        k[2] = (const T *)op->backward.centre, k[3] = (const T *)op->backward.offset;
+        break;
+    }
+    for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
+        DN_WIDE_TYPE kv[4];
+        for (int j = 0; j < 4; j++) kv[j] = DN_W(set1)(k[j][at]);
+        FN(v64_run)(op->kind, in + (i - i0), x ? x + (i - i0) : NULL, kv, len, 1,
+                    out + (i - i0));
+    }
+    return 1;
+}
+
 /* Channels last: op over flat elements [i0, i1) into out in 64-byte
  * vectors, when the wide rows are whole lines and the terms sit where the
  * input does in their lines (else 0, nothing done) */
 static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0, int64_t i1,
-                         S *out)
+                         int nt, S *out)
 {
     const int64_t W = p->wide, at = i0 % W, len = i1 - i0;
     const S *in = (const S *)op->in + (i0 - op->in_from);
@@ -1442,19 +1534,21 @@ static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
     /* beyond the caches (streamed outputs) they measured no faster, up to 9%
      * slower */
     if (len < DN_MIN_V64_RUN || W * (int64_t)sizeof(T) % DN_CACHE_LINE != 0
-        || a % sizeof(T) != 0 || p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES)
+        || a % sizeof(T) != 0
+        || (nt ? (uintptr_t)out % DN_CACHE_LINE != a
+               : p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES))
         return 0;
     for (int j = 0; j < 4; j++)
         if (k[j] != NULL && (uintptr_t)(k[j] + at) % DN_CACHE_LINE != a) return 0;
     switch (op->kind) {
     case DN_ELEMENTWISE_AFFINE:
-        FN(affine_rows_v64)(in, k, len, at, W, FN(v64_head)(in), out);
+        FN(affine_rows_v64)(in, k, len, at, W, FN(v64_head)(in), nt, out);
         break;
     case DN_ELEMENTWISE_TRAIN:
-        FN(train_rows_v64)(in, k, len, at, W, FN(v64_head)(in), out);
+        FN(train_rows_v64)(in, k, len, at, W, FN(v64_head)(in), nt, out);
         break;
     default:
-        FN(backward_rows_v64)(in, (const S *)op->x + i0, k, len, at, W, FN(v64_head)(in), out);
+        FN(backward_rows_v64)(in, (const S *)op->x + i0, k, len, at, W, FN(v64_head)(in), nt, out);
         break;
     }
     return 1;
@@ -1878,7 +1972,7 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
     dn_runs runs;
     int64_t i, len, at;
 #if defined(DN_WIDE_VECTORS)
-    if (p->nsc && FN(v64_range)(p, op, i0, i1, out)) return;
+    if (p->nsc && FN(v64_range)(p, op, i0, i1, 0, out)) return;
 #endif
     for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
         S *dst = out + (i - i0);
@@ -2104,6 +2198,11 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
         }
     } else if (stream) {
         S buf[DN_STREAM_TILE];
+#if defined(DN_WIDE_VECTORS)
+        if (p->nsc ? FN(v64_range)(p, op, i0, i1, 1, y + i0)
+                   : FN(v64_runs_nt)(p, op, i0, i1, y + i0))
+            return;
+#endif
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
             const int64_t t1 = dn_min64(t0 + DN_STREAM_TILE, i1);
             FN(elementwise_range)(p, op, t0, t1, buf);
