@@ -135,14 +135,17 @@ typedef struct FN(train_ctx) {
  * groups' merge weights (filled), `nterms` per-channel terms (at *terms,
  * at like's place in a cache line: FN(terms_workspace)), per-thread scratch
  * (at *scratch, from a line boundary, *scratch_bytes each: NSC 3 wide rows
- * of T, NCS c doubles, wide == c); NULL with *st set if it cannot be had. */
+ * of T and a line, NCS c doubles, wide == c); NULL with *st set if it
+ * cannot be had. */
 static double *FN(moments_workspace)(const dn_plan *p, int nterms, const void *like, T **terms,
                                      char **scratch, size_t *scratch_bytes, dn_status *st)
 {
     const int64_t G = p->groups, c = p->c;
     double *work;
-    dn_bytes need = {0, 0};
-    *scratch_bytes = dn_cache_lines_for(&need, p->wide, 3 * sizeof(T));
+    dn_bytes need = {0, 0}, thread = {0, 0};
+    dn_bytes_add(&thread, p->wide, 3 * sizeof(T));
+    dn_bytes_add(&thread, 1, DN_CACHE_LINE);
+    *scratch_bytes = dn_cache_lines_of(&need, thread);
     dn_bytes_add(&need, c, 2 * sizeof(double) * (size_t)G);
     dn_bytes_add(&need, G, 2 * sizeof(double));
     if (nterms > 0) dn_bytes_add(&need, p->wide, (size_t)nterms * sizeof(T));

@@ -584,6 +584,98 @@ static void FN(widen)(const dn_plan *p, T *v)
     for (int64_t j = p->c; j < p->wide; j++) v[j] = v[j - p->c];
 }
 
+#if defined(DN_WIDE_VECTORS)
+/* ---- 64-byte vectors (AVX-512): see "Elementwise passes in 64-byte
+ * vectors" below for where they run and why. ---------------------------- */
+#  define DN_V64 (64 / (int64_t)sizeof(T))
+#  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
+#  define DN_AVX512_FN __attribute__((target("avx512f")))
+#  ifndef DN_NT_MIN_ROW_BYTES
+#    define DN_NT_MIN_ROW_BYTES 4096
+#  endif
+
+/* Values of T from p to the next line boundary (p at a multiple of T) */
+static inline int64_t FN(v64_head)(const void *p)
+{
+    return (int64_t)((DN_CACHE_LINE - (uintptr_t)p % DN_CACHE_LINE) % DN_CACHE_LINE / sizeof(T));
+}
+
+/* The input's vector at i: lanes m (masked) when part, else all (aligned
+ * when al) */
+static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_load)(const T *p, int64_t i,
+                                                               unsigned m, int part, int al)
+{
+    return part ? DN_W(maskz_loadu)(m, p + i) : al ? DN_W(load)(p + i) : DN_W(loadu)(p + i);
+}
+
+/* nsc_group_moments' sums of `rows` (1, 2 or 4) rows at stride W from
+ * row, at element j (lanes m when part), the scalar loops' additions in
+ * their order: sum += d, dev += d*d with d = x - centre; or, dev NULL (the
+ * first pass), sum += x row by row. sum, dev and centre sit at row's place
+ * in their lines. */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(moments_v64_step)(T *sum, T *dev, const T *row,
+                                                               int64_t W, const T *centre,
+                                                               int64_t j, unsigned m, int part,
+                                                               int rows)
+{
+    DN_WIDE_TYPE s = FN(v64_load)(sum, j, m, part, 1), q, c, d0;
+    if (dev == NULL) {
+        for (int k = 0; k < rows; k++) s = DN_W(add)(s, FN(v64_load)(row + k * W, j, m, part, 1));
+        if (part) DN_W(mask_storeu)(sum + j, m, s);
+        else DN_W(store)(sum + j, s);
+        return;
+    }
+    c = FN(v64_load)(centre, j, m, part, 1);
+    d0 = DN_W(sub)(FN(v64_load)(row, j, m, part, 1), c);
+    q = FN(v64_load)(dev, j, m, part, 1);
+    if (rows == 1) {
+        s = DN_W(add)(s, d0);
+        q = DN_W(add)(q, DN_W(mul)(d0, d0));
+    } else if (rows == 2) {
+        const DN_WIDE_TYPE d1 = DN_W(sub)(FN(v64_load)(row + W, j, m, part, 1), c);
+        s = DN_W(add)(DN_W(add)(s, d0), d1);
+        q = DN_W(add)(DN_W(add)(q, DN_W(mul)(d0, d0)), DN_W(mul)(d1, d1));
+    } else {
+        const DN_WIDE_TYPE d1 = DN_W(sub)(FN(v64_load)(row + W, j, m, part, 1), c);
+        const DN_WIDE_TYPE d2 = DN_W(sub)(FN(v64_load)(row + 2 * W, j, m, part, 1), c);
+        const DN_WIDE_TYPE d3 = DN_W(sub)(FN(v64_load)(row + 3 * W, j, m, part, 1), c);
+        s = DN_W(add)(s, DN_W(add)(DN_W(add)(d0, d1), DN_W(add)(d2, d3)));
+        q = DN_W(add)(q, DN_W(add)(DN_W(add)(DN_W(mul)(d0, d0), DN_W(mul)(d1, d1)),
+                                   DN_W(add)(DN_W(mul)(d2, d2), DN_W(mul)(d3, d3))));
+    }
+    if (part) {
+        DN_W(mask_storeu)(sum + j, m, s);
+        DN_W(mask_storeu)(dev + j, m, q);
+    } else {
+        DN_W(store)(sum + j, s);
+        DN_W(store)(dev + j, q);
+    }
+}
+
+/* moments_v64_step over n values: to row's first line boundary masked,
+ * whole vectors, the rest masked */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(moments_v64_pass)(T *sum, T *dev, const T *row,
+                                                               int64_t W, const T *centre,
+                                                               int64_t n, int rows)
+{
+    int64_t j = dn_min64(FN(v64_head)(row), n);
+    if (j > 0) FN(moments_v64_step)(sum, dev, row, W, centre, 0, (1u << j) - 1u, 1, rows);
+    for (; j + DN_V64 <= n; j += DN_V64)
+        FN(moments_v64_step)(sum, dev, row, W, centre, j, 0, 0, rows);
+    if (j < n) FN(moments_v64_step)(sum, dev, row, W, centre, j, (1u << (n - j)) - 1u, 1, rows);
+}
+
+static DN_AVX512_FN void FN(moments_rows_v64)(T *sum, T *dev, const T *row, int64_t W,
+                                              const T *centre, int64_t n, int rows)
+{
+    if (dev == NULL && rows == 4) FN(moments_v64_pass)(sum, NULL, row, W, NULL, n, 4);
+    else if (dev == NULL) FN(moments_v64_pass)(sum, NULL, row, W, NULL, n, 1);
+    else if (rows == 4) FN(moments_v64_pass)(sum, dev, row, W, centre, n, 4);
+    else if (rows == 2) FN(moments_v64_pass)(sum, dev, row, W, centre, n, 2);
+    else FN(moments_v64_pass)(sum, dev, row, W, centre, n, 1);
+}
+#endif
+
 /* Channels last: per-channel mean and squared deviations of the rows of
  * group g, from chunks of rows merged in order (as ncs_group_moments, but
  * vectorised across a wide row: p->wide / c rows side by side, folded into
@@ -605,8 +697,21 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
 #if !defined(DN_HALF)
     const int pairs = dn_pair_rows(tile, p->total * (int64_t)sizeof(S));
 #endif
+#if defined(DN_WIDE_VECTORS)
+    /* 64-byte sums where the rows are whole lines and go two at a time (in
+     * the caches, as nsc_grad_sums'): the sums at x's place in its lines
+     * (the scratch has a line to spare), so that both load aligned */
+    const int v64 = pairs && C * (int64_t)sizeof(T) % DN_CACHE_LINE == 0  /* and so W's */
+                    && (uintptr_t)x % sizeof(T) == 0;
+#endif
     int64_t g, c0, c1, w1, lo, hi;
     double cnt = 0.0;
+#if defined(DN_WIDE_VECTORS)
+    if (v64) {
+        w = (T *)dn_line_like(w, x, sizeof(T));
+        sum = w, dev = w + W, centre = w + 2 * W;
+    }
+#endif
     /* channels [c0, c1): the wide row's columns [c0, w1) (a block of a
      * row when p->cblocks > 1, which needs per == 1; else all) */
     dn_reduce_task(p, t, &g, &c0, &c1);
@@ -630,7 +735,18 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
             /* a tile of the row at a time (the accumulators stay in L1) */
             for (int64_t j0 = c0; j0 < w1; j0 += tile) {
                 const int64_t j1 = dn_min64(j0 + tile, w1);
-                for (int64_t q = 0; q < full; q++) {
+                int64_t q = 0;
+#if defined(DN_WIDE_VECTORS)
+                if (v64) {
+                    for (; q + 4 <= full; q += 4)
+                        FN(moments_rows_v64)(sum + j0, NULL, x + (r0 + q * per) * C + j0, W,
+                                             NULL, j1 - j0, 4);
+                    for (; q < full; q++)
+                        FN(moments_rows_v64)(sum + j0, NULL, x + (r0 + q * per) * C + j0, W,
+                                             NULL, j1 - j0, 1);
+                }
+#endif
+                for (; q < full; q++) {
 #if defined(DN_HALF)
                     FN(half_add)(sum, x + (r0 + q * per) * C, j0, j1);
 #else
@@ -667,6 +783,17 @@ static void FN(nsc_group_moments)(const dn_plan *p, const S *x, int64_t t,
         for (int64_t j0 = c0; j0 < w1; j0 += tile) {
             const int64_t j1 = dn_min64(j0 + tile, w1);
             int64_t q = 0;
+#if defined(DN_WIDE_VECTORS)
+            if (v64) {
+                const int rows = r0 == lo ? 4 : 2;
+                for (; q + rows <= full; q += rows)
+                    FN(moments_rows_v64)(sum + j0, dev + j0, x + (r0 + q * per) * C + j0, W,
+                                         centre + j0, j1 - j0, rows);
+                for (; q < full; q++)
+                    FN(moments_rows_v64)(sum + j0, dev + j0, x + (r0 + q * per) * C + j0, W,
+                                         centre + j0, j1 - j0, 1);
+            }
+#endif
             if (r0 == lo) {
                 for (; q + 4 <= full; q += 4) {
 #if defined(DN_HALF)
@@ -1242,12 +1369,6 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
  * of the variant is the AVX2 build's code (an -mavx512f build of the
  * reductions measured slower; channels-first runs in the caches gained
  * nothing that held up in paired runs). */
-#  define DN_V64 (64 / (int64_t)sizeof(T))
-#  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
-#  define DN_AVX512_FN __attribute__((target("avx512f")))
-#  ifndef DN_NT_MIN_ROW_BYTES
-#    define DN_NT_MIN_ROW_BYTES 4096
-#  endif
 
 /* The terms t[at ..] of the vector's lanes m (all when !part) along a wide
  * row of W values that repeats: lanes past the row's end take t[0 ..]
@@ -1263,20 +1384,6 @@ static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_term)(const T *t, int64
     here = ((1u << (W - at)) - 1u) & (part ? m : ~0u);
     return DN_W(mask_loadu)(DN_W(maskz_loadu)(here, t + at), (part ? m : ~0u) & ~here,
                             t + at - W);
-}
-
-/* Values of T from p to the next line boundary (p at a multiple of T) */
-static inline int64_t FN(v64_head)(const void *p)
-{
-    return (int64_t)((DN_CACHE_LINE - (uintptr_t)p % DN_CACHE_LINE) % DN_CACHE_LINE / sizeof(T));
-}
-
-/* The input's vector at i: lanes m (masked) when part, else all (aligned
- * when al) */
-static DN_ALWAYS_INLINE DN_AVX512_FN DN_WIDE_TYPE FN(v64_load)(const T *p, int64_t i,
-                                                               unsigned m, int part, int al)
-{
-    return part ? DN_W(maskz_loadu)(m, p + i) : al ? DN_W(load)(p + i) : DN_W(loadu)(p + i);
 }
 
 /* The pass's arithmetic on one vector: v the input (x; dy for the
