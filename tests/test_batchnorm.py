@@ -522,23 +522,72 @@ def test_outputs_larger_than_the_caches(axis):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("axis", [1, -1])
-def test_outputs_larger_than_the_caches_at_every_place_in_a_cache_line(axis, dtype):
+@pytest.mark.parametrize("shape", [(2, 33, 7, 7), (3, 5, 4, 4), (2, 7, 17, 1), (1, 9, 14, 14),
+                                   (2, 3, 3, 5), (1, 4, 31, 33), (1, 3, 32, 32), (2, 6, 3, 3)])
+def test_channels_first_passes_at_every_place_in_a_cache_line(shape, dtype):
+    """Channels first, the AVX-512 passes run across the channels' rows in
+    vectors from the input's line boundaries, a vector that holds the end
+    of one row taking the next channel's terms in its later lanes (rows of
+    at least a vector and fewer than 1024 positions; 15 and 1024 are the
+    edges). Inference is x*scale + shift bit for bit wherever x and y
+    start in their lines; training and the backward give the same bits
+    wherever x, dy and the outputs start, in place too, and match the
+    oracle."""
+    c = shape[1]
+    rng = np.random.default_rng(7)
+    x0 = (0.5 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    w, b = channel_params(c, dtype)
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = (0.5 + rng.random(c)).astype(dtype)
+    a = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5)
+    scale, shift = a.astype(dtype), (b - rm.astype(np.float64) * a).astype(dtype)
+    along = (1, c) + (1,) * (len(shape) - 2)
+    expected = x0 * scale.reshape(along) + shift.reshape(along)
+    y_ref, mean, invstd = dropnorm.batch_norm_train(x0, w, b, axis=1)
+    dx_ref, dw_ref, db_ref = dropnorm.batch_norm_backward(dy0, x0, mean, invstd, w, axis=1)
+    assert_close(y_ref, oracle.bn_train(x0, w, b, axis=1)[0], dtype, scale=4)
+    assert_close(dx_ref, oracle.bn_backward(dy0, x0, w, axis=1)[0], dtype, scale=4)
+    per_line = 64 // x0.itemsize
+    for xo in range(per_line):
+        x = _placed(x0, xo)
+        for yo in sorted({0, xo, (xo + 3) % per_line}):
+            y = _placed(np.zeros_like(x0), yo)
+            dropnorm.batch_norm_infer(x, rm, rv, w, b, eps=1e-5, axis=1, out=y)
+            np.testing.assert_array_equal(y, expected)
+            dropnorm.batch_norm_train(x, w, b, axis=1, out=y)
+            np.testing.assert_array_equal(y, y_ref)
+        for dyo in sorted({xo, (xo + 1) % per_line}):
+            dy = _placed(dy0, dyo)
+            dx, dw, db = dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=1)
+            np.testing.assert_array_equal(dx, dx_ref)
+            np.testing.assert_array_equal(dw, dw_ref)
+            np.testing.assert_array_equal(db, db_ref)
+            dropnorm.batch_norm_backward(dy, x, mean, invstd, w, axis=1, out=dy)
+            np.testing.assert_array_equal(dy, dx_ref)
+        dropnorm.batch_norm_infer(x, rm, rv, w, b, eps=1e-5, axis=1, out=x)
+        np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis, short_rows", [(1, False), (1, True), (-1, False)])
+def test_outputs_larger_than_the_caches_at_every_place_in_a_cache_line(axis, short_rows, dtype):
     """Beyond 16 MiB the AVX-512 passes write whole lines with streaming
     stores straight from registers where the output sits at the input's
     place in its cache lines, else through an L1 tile: the same bits either
     way (and in place), inference exactly x*scale + shift."""
-    shape = (5, 64, 128, 128)
+    shape = (40, 2200, 7, 7) if short_rows else (5, 64, 128, 128)
     x0 = make(shape, dtype, axis, seed=21)
     dy0 = make(shape, dtype, axis, seed=22, loc=0.0, scale=1.0)
     assert x0.nbytes > 16 << 20
-    w, b = channel_params(64, dtype)
+    c = shape[1]
+    w, b = channel_params(c, dtype)
     rng = np.random.default_rng(23)
-    rm = rng.standard_normal(64).astype(dtype)
-    rv = (0.5 + rng.random(64)).astype(dtype)
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = (0.5 + rng.random(c)).astype(dtype)
     a = w.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5)
     scale, shift = a.astype(dtype), (b - rm.astype(np.float64) * a).astype(dtype)
-    along = (1, 64, 1, 1) if axis == 1 else (64,)
+    along = (1, c, 1, 1) if axis == 1 else (c,)
     expected = x0 * scale.reshape(along) + shift.reshape(along)
     per_line = 64 // x0.itemsize
     y_ref = dx_ref = None

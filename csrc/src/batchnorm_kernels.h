@@ -590,8 +590,11 @@ static void FN(widen)(const dn_plan *p, T *v)
 #  define DN_V64 (64 / (int64_t)sizeof(T))
 #  define DN_W(op) DN_PASTE2(_mm512_##op##_, DN_WIDE_VECTORS)
 #  define DN_AVX512_FN __attribute__((target("avx512f")))
-#  ifndef DN_NT_MIN_ROW_BYTES
-#    define DN_NT_MIN_ROW_BYTES 4096
+/* Channels first in the caches, runs of fewer values than this go
+ * through FN(v64_cf_range): 4-9% faster at 7x7 to 28x28 positions,
+ * nothing gained at 56x56 and 112x112 */
+#  ifndef DN_CF_MAX_RUN
+#    define DN_CF_MAX_RUN 1024
 #  endif
 
 /* Values of T from p to the next line boundary (p at a multiple of T) */
@@ -1362,17 +1365,17 @@ static void FN(ncs_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
  * x is loaded aligned where it lines up with dy). The range's part of its
  * first and last lines goes through masked loads and stores. Each value
  * sees the scalar loop's operations in its order (no contraction), so the
- * bits are the other variants'. Outputs beyond the caches (streamed), in
- * either layout, are written whole lines at a time with streaming stores
- * straight from the registers where they sit at the input's place in their
- * lines (else through the L1 tile and dn_stream_store): 10-25% faster than
- * the tile at 25-51 MB channels last, 5-12% channels first, whose rows
- * must then be at least DN_NT_MIN_ROW_BYTES (49-line rows were 3-7%
- * slower: each row's first and last lines are partial, written by plain
- * masked stores). Only these functions are compiled for AVX-512: the rest
- * of the variant is the AVX2 build's code (an -mavx512f build of the
- * reductions measured slower; channels-first runs in the caches gained
- * nothing that held up in paired runs). */
+ * bits are the other variants'. Channels first, FN(v64_cf_range) does the
+ * same across the runs of a range: the vector that holds the end of one
+ * run takes the next channel's terms in its later lanes (runs one at a
+ * time, each with a partial vector at both ends, measured slower than the
+ * AVX2 loop). Outputs beyond the caches (streamed), in either layout, are
+ * written whole lines at a time with streaming stores straight from the
+ * registers where they sit at the input's place in their lines (else
+ * through the L1 tile and dn_stream_store): 10-25% faster than the tile at
+ * 25-51 MB channels last, up to 10% channels first. Only these functions
+ * are compiled for AVX-512: the rest of the variant is the AVX2 build's
+ * code (an -mavx512f build of the reductions measured slower). */
 
 /* The terms t[at ..] of the vector's lanes m (all when !part) along a wide
  * row of W values that repeats: lanes past the row's end take t[0 ..]
@@ -1553,49 +1556,10 @@ static DN_AVX512_FN void FN(grad_rows_v64)(T *a0, T *a1, T *a2, const T *g0, con
         FN(grad_v64_pass)(a0, a1, a2, g0, g1, x0, x1, hw, n, 0);
 }
 
-/* One channels-first run of len values with the terms k (one for the
- * run): the part to in's first line boundary and the last part masked,
- * whole vectors between (streaming stores when nt) */
-static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_run)(dn_elementwise_kind kind, const T *in,
-                                                      const T *x, const DN_WIDE_TYPE *k,
-                                                      int64_t len, int nt, T *out)
+/* The pass's per-channel terms (affine: scale, shift, and scale again
+ * for the unused two) */
+static void FN(v64_terms)(const dn_elementwise *op, const T **k)
 {
-    const DN_WIDE_TYPE zero = DN_W(setzero)();
-    int64_t i = dn_min64(FN(v64_head)(in), len);
-    unsigned m;
-    if (i > 0) {
-        m = (1u << i) - 1u;
-        FN(v64_store)(out, 0, m, 1, nt,
-                      FN(v64_value)(kind, FN(v64_load)(in, 0, m, 1, 1),
-                                    x ? FN(v64_load)(x, 0, m, 1, 0) : zero, k));
-    }
-    for (; i + DN_V64 <= len; i += DN_V64)
-        FN(v64_store)(out, i, 0, 0, nt,
-                      FN(v64_value)(kind, FN(v64_load)(in, i, 0, 0, 1),
-                                    x ? FN(v64_load)(x, i, 0, 0, 0) : zero, k));
-    if (i < len) {
-        m = (1u << (len - i)) - 1u;
-        FN(v64_store)(out, i, m, 1, nt,
-                      FN(v64_value)(kind, FN(v64_load)(in, i, m, 1, 1),
-                                    x ? FN(v64_load)(x, i, m, 1, 0) : zero, k));
-    }
-}
-
-/* Channels first, streamed outputs: op over flat elements [i0, i1) into
- * out run by run in 64-byte vectors, the whole lines with streaming
- * stores, where out sits at the input's place in its lines (else 0,
- * nothing done) */
-static DN_AVX512_FN int FN(v64_runs_nt)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
-                                        int64_t i1, S *out)
-{
-    const S *in = (const S *)op->in + (i0 - op->in_from);
-    const S *x = op->kind == DN_ELEMENTWISE_BACKWARD ? (const S *)op->x + i0 : NULL;
-    const T *k[4];
-    dn_runs runs;
-    int64_t i, len, at;
-    if ((uintptr_t)out % DN_CACHE_LINE != (uintptr_t)in % DN_CACHE_LINE
-        || (uintptr_t)in % sizeof(T) != 0 || p->s * (int64_t)sizeof(T) < DN_NT_MIN_ROW_BYTES)
-        return 0;
     switch (op->kind) {
     case DN_ELEMENTWISE_AFFINE:
         k[0] = (const T *)op->affine.scale, k[1] = (const T *)op->affine.shift;
@@ -1610,11 +1574,100 @@ static DN_AVX512_FN int FN(v64_runs_nt)(const dn_plan *p, const dn_elementwise *
         k[2] = (const T *)op->backward.centre, k[3] = (const T *)op->backward.offset;
         break;
     }
-    for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
-        DN_WIDE_TYPE kv[4];
-        for (int j = 0; j < 4; j++) kv[j] = DN_W(set1)(k[j][at]);
-        FN(v64_run)(op->kind, in + (i - i0), x ? x + (i - i0) : NULL, kv, len, 1,
-                    out + (i - i0));
+}
+
+/* The terms' vectors for channel ch (one value each, broadcast) */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_channel_terms)(const T *const *k, int64_t ch,
+                                                                DN_WIDE_TYPE *kv)
+{
+    for (int j = 0; j < 4; j++) kv[j] = DN_W(set1)(k[j][ch]);
+}
+
+/* One vector of a channels-first pass at in + i, its first n values (n <
+ * a vector: masked) with the terms kv, of which only the first `left`
+ * remain in this run: the lanes past them take the next channel's, and
+ * kv, ch and left move on to that channel when the run ends here. */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_cf_step)(dn_elementwise_kind kind,
+                                                          const T *in, const T *x,
+                                                          const T *const *k, int64_t i,
+                                                          int64_t n, int64_t s, int64_t C,
+                                                          int nt, DN_WIDE_TYPE *kv,
+                                                          int64_t *ch, int64_t *left, T *out)
+{
+    const unsigned m = n < DN_V64 ? (1u << n) - 1u : (1u << DN_V64) - 1u;
+    const int part = n < DN_V64;
+    DN_WIDE_TYPE use[4], xv = DN_W(setzero)();
+    for (int j = 0; j < 4; j++) use[j] = kv[j];
+    if (*left <= n) {
+        /* the run ends in this vector: the next channel's terms from lane left */
+        const unsigned from = ~((1u << *left) - 1u);
+        *ch = *ch + 1 == C ? 0 : *ch + 1;
+        FN(v64_channel_terms)(k, *ch, kv);
+        for (int j = 0; j < 4; j++) use[j] = DN_W(mask_blend)(from, use[j], kv[j]);
+        *left += s;
+    }
+    *left -= n;
+    if (kind == DN_ELEMENTWISE_BACKWARD) xv = FN(v64_load)(x, i, m, part, 0);
+    FN(v64_store)(out, i, m, part, nt,
+                  FN(v64_value)(kind, FN(v64_load)(in, i, m, part, 1), xv, use));
+}
+
+/* Channels first, runs of s >= DN_V64 values: len values from flat
+ * element e on in 64-byte vectors from in's line boundaries, across the
+ * runs (a vector that holds the end of one run takes the next channel's
+ * terms in its later lanes), so that only the range's first and last
+ * vectors are partial. */
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_cf_pass)(dn_elementwise_kind kind,
+                                                          const T *in, const T *x,
+                                                          const T *const *k, int64_t len,
+                                                          int64_t e, int64_t s, int64_t C,
+                                                          int nt, T *out)
+{
+    int64_t ch = (e / s) % C, left = s - e % s, i = dn_min64(FN(v64_head)(in), len);
+    DN_WIDE_TYPE kv[4];
+    FN(v64_channel_terms)(k, ch, kv);
+    if (i > 0) FN(v64_cf_step)(kind, in, x, k, 0, i, s, C, nt, kv, &ch, &left, out);
+    while (i < len) {
+        /* the whole vectors inside this run, then the one where it ends (or the range's last) */
+        const int64_t whole = (dn_min64(left, len - i) - 1) / DN_V64;
+        for (int64_t q = 0; q < whole; q++, i += DN_V64) {
+            const DN_WIDE_TYPE xv = kind == DN_ELEMENTWISE_BACKWARD
+                                        ? FN(v64_load)(x, i, 0, 0, 0) : DN_W(setzero)();
+            FN(v64_store)(out, i, 0, 0, nt,
+                          FN(v64_value)(kind, FN(v64_load)(in, i, 0, 0, 1), xv, kv));
+        }
+        left -= whole * DN_V64;
+        if (i < len) {
+            const int64_t n = dn_min64(DN_V64, len - i);
+            FN(v64_cf_step)(kind, in, x, k, i, n, s, C, nt, kv, &ch, &left, out);
+            i += n;
+        }
+    }
+}
+
+static DN_AVX512_FN int FN(v64_cf_range)(const dn_plan *p, const dn_elementwise *op,
+                                         int64_t i0, int64_t i1, int nt, S *out)
+{
+    const S *in = (const S *)op->in + (i0 - op->in_from);
+    const S *x = op->kind == DN_ELEMENTWISE_BACKWARD ? (const S *)op->x + i0 : NULL;
+    const T *k[4];
+    if (p->s < DN_V64 || (!nt && p->s >= DN_CF_MAX_RUN) || (uintptr_t)in % sizeof(T) != 0
+        || (nt && (uintptr_t)out % DN_CACHE_LINE != (uintptr_t)in % DN_CACHE_LINE))
+        return 0;
+    FN(v64_terms)(op, k);
+    switch (op->kind) {
+    case DN_ELEMENTWISE_AFFINE:
+        if (nt) FN(v64_cf_pass)(DN_ELEMENTWISE_AFFINE, in, x, k, i1 - i0, i0, p->s, p->c, 1, out);
+        else FN(v64_cf_pass)(DN_ELEMENTWISE_AFFINE, in, x, k, i1 - i0, i0, p->s, p->c, 0, out);
+        break;
+    case DN_ELEMENTWISE_TRAIN:
+        if (nt) FN(v64_cf_pass)(DN_ELEMENTWISE_TRAIN, in, x, k, i1 - i0, i0, p->s, p->c, 1, out);
+        else FN(v64_cf_pass)(DN_ELEMENTWISE_TRAIN, in, x, k, i1 - i0, i0, p->s, p->c, 0, out);
+        break;
+    default:
+        if (nt) FN(v64_cf_pass)(DN_ELEMENTWISE_BACKWARD, in, x, k, i1 - i0, i0, p->s, p->c, 1, out);
+        else FN(v64_cf_pass)(DN_ELEMENTWISE_BACKWARD, in, x, k, i1 - i0, i0, p->s, p->c, 0, out);
+        break;
     }
     return 1;
 }
@@ -1628,20 +1681,8 @@ static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
     const int64_t W = p->wide, at = i0 % W, len = i1 - i0;
     const S *in = (const S *)op->in + (i0 - op->in_from);
     const uintptr_t a = (uintptr_t)in % DN_CACHE_LINE;
-    const T *k[4] = {NULL, NULL, NULL, NULL};
-    switch (op->kind) {
-    case DN_ELEMENTWISE_AFFINE:
-        k[0] = (const T *)op->affine.scale, k[1] = (const T *)op->affine.shift;
-        break;
-    case DN_ELEMENTWISE_TRAIN:
-        k[0] = (const T *)op->train.mean_hi, k[1] = (const T *)op->train.mean_lo;
-        k[2] = (const T *)op->train.scale, k[3] = (const T *)op->train.shift;
-        break;
-    default:
-        k[0] = (const T *)op->backward.dy_scale, k[1] = (const T *)op->backward.x_scale;
-        k[2] = (const T *)op->backward.centre, k[3] = (const T *)op->backward.offset;
-        break;
-    }
+    const T *k[4];
+    FN(v64_terms)(op, k);
     /* beyond the caches (streamed outputs) they measured no faster, up to 9%
      * slower */
     if (len < DN_MIN_V64_RUN || W * (int64_t)sizeof(T) % DN_CACHE_LINE != 0
@@ -1650,7 +1691,7 @@ static int FN(v64_range)(const dn_plan *p, const dn_elementwise *op, int64_t i0,
                : p->total * (int64_t)sizeof(S) >= DN_STREAM_MIN_BYTES))
         return 0;
     for (int j = 0; j < 4; j++)
-        if (k[j] != NULL && (uintptr_t)(k[j] + at) % DN_CACHE_LINE != a) return 0;
+        if ((uintptr_t)(k[j] + at) % DN_CACHE_LINE != a) return 0;
     switch (op->kind) {
     case DN_ELEMENTWISE_AFFINE:
         FN(affine_rows_v64)(in, k, len, at, W, FN(v64_head)(in), nt, out);
@@ -2084,6 +2125,7 @@ static void FN(elementwise_range)(const dn_plan *p, const dn_elementwise *op, in
     int64_t i, len, at;
 #if defined(DN_WIDE_VECTORS)
     if (p->nsc && FN(v64_range)(p, op, i0, i1, 0, out)) return;
+    if (!p->nsc && FN(v64_cf_range)(p, op, i0, i1, 0, out)) return;
 #endif
     for (dn_runs_start(p, i0, &runs); dn_runs_next(p, &runs, i1, &i, &len, &at);) {
         S *dst = out + (i - i0);
@@ -2311,7 +2353,7 @@ static void FN(elementwise)(const dn_plan *p, const dn_elementwise *op, int64_t 
         S buf[DN_STREAM_TILE];
 #if defined(DN_WIDE_VECTORS)
         if (p->nsc ? FN(v64_range)(p, op, i0, i1, 1, y + i0)
-                   : FN(v64_runs_nt)(p, op, i0, i1, y + i0))
+                   : FN(v64_cf_range)(p, op, i0, i1, 1, y + i0))
             return;
 #endif
         for (int64_t t0 = i0; t0 < i1; t0 += DN_STREAM_TILE) {
