@@ -1822,12 +1822,15 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
     const int64_t C = p->c, W = p->wide, per = W / C;
     T *DN_RESTRICT a0, *DN_RESTRICT a1, *DN_RESTRICT a2, *DN_RESTRICT hw;
 #if defined(DN_WIDE_VECTORS)
-    /* 64-byte sums where the rows are whole lines and go two at a time (in
-     * the caches, dn_pair_rows; beyond them, 12-26 MB, they measured 6-24%
-     * slower than the AVX2 loop): the accumulators at dy's place in its
-     * lines (the scratch has a line to spare), so that both load aligned */
+    /* 64-byte sums where the rows are whole lines, in tensors below
+     * DN_STREAM_MIN_BYTES, two rows per load and store of the sums (also
+     * beyond dn_pair_rows, where the AVX2 loop takes one: 10-18% faster
+     * backward at 12.8 MB; one row at a time there they measured 15-24%
+     * slower): the accumulators at dy's place in its lines (the scratch has
+     * a line to spare), so that both load aligned */
     const int v64 = !gate && C * (int64_t)sizeof(T) % DN_CACHE_LINE == 0  /* and so W's */
-                    && (uintptr_t)dy % sizeof(T) == 0;
+                    && (uintptr_t)dy % sizeof(T) == 0
+                    && p->total * (int64_t)sizeof(S) < DN_STREAM_MIN_BYTES;
     if (v64) acc = (T *)dn_line_like(acc, dy, sizeof(T));
 #endif
     a0 = acc, a1 = acc + W, a2 = acc + 2 * W, hw = acc + 3 * W;
@@ -1880,7 +1883,7 @@ static void FN(nsc_grad_sums)(const dn_plan *p, const S *dy, const S *x, const T
                 }
                 int64_t q = q0;
 #if defined(DN_WIDE_VECTORS)
-                if (v64 && pairs) {
+                if (v64) {
                     for (; q + 1 < q1; q += 2)
                         FN(grad_rows_v64)(a0 + c0, a1 + c0, a2 + c0, src + (q - q0) * stride,
                                           src + (q + 1 - q0) * stride,
