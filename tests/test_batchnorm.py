@@ -61,9 +61,12 @@ SCHEDULE_SHAPES = [
     (27, 2050),
     (5, 2049, 1, 3),
     (9, 4097),
-    # channels-first short rows, statistics two channels at a time: blocks of
-    # 41 channels (odd: a pair short) and a last block of one
+    # channels-first short rows, statistics two channels at a time (four in
+    # the AVX-512 variant, and the gradient sums too): blocks of 41 channels
+    # (ten quads and one left) and a last block of one; rows shorter than a
+    # 64-byte vector, 9 channels (two quads and one)
     (16, 83, 7, 7),
+    (40, 9, 3, 5),
 ]
 
 
@@ -379,7 +382,7 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
                         ((300, 5, 127), 1), ((16, 64, 200), 1), ((600, 1100), 1),
                         ((5, 9, 11, 1030), -1), ((3, 40, 1000), 1),
                         ((2, 130, 128, 64), -1), ((4, 33, 17, 64), -1), ((3, 9, 7, 512), -1),
-                        ((2, 6, 5, 96), -1)]:
+                        ((2, 6, 5, 96), -1), ((50, 9, 15), 1), ((16, 46, 7, 7), 1)]:
         for dtype in (np.float32, np.float64):
             x = (1.5 + rng.standard_normal(shape)).astype(dtype)
             dy = rng.standard_normal(shape).astype(dtype)
