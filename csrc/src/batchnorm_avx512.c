@@ -1,8 +1,9 @@
 /* Batch-norm inner loops, AVX-512 variant (batchnorm_kernels.h): the AVX2
- * build's code, compiled with its flags, with the channels-last elementwise
- * passes (inference, training, backward) in 64-byte vectors loaded aligned
- * (DN_WIDE_VECTORS: those functions alone carry target("avx512f")); run
- * only where the CPU has AVX-512F (dispatch.c). */
+ * build's code, compiled with its flags, with the elementwise passes
+ * (inference, training, backward), the channels-last sums and the
+ * channels-first short-row sums in 64-byte vectors (DN_WIDE_VECTORS: those
+ * functions alone carry target("avx512f")); run only where the CPU has
+ * AVX-512F (dispatch.c). */
 #define DN_VARIANT avx512
 #define DN_VARIANT_SIMD 1
 #define DN_WIDE_VECTORS ps
