@@ -435,6 +435,18 @@ static inline void dn_plan_short_rows(dn_plan *p, int64_t short_row)
                                      p->n));
     p->cblock = dn_min64(p->c, dn_max64(1, DN_GROUP_ELEMS / dn_ceil_div(p->m, p->groups)));
     p->cblocks = dn_ceil_div(p->c, p->cblock);
+    /* as many tasks for each thread, and blocks of whole quads of channels
+     * (the AVX-512 sums take four at a time) where they have more than
+     * four: 16x512x7x7 made 13 blocks of 41 for 2 threads, and 16 of 32
+     * are 2-3% faster (training and backward; no block changes a bit) */
+    if (p->threads > 1 && p->cblocks > 1)
+        for (int64_t k = p->cblocks;; k++) {
+            const int64_t cb = p->c / k > 4 ? dn_ceil_div(dn_ceil_div(p->c, k), 4) * 4
+                                            : dn_ceil_div(p->c, k);
+            p->cblock = cb;
+            p->cblocks = dn_ceil_div(p->c, cb);
+            if (p->groups * p->cblocks % p->threads == 0 || cb <= 4) break;
+        }
 }
 
 /* The range [lo, hi) of each channel's m values (index n*s + j) that
