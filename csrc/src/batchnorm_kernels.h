@@ -1731,10 +1731,12 @@ static void FN(v64_terms)(const dn_elementwise *op, const T **k)
 }
 
 /* The terms' vectors for channel ch (one value each, broadcast) */
-static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_channel_terms)(const T *const *k, int64_t ch,
+static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_channel_terms)(dn_elementwise_kind kind,
+                                                                const T *const *k, int64_t ch,
                                                                 DN_WIDE_TYPE *kv)
 {
-    for (int j = 0; j < 4; j++) kv[j] = DN_W(set1)(k[j][ch]);
+    const int terms = kind == DN_ELEMENTWISE_AFFINE ? 2 : 4;
+    for (int j = 0; j < terms; j++) kv[j] = DN_W(set1)(k[j][ch]);
 }
 
 /* One vector of a channels-first pass at in + i, its first n values (n <
@@ -1749,15 +1751,15 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_cf_step)(dn_elementwise_kind ki
                                                           int64_t *ch, int64_t *left, T *out)
 {
     const unsigned m = n < DN_V64 ? (1u << n) - 1u : (1u << DN_V64) - 1u;
-    const int part = n < DN_V64;
+    const int part = n < DN_V64, terms = kind == DN_ELEMENTWISE_AFFINE ? 2 : 4;
     DN_WIDE_TYPE use[4], xv = DN_W(setzero)();
-    for (int j = 0; j < 4; j++) use[j] = kv[j];
+    for (int j = 0; j < terms; j++) use[j] = kv[j];
     if (*left <= n) {
         /* the run ends in this vector: the next channel's terms from lane left */
         const unsigned from = ~((1u << *left) - 1u);
         *ch = *ch + 1 == C ? 0 : *ch + 1;
-        FN(v64_channel_terms)(k, *ch, kv);
-        for (int j = 0; j < 4; j++) use[j] = DN_W(mask_blend)(from, use[j], kv[j]);
+        FN(v64_channel_terms)(kind, k, *ch, kv);
+        for (int j = 0; j < terms; j++) use[j] = DN_W(mask_blend)(from, use[j], kv[j]);
         *left += s;
     }
     *left -= n;
@@ -1779,7 +1781,7 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_cf_pass)(dn_elementwise_kind ki
 {
     int64_t ch = (e / s) % C, left = s - e % s, i = dn_min64(FN(v64_head)(in), len);
     DN_WIDE_TYPE kv[4];
-    FN(v64_channel_terms)(k, ch, kv);
+    FN(v64_channel_terms)(kind, k, ch, kv);
     if (i > 0) FN(v64_cf_step)(kind, in, x, k, 0, i, s, C, nt, kv, &ch, &left, out);
     while (i < len) {
         /* the whole vectors inside this run, then the one where it ends (or the range's last) */
@@ -1791,10 +1793,13 @@ static DN_ALWAYS_INLINE DN_AVX512_FN void FN(v64_cf_pass)(dn_elementwise_kind ki
                           FN(v64_value)(kind, FN(v64_load)(in, i, 0, 0, 1), xv, kv));
         }
         left -= whole * DN_V64;
-        if (i < len) {
-            const int64_t n = dn_min64(DN_V64, len - i);
-            FN(v64_cf_step)(kind, in, x, k, i, n, s, C, nt, kv, &ch, &left, out);
-            i += n;
+        /* a whole vector (n a constant: no masks) or the range's last */
+        if (i + DN_V64 <= len) {
+            FN(v64_cf_step)(kind, in, x, k, i, DN_V64, s, C, nt, kv, &ch, &left, out);
+            i += DN_V64;
+        } else if (i < len) {
+            FN(v64_cf_step)(kind, in, x, k, i, len - i, s, C, nt, kv, &ch, &left, out);
+            i = len;
         }
     }
 }
