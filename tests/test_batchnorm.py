@@ -195,16 +195,20 @@ def test_float32_accuracy_when_mean_dominates(loc, scale, axis):
     assert err <= 1e-5, err
 
 
+@pytest.mark.parametrize("spatial", [(32, 32), (7, 7)])
 @pytest.mark.parametrize("offset", [1e2, 1e4])
 @pytest.mark.parametrize("axis", [1, -1])
-def test_float32_accuracy_when_images_differ(offset, axis):
+def test_float32_accuracy_when_images_differ(offset, axis, spatial):
     # each image has its own per-channel offset, far above the spread within
     # it; channels last, the chunks of rows after a group's first centre on
     # the previous chunk's mean (here often another image's), which must not
-    # cost accuracy. (64, 64, 32, 32) gives groups of two chunks.
+    # cost accuracy. (64, 64, 32, 32) gives groups of two chunks. Channels
+    # first over short rows (7x7) each chunk takes its own mean as the centre:
+    # centred instead on a first chunk of two images, the mean here was 6x
+    # further off (1.6e-3) and invstd 9x (4.4e-7).
     rng = np.random.default_rng(6)
     x64 = offset * rng.standard_normal((64, 64, 1, 1)) + 1e-2 * rng.standard_normal(
-        (64, 64, 32, 32))
+        (64, 64) + spatial)
     x = np.ascontiguousarray(np.moveaxis(x64, 1, -1) if axis == -1 else x64, np.float32)
     y, mean, invstd = dropnorm.batch_norm_train(x, eps=0.0, axis=axis)
     y_ref, mean_ref, invstd_ref = oracle.bn_train(x, eps=0.0, axis=axis)
