@@ -760,13 +760,11 @@ static DN_AVX512_FN void FN(quad_grad_rows_v64)(const T *dy, const T *x, int64_t
 }
 #endif
 
-/* Channels first, short rows (p->short_rows): task t's channels, each over
- * the rows of group g's images, in chunks of whole rows of at most
- * DN_CHUNK_ELEMS values reduced by the same corrected two-pass and merged
- * in order. */
-/* Channel ch's moments of group g, and with nch 2 (or DN_QUAD, in the
- * AVX-512 variant) those of the channels after it: the same operations, in
- * the same order, on each. At gmean/gm2[ch*G + g]. */
+/* Channels first, short rows (p->short_rows): channel ch's moments of
+ * group g's images, and with nch 2 (or DN_QUAD, in the AVX-512 variant)
+ * those of the channels after it, the same operations in the same order on
+ * each; in chunks of whole rows of at most DN_CHUNK_ELEMS values reduced by
+ * the corrected two-pass and merged in order. At gmean/gm2[ch*G + g]. */
 static DN_ALWAYS_INLINE void FN(short_moments_k)(const dn_plan *p, const S *x, int64_t g,
                                                  int64_t ch, int nch, double *gmean,
                                                  double *gm2)
@@ -2723,6 +2721,7 @@ const dn_bn_kernels DN_NAME3(dn_bn_kernels, DN_TSFX, DN_VARIANT) = {
 #undef DN_LANES
 #if defined(DN_WIDE_VECTORS)
 #  undef DN_V64
+#  undef DN_QUAD
 #  undef DN_W
 #  undef DN_AVX512_FN
 #  undef DN_WIDE_VECTORS
